@@ -1,0 +1,17 @@
+"""mmsparse: BiFormer, CloFormer and STViT for mmdet 3.x and mmseg 1.x.
+
+Importing the package registers every public module in mmsparse's registry (scope ``mmsparse``) and, when
+mmdet / mmseg are importable, under the same names in theirs. It also makes mmengine's checkpoint loading
+work on torch >= 2.6 for the objects mmengine itself writes (see :mod:`mmsparse.utils.checkpoint`).
+"""
+from .version import __version__
+from .utils.checkpoint import allow_mmengine_checkpoint_objects
+
+allow_mmengine_checkpoint_objects()
+
+from . import models  # noqa: E402  (registers everything)
+from .registry import register_into_downstream  # noqa: E402
+
+register_into_downstream()
+
+__all__ = ['__version__']

@@ -1,0 +1,3 @@
+from .checkpoint import allow_mmengine_checkpoint_objects
+
+__all__ = ['allow_mmengine_checkpoint_objects']

@@ -1,0 +1,56 @@
+"""Check that the environment has the pinned OpenMMLab stack with compiled mmcv ops.
+
+Exit status 0 when everything is in place; 1 otherwise (with the reasons printed unless ``--quiet``).
+Used by ``tools/setup_env.sh`` to make a second install run take seconds.
+"""
+import argparse
+import importlib
+import sys
+
+PINS = {
+    'mmengine': '0.10.7',
+    'mmcv': '2.1.0',
+    'mmdet': '3.3.0',
+    'mmseg': '1.2.2',
+}
+PLAIN = ['torch', 'einops', 'pycocotools', 'ftfy', 'regex', 'pytest', 'mmsparse']
+
+
+def check(only=None):
+    problems = []
+    names = [only] if only else list(PINS) + PLAIN
+    for name in names:
+        try:
+            mod = importlib.import_module(name)
+        except Exception as exc:  # ImportError, or an ABI error from a compiled module
+            problems.append(f'{name}: cannot import ({exc.__class__.__name__}: {exc})')
+            continue
+        want = PINS.get(name)
+        if want and getattr(mod, '__version__', None) != want:
+            problems.append(f'{name}: version {mod.__version__}, expected {want}')
+    if 'mmcv' in names and not any(p.startswith('mmcv') for p in problems):
+        try:
+            from mmcv.ops import nms, roi_align  # noqa: F401  (needs the compiled mmcv._ext)
+        except Exception as exc:
+            problems.append(f'mmcv.ops: compiled ops do not load ({exc})')
+    return problems
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--only', help='check a single package')
+    parser.add_argument('--quiet', action='store_true')
+    args = parser.parse_args()
+    problems = check(args.only)
+    if not args.quiet:
+        for p in problems:
+            print('[check_env] ' + p)
+        if not problems:
+            import torch
+            print(f'[check_env] OK: torch {torch.__version__}, ' +
+                  ', '.join(f'{k} {v}' for k, v in PINS.items()))
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment and install the pinned OpenMMLab stack.
+# Idempotent: when everything already imports with the right versions it returns in seconds.
+#
+#   VENV=<dir>   where the environment lives (default: .venv in the repository root)
+#   PYTHON=<exe> interpreter used to create it (default: python3)
+#
+# mmcv 2.1.0 has no binary wheel on PyPI for current torch. pip's find-links (PIP_FIND_LINKS or pip.conf)
+# is honoured, so a prebuilt wheel cache is used when one matches; otherwise mmcv is compiled from the sdist
+# against the installed torch (about 15 minutes on 2 cores).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating virtual environment in $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip install --disable-pip-version-check -q)
+
+# Fast path: everything present with the pinned versions and compiled mmcv ops that load.
+if "$PY" "$ROOT/tools/check_env.py" --quiet 2>/dev/null; then
+  echo "[setup] environment OK ($VENV)"
+  exit 0
+fi
+
+echo "[setup] installing build tools"
+"${PIP[@]}" "setuptools<82" wheel packaging
+
+if "$PY" -c "import torch" 2>/dev/null; then
+  echo "[setup] keeping installed torch $("$PY" -c 'import torch; print(torch.__version__)')"
+else
+  echo "[setup] installing torch==2.13.0"
+  "${PIP[@]}" "torch==2.13.0"
+fi
+
+echo "[setup] installing mmengine and pure-Python dependencies"
+"${PIP[@]}" "mmengine==0.10.7" "numpy<2.3" einops pycocotools ftfy regex pytest matplotlib \
+  scipy shapely terminaltables prettytable opencv-python-headless addict yapf rich termcolor ninja
+
+mmcv_ok() { "$PY" "$ROOT/tools/check_env.py" --only mmcv --quiet 2>/dev/null; }
+if ! mmcv_ok; then
+  echo "[setup] installing mmcv==2.1.0 (a wheel from find-links if one matches, else compiled from source)"
+  MMCV_WITH_OPS=1 "${PIP[@]}" --no-build-isolation "mmcv==2.1.0"
+  if ! mmcv_ok; then
+    echo "[setup] mmcv.ops does not load against this torch; rebuilding mmcv from source"
+    MMCV_WITH_OPS=1 "${PIP[@]}" --no-build-isolation --force-reinstall --no-deps --no-cache-dir \
+      --no-binary mmcv "mmcv==2.1.0"
+  fi
+fi
+
+echo "[setup] installing mmdet, mmsegmentation and mmsparse"
+"${PIP[@]}" "mmdet==3.3.0" "mmsegmentation==1.2.2"
+# A torchvision built for another torch breaks mmengine's runner at start-up; none is better.
+if "$PY" -m pip show torchvision >/dev/null 2>&1 && ! "$PY" -c "import torchvision" 2>/dev/null; then
+  echo "[setup] removing a torchvision that does not load against this torch"
+  "$PY" -m pip uninstall -y -q torchvision
+fi
+"${PIP[@]}" --no-build-isolation --no-deps -e "$ROOT"
+
+"$PY" "$ROOT/tools/check_env.py"
