@@ -49,7 +49,7 @@ setup(
         'einops',
         'ftfy',
         'regex',
-        'setuptools<82',
+        'setuptools<81',
     ],
     extras_require={
         'det': ['mmdet==3.3.0', 'pycocotools'],

@@ -18,7 +18,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-PIP=("$PY" -m pip install --disable-pip-version-check -q)
+# setuptools stays < 82 in every step: mmengine 0.10.7 imports pkg_resources, which 82 removed and 81 warns about.
+PIP=("$PY" -m pip install --disable-pip-version-check -q "setuptools<81")
 
 # Fast path: everything present with the pinned versions and compiled mmcv ops that load.
 if "$PY" "$ROOT/tools/check_env.py" --quiet 2>/dev/null; then
@@ -27,7 +28,7 @@ if "$PY" "$ROOT/tools/check_env.py" --quiet 2>/dev/null; then
 fi
 
 echo "[setup] installing build tools"
-"${PIP[@]}" "setuptools<82" wheel packaging
+"${PIP[@]}" "setuptools<81" wheel packaging
 
 if "$PY" -c "import torch" 2>/dev/null; then
   echo "[setup] keeping installed torch $("$PY" -c 'import torch; print(torch.__version__)')"

@@ -1,0 +1,2 @@
+# COCO 2017 detection at data/coco/ (annotations/, train2017/, val2017/), 1333x800, mmdet's stock pipeline.
+_base_ = 'mmdet::_base_/datasets/coco_detection.py'

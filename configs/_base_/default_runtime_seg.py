@@ -1,0 +1,4 @@
+# Runtime for mmseg configs: mmseg's stock runtime, iteration-based logging/checkpointing, mmsparse registration.
+_base_ = 'mmseg::_base_/default_runtime.py'
+custom_imports = dict(imports=['mmsparse'], allow_failed_imports=False)
+default_scope = 'mmseg'
