@@ -1,2 +1,202 @@
-"""Placeholder until the family lands."""
-__all__ = []
+"""CloFormer's AttnConv token mixer (the authors' ``EfficientAttention``), NCHW in and out.
+
+Reference: Fan et al., "Rethinking Local Perception in Lightweight Vision Transformer" (arXiv 2303.17803),
+official code qhfan/CloFormer ``9181f69``.
+
+The mixer splits its heads into groups. Each *local* group (one per kernel size) is a convolutional attention:
+
+    q | k | v = DW_k(PW(x))                        (three blocks of L channels, in that order)
+    out      = tanh(scale * PW2(SiLU(PW1(q * k)))) * v
+
+and the last, *global* group attends from every pixel to average-pooled keys / values:
+
+    q = PW(x);  k | v = PW(AvgPool_ws(x));  out = softmax(scale * q k^T) v     (heads channel-major)
+
+The branch outputs are concatenated (local groups first, global last) and fused by a 1x1 ``proj``.
+Module and parameter names equal the authors', so their state dicts load unchanged.
+
+Input sizes. The authors' global branch floors the pooled grid and reshapes with ``(H*W) // ws**2`` keys, so it
+only runs when H and W are multiples of ``window_size`` (and in rare size combinations silently ignores the
+border rows the floor drops). Here the pooling uses ``ceil_mode`` without counting the padding: the map is
+conceptually zero-padded at the bottom/right to a multiple of ``window_size`` *inside the pooling only*, and each
+border key is the mean of the real pixels of its partial window. Every pixel therefore contributes to exactly one
+key, nothing else sees padding (the local convs and the queries run on the true map), and at multiples of
+``window_size`` the result is the authors' exactly. Where the authors' code silently drops border rows we keep
+them (deliberately different: their result there is a truncation, not a definition).
+
+Implementations. The global attention (the only part with a real cost choice) goes through
+:data:`GLOBAL_ATTENTION_IMPLS`: ``'reference'`` writes the authors' maths out (explicit logits, softmax,
+product), ``'sdpa'`` calls :func:`torch.nn.functional.scaled_dot_product_attention` and never materialises the
+(HW x keys) logits on backends with fused kernels. Both take and return the same tensors; tests compare them.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from mmsparse.registry import MODELS
+
+__all__ = ['AttnConv', 'GLOBAL_ATTENTION_IMPLS', 'global_attention_reference', 'global_attention_sdpa']
+
+
+def global_attention_reference(q, k, v, scale):
+    """Multi-head softmax attention written out as in the authors' code.
+
+    Args:
+        q (Tensor): (B, heads, N, d) queries.
+        k (Tensor): (B, heads, M, d) keys.
+        v (Tensor): (B, heads, M, d) values.
+        scale (float): logit scale (the authors scale q before the product).
+
+    Returns:
+        Tensor: (B, heads, N, d).
+    """
+    attn = (scale * q) @ k.transpose(-1, -2)
+    return attn.softmax(dim=-1) @ v
+
+
+def global_attention_sdpa(q, k, v, scale):
+    """Same contract as :func:`global_attention_reference`, through PyTorch's fused SDPA kernels."""
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+#: name -> function(q, k, v, scale) for the global branch; a faster kernel is added here under a new name
+GLOBAL_ATTENTION_IMPLS = {
+    'reference': global_attention_reference,
+    'sdpa': global_attention_sdpa,
+}
+
+
+class AttnMap(nn.Module):
+    """The local branch's context-aware weights: PW -> SiLU -> PW (keys ``act_block.{0,2}``)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.act_block = nn.Sequential(
+            nn.Conv2d(channels, channels, 1), nn.SiLU(), nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x):
+        return self.act_block(x)
+
+
+def _check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f'{name} must be a positive int, got {value!r}')
+
+
+@MODELS.register_module()
+class AttnConv(nn.Module):
+    """CloFormer's AttnConv mixer: local convolutional-attention groups plus a pooled global group.
+
+    Args:
+        dim (int): channels C of the input and output.
+        num_heads (int): heads; the head dim is ``d = dim // num_heads`` and the scale ``d ** -0.5``.
+        group_split (list[int]): heads per group, ``[local_1, ..., local_n, global]``, summing to ``num_heads``.
+            A group with 0 heads is omitted (the authors' ablations).
+        kernel_sizes (list[int]): depthwise kernel of each local group (odd), ``len(group_split) - 1`` entries.
+        window_size (int): average-pooling window (and stride) of the global keys/values; 1 disables pooling.
+            Default: 7 (the authors' class default; CloFormer stages use 8, 4, 2, 1).
+        attn_drop (float): dropout on the local gates and the global attention weights. Default: 0.
+        proj_drop (float): dropout after ``proj``. Default: 0.
+        qkv_bias (bool): bias of the q/k/v projections. Default: True.
+        attn_impl (str): global-attention implementation, a key of :data:`GLOBAL_ATTENTION_IMPLS`
+            (``'reference'`` or ``'sdpa'``). Default: ``'sdpa'``.
+
+    Shapes:
+        input (B, C, H, W) with any H, W >= 1; output (B, C, H, W).
+    """
+
+    def __init__(self, dim, num_heads, group_split, kernel_sizes, window_size=7, attn_drop=0., proj_drop=0.,
+                 qkv_bias=True, attn_impl='sdpa'):
+        super().__init__()
+        _check_positive_int(dim, 'dim')
+        _check_positive_int(num_heads, 'num_heads')
+        if dim % num_heads:
+            raise ValueError(f'dim={dim} must be divisible by num_heads={num_heads}')
+        group_split, kernel_sizes = list(group_split), list(kernel_sizes)
+        if any(isinstance(g, bool) or not isinstance(g, int) or g < 0 for g in group_split):
+            raise ValueError(f'group_split must be non-negative ints, got {group_split!r}')
+        if sum(group_split) != num_heads:
+            raise ValueError(f'group_split={group_split} must sum to num_heads={num_heads}')
+        if len(group_split) != len(kernel_sizes) + 1:
+            raise ValueError(f'group_split needs one entry per kernel size plus one for the global group: '
+                             f'len(group_split)={len(group_split)}, len(kernel_sizes)={len(kernel_sizes)}')
+        for ks in kernel_sizes:
+            _check_positive_int(ks, 'kernel_sizes entries')
+            if ks % 2 == 0:
+                raise ValueError(f'kernel_sizes entries must be odd (same-size depthwise conv), got {kernel_sizes}')
+        _check_positive_int(window_size, 'window_size')
+        if attn_impl not in GLOBAL_ATTENTION_IMPLS:
+            raise ValueError(f'attn_impl={attn_impl!r} is not known; choose one of {sorted(GLOBAL_ATTENTION_IMPLS)}')
+
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.group_split = group_split
+        self.kernel_sizes = kernel_sizes
+        self.window_size = window_size
+        self.attn_impl = attn_impl
+
+        # ModuleLists hold only the non-empty local groups, in order, as the authors' do (same keys)
+        self.convs, self.act_blocks, self.qkvs = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for heads, ks in zip(group_split[:-1], kernel_sizes):
+            if heads == 0:
+                continue
+            ch = heads * self.head_dim
+            # one depthwise conv over q|k|v == three separate depthwise convs
+            self.convs.append(nn.Conv2d(3 * ch, 3 * ch, ks, 1, ks // 2, groups=3 * ch))
+            self.act_blocks.append(AttnMap(ch))
+            self.qkvs.append(nn.Conv2d(dim, 3 * ch, 1, bias=qkv_bias))
+        self.global_heads = group_split[-1]
+        if self.global_heads:
+            ch = self.global_heads * self.head_dim
+            self.global_q = nn.Conv2d(dim, ch, 1, bias=qkv_bias)
+            self.global_kv = nn.Conv2d(dim, 2 * ch, 1, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Conv2d(dim, dim, 1, bias=qkv_bias)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def extra_repr(self):
+        return (f'dim={self.dim}, num_heads={self.num_heads}, group_split={self.group_split}, '
+                f'kernel_sizes={self.kernel_sizes}, window_size={self.window_size}, attn_impl={self.attn_impl!r}')
+
+    def _local(self, x, to_qkv, mixer, attn_map):
+        q, k, v = mixer(to_qkv(x)).chunk(3, dim=1)
+        # the scale comes after the AttnMap convs and before tanh (authors' order)
+        gate = self.attn_drop(torch.tanh(attn_map(q * k) * self.scale))
+        return gate * v
+
+    def _pool(self, x):
+        if self.window_size == 1:
+            return x
+        # ceil_mode + count_include_pad=False: a border key averages only the real pixels of its window;
+        # equals the authors' AvgPool2d whenever H and W are multiples of the window
+        return F.avg_pool2d(x, self.window_size, self.window_size, ceil_mode=True, count_include_pad=False)
+
+    def _global(self, x):
+        h, w = x.shape[-2:]
+        q = rearrange(self.global_q(x), 'b (m d) h w -> b m (h w) d', d=self.head_dim)
+        k, v = rearrange(self.global_kv(self._pool(x)), 'b (two m d) h w -> two b m (h w) d',
+                         two=2, d=self.head_dim)
+        if self.training and self.attn_drop.p > 0:
+            # dropout on the attention weights needs them explicitly
+            attn = self.attn_drop(((self.scale * q) @ k.transpose(-1, -2)).softmax(dim=-1))
+            out = attn @ v
+        else:
+            out = GLOBAL_ATTENTION_IMPLS[self.attn_impl](q, k, v, self.scale)
+        return rearrange(out, 'b m (h w) d -> b (m d) h w', h=h, w=w)
+
+    def forward_branches(self, x):
+        """Concatenated branch outputs fed to ``proj``: (B, C, H, W), local groups first, global last."""
+        if x.dim() != 4 or x.shape[1] != self.dim:
+            raise ValueError(f'AttnConv expects x of shape (B, {self.dim}, H, W), got {tuple(x.shape)}')
+        res = [self._local(x, to_qkv, mixer, attn_map)
+               for to_qkv, mixer, attn_map in zip(self.qkvs, self.convs, self.act_blocks)]
+        if self.global_heads:
+            res.append(self._global(x))
+        return torch.cat(res, dim=1)
+
+    def forward(self, x):
+        """x: (B, C, H, W) -> (B, C, H, W)."""
+        return self.proj_drop(self.proj(self.forward_branches(x)))
