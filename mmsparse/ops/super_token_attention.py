@@ -1,2 +1,296 @@
-"""Placeholder until the family lands."""
-__all__ = []
+"""Super Token Attention (STA) from STViT (Huang et al., CVPR 2023), NCHW in and out.
+
+The operator has three steps (spec ``stvit.md`` §2.5):
+
+1. *Super-token sampling*: every pixel is softly associated with the 9 super tokens of its own cell's 3×3
+   neighbourhood; super tokens are the association-weighted means of their pixels (``n_iter`` rounds).
+2. *Refinement*: multi-head self-attention among the super tokens (:class:`TokenMHSA`).
+3. *Upsampling*: every pixel becomes the association-weighted sum of its 9 refined neighbours.
+
+A super-token size of 1 makes STA plain global MHSA over all pixels.
+
+Implementation contract. Steps 1 and 3 are pure functions of tensors, kept in an implementation table
+(:data:`STA_IMPLS`). Each entry is ``fn(x, stoken_size, n_iter, scale, refine) -> (out, extras)`` with ``x``
+already normalised, ``refine`` a callable on ``(B, C, hh, ww)`` maps, ``out`` of ``x``'s shape and ``extras`` a
+dict holding ``stoken_refine_in``, ``stoken_refine_out`` and ``association`` (see
+:func:`sta_reference`). A faster kernel registers another entry with :func:`register_sta_impl` and is selected
+with ``SuperTokenAttention(impl=...)``; the tests compare every entry against the authors' fixtures.
+
+The reference entry keeps the authors' numerics, quirks included: affinity scale from the full channel width,
+association under ``no_grad``, zero padding (after the norm, unmasked), an unmasked 9-way softmax with
+out-of-grid neighbours as zero vectors, and the ``+1e-12`` normalisation. Instead of the authors' frozen
+``eye(9)`` convolutions it uses :func:`torch.nn.functional.unfold` / :func:`~torch.nn.functional.fold`, which
+compute the same neighbourhood gather and its transpose.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from mmsparse.registry import MODELS
+
+__all__ = ['TokenMHSA', 'SuperTokenAttention', 'STA_IMPLS', 'register_sta_impl', 'sta_reference',
+           'neighbour_gather', 'neighbour_scatter']
+
+#: name -> implementation of super-token sampling + upsampling (see the module docstring for the contract)
+STA_IMPLS = {}
+
+#: the authors' epsilon in the normalisation of the aggregated super tokens
+STA_EPS = 1e-12
+
+
+def register_sta_impl(name):
+    """Decorator adding a super-token attention implementation to :data:`STA_IMPLS` under ``name``."""
+
+    def wrap(fn):
+        if name in STA_IMPLS:
+            raise KeyError(f'a super-token attention implementation named {name!r} already exists')
+        STA_IMPLS[name] = fn
+        return fn
+
+    return wrap
+
+
+def _pair(value, name):
+    """``int`` or 2-sequence of positive ints -> tuple; anything else raises naming ``name``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if (not isinstance(value, (tuple, list)) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise ValueError(f'{name} must be a positive int or a pair of positive ints, got {value!r}')
+    return tuple(value)
+
+
+def neighbour_gather(s):
+    """3×3 neighbourhood of every super token: ``(B, C, hh, ww) -> (B, M, C, 9)``, ``M = hh·ww``.
+
+    Neighbour ``k`` of cell ``(gy, gx)`` is the token at ``(gy + k // 3 - 1, gx + k % 3 - 1)``; neighbours
+    outside the grid are zero vectors (the authors' ``Unfold`` with ``eye(9)`` kernels and padding 1).
+    """
+    return rearrange(F.unfold(s, 3, padding=1), 'b (c k) m -> b m c k', k=9)
+
+
+def neighbour_scatter(t, grid):
+    """Transpose of :func:`neighbour_gather`: ``(B, M, C, 9) -> (B, C, hh, ww)``.
+
+    Entry ``k`` of cell ``g`` is added onto the super token it came from (``g`` + offset ``k``); entries that
+    point outside the grid are dropped (the authors' ``Fold``).
+    """
+    return F.fold(rearrange(t, 'b m c k -> b (c k) m'), grid, 3, padding=1)
+
+
+def _aggregate(pixels, assoc, den, grid):
+    """Super tokens as association-weighted pixel means: ``Fold(Pᵀ A) / (Den + eps)``, ``(B, C, hh, ww)``."""
+    num = neighbour_scatter(pixels.transpose(-1, -2) @ assoc, grid)
+    return num / (den + STA_EPS)
+
+
+@register_sta_impl('reference')
+def sta_reference(x, stoken_size, n_iter, scale, refine):
+    """Super-token sampling, ``refine`` and upsampling, written with tensor ops (the authors' numerics).
+
+    Args:
+        x (Tensor): normalised input, shape (B, C, H0, W0).
+        stoken_size (tuple[int, int]): super-token cell (h, w); the map is zero-padded right/bottom to a
+            multiple of it.
+        n_iter (int): association rounds (>= 1).
+        scale (float): logit scale of the association (the authors use ``C ** -0.5``).
+        refine (callable): maps super tokens (B, C, hh, ww) to refined ones of the same shape.
+
+    Returns:
+        tuple: ``out`` (B, C, H0, W0) and a dict with ``stoken_refine_in`` / ``stoken_refine_out``
+        (B, C, hh, ww) and ``association`` (B, hh·ww, h·w, 9): for cell ``g`` and pixel ``t = ty·w + tx``
+        of that cell, the softmax weights over the 9 neighbouring super tokens (no gradient).
+    """
+    b, c, h0, w0 = x.shape
+    h, w = stoken_size
+    pad_b, pad_r = (h - h0 % h) % h, (w - w0 % w) % w
+    if pad_b or pad_r:
+        x = F.pad(x, (0, pad_r, 0, pad_b))  # zeros after the norm, no mask: the authors' behaviour
+    hh, ww = x.shape[2] // h, x.shape[3] // w
+    grid = (hh, ww)
+
+    # Association, aggregation and normalisation run in float32 even under autocast: the 1e-12 underflows
+    # in fp16 and the 9-way softmax / scatter-add lose precision.
+    with torch.autocast(x.device.type, enabled=False):
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        pixels = rearrange(xf, 'b c (hh h) (ww w) -> b (hh ww) (h w) c', h=h, w=w)
+        with torch.no_grad():
+            tokens = F.avg_pool2d(xf, (h, w))  # exact cell means, padded zeros included
+            for it in range(n_iter):
+                assoc = (pixels @ neighbour_gather(tokens) * scale).softmax(-1)  # (B, M, n, 9)
+                den = neighbour_scatter(assoc.sum(2, keepdim=True).transpose(-1, -2), grid)  # (B, 1, hh, ww)
+                if it < n_iter - 1:
+                    tokens = _aggregate(pixels, assoc, den, grid)
+        # the gradient reaches the pixels through the numerator only; A and Den are constants
+        tokens = _aggregate(pixels, assoc, den, grid)
+    if not torch.is_autocast_enabled(x.device.type):
+        tokens = tokens.to(x.dtype)  # a half input without autocast stays half
+
+    refined = refine(tokens)
+    neigh = neighbour_gather(refined)  # (B, M, C, 9)
+    out = neigh @ assoc.to(neigh.dtype).transpose(-1, -2)  # (B, M, C, n)
+    out = rearrange(out, 'b (hh ww) c (h w) -> b c (hh h) (ww w)', hh=hh, h=h)
+    out = out[:, :, :h0, :w0]
+    return out, dict(stoken_refine_in=tokens, stoken_refine_out=refined, association=assoc)
+
+
+@MODELS.register_module()
+class TokenMHSA(nn.Module):
+    """Multi-head self-attention over all positions of an NCHW map (the authors' ``Attention``).
+
+    The 1×1 ``qkv`` projection is laid out *per head*: output channels ``[3dj, 3dj+d)``, ``[3dj+d, 3dj+2d)``
+    and ``[3dj+2d, 3dj+3d)`` are q, k and v of head ``j`` (not timm's ``[q|k|v]`` blocks). No mask, no
+    positional bias.
+
+    Args:
+        embed_dims (int): channels C.
+        num_heads (int): heads m; ``C`` must be divisible by it. Head dim ``d = C / m``.
+        qkv_bias (bool): bias of the qkv projection. Default True (what STViT passes).
+        qk_scale (float | None): logit scale; ``None`` means ``d ** -0.5``.
+        attn_drop (float): dropout on the attention weights.
+        proj_drop (float): dropout after the output projection.
+        attn_impl (str): ``'sdpa'`` (:func:`torch.nn.functional.scaled_dot_product_attention`, which picks a
+            memory-efficient kernel where one exists) or ``'math'`` (the explicit matrix). Same values up to
+            float rounding.
+
+    Shapes:
+        (B, C, H, W) -> (B, C, H, W).
+    """
+
+    ATTN_IMPLS = ('sdpa', 'math')
+
+    def __init__(self, embed_dims, num_heads, qkv_bias=True, qk_scale=None, attn_drop=0., proj_drop=0.,
+                 attn_impl='sdpa'):
+        super().__init__()
+        if not isinstance(num_heads, int) or num_heads <= 0 or embed_dims % num_heads:
+            raise ValueError(f'num_heads must be a positive int dividing embed_dims={embed_dims}, '
+                             f'got {num_heads!r}')
+        if attn_impl not in self.ATTN_IMPLS:
+            raise ValueError(f'attn_impl must be one of {self.ATTN_IMPLS}, got {attn_impl!r}')
+        self.num_heads = num_heads
+        self.head_dims = embed_dims // num_heads
+        self.scale = qk_scale if qk_scale is not None else self.head_dims ** -0.5
+        self.attn_impl = attn_impl
+        self.qkv = nn.Conv2d(embed_dims, embed_dims * 3, 1, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Conv2d(embed_dims, embed_dims, 1)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x):
+        _, _, hgt, wdt = x.shape
+        # per-head interleaved layout: (m, [q|k|v], d)
+        q, k, v = rearrange(self.qkv(x), 'b (m t d) hh ww -> t b m (hh ww) d', m=self.num_heads, t=3)
+        p = self.attn_drop.p if self.training else 0.
+        if self.attn_impl == 'sdpa':
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale)
+        else:
+            attn = self.attn_drop((q @ k.transpose(-1, -2) * self.scale).softmax(-1))
+            out = attn @ v
+        out = rearrange(out, 'b m (hh ww) d -> b (m d) hh ww', hh=hgt, ww=wdt)
+        return self.proj_drop(self.proj(out))
+
+
+@MODELS.register_module()
+class SuperTokenAttention(nn.Module):
+    """Super Token Attention (STViT's ``StokenAttention``) on NCHW maps.
+
+    Args:
+        embed_dims (int): channels C.
+        num_heads (int): heads of the super-token MHSA.
+        stoken_size (int | tuple[int, int]): super-token cell (h, w). ``1`` / ``(1, 1)`` gives plain global
+            MHSA over all positions. Any H × W input works: the map is zero-padded right/bottom to a multiple
+            of the cell inside the operator, and the output is cropped back.
+        n_iter (int): association rounds (the released models use 1).
+        qkv_bias (bool): qkv bias of the MHSA. Default True.
+        qk_scale (float | None): MHSA logit scale (default head_dim ** -0.5). The association scale is always
+            ``C ** -0.5``, from the full channel width, as in the authors' code.
+        attn_drop (float), proj_drop (float): dropout rates of the MHSA.
+        impl (str): key of :data:`STA_IMPLS` doing sampling + upsampling. Default ``'reference'``.
+        attn_impl (str): ``'sdpa'`` or ``'math'`` for the MHSA (see :class:`TokenMHSA`).
+
+    Shapes:
+        (B, C, H, W) -> (B, C, H, W).
+
+    State-dict keys: ``refine.qkv.{weight,bias}``, ``refine.proj.{weight,bias}`` (official
+    ``stoken_refine.*``; the official frozen ``unfold/fold.weights`` are not needed).
+    """
+
+    def __init__(self, embed_dims, num_heads, stoken_size=8, n_iter=1, qkv_bias=True, qk_scale=None,
+                 attn_drop=0., proj_drop=0., impl='reference', attn_impl='sdpa'):
+        super().__init__()
+        if not isinstance(embed_dims, int) or embed_dims <= 0:
+            raise ValueError(f'embed_dims must be a positive int, got {embed_dims!r}')
+        self.stoken_size = _pair(stoken_size, 'stoken_size')
+        if not isinstance(n_iter, int) or isinstance(n_iter, bool) or n_iter < 1:
+            raise ValueError(f'n_iter must be an int >= 1, got {n_iter!r}')
+        if impl not in STA_IMPLS:
+            raise ValueError(f'impl must be one of {sorted(STA_IMPLS)}, got {impl!r}')
+        self.embed_dims = embed_dims
+        self.n_iter = n_iter
+        self.impl = impl
+        self.scale = embed_dims ** -0.5  # association scale: full width, not head_dim (authors' choice)
+        self.refine = TokenMHSA(embed_dims, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
+                                attn_drop=attn_drop, proj_drop=proj_drop, attn_impl=attn_impl)
+
+    @property
+    def is_global(self):
+        """True when the super-token cell is 1×1, i.e. the operator is plain global MHSA."""
+        return self.stoken_size == (1, 1)
+
+    def _check(self, x):
+        if x.dim() != 4 or x.shape[1] != self.embed_dims:
+            raise ValueError(f'x must be (B, {self.embed_dims}, H, W), got shape {tuple(x.shape)}')
+
+    def forward_with_intermediates(self, x):
+        """Return ``(out, extras)``; ``extras`` holds ``stoken_refine_in``, ``stoken_refine_out`` and
+        ``association`` (see :func:`sta_reference`), or is empty for a 1×1 cell."""
+        self._check(x)
+        if self.is_global:
+            return self.refine(x), {}
+        return STA_IMPLS[self.impl](x, self.stoken_size, self.n_iter, self.scale, self.refine)
+
+    def forward(self, x):
+        return self.forward_with_intermediates(x)[0]
+
+    @torch.no_grad()
+    def association(self, x):
+        """Final soft association of every pixel with its 9 neighbouring super tokens.
+
+        Args:
+            x (Tensor): normalised input (B, C, H, W) (what :meth:`forward` receives).
+
+        Returns:
+            Tensor: (B, 9, H, W); channel ``k`` is the weight of the super token at offset
+            ``(k // 3 - 1, k % 3 - 1)`` from the pixel's own cell. Raises for a 1×1 cell (no super tokens).
+        """
+        if self.is_global:
+            raise ValueError('association: stoken_size is (1, 1), this operator is plain global attention')
+        _, extras = self.forward_with_intermediates(x)
+        h, w = self.stoken_size
+        hh = math.ceil(x.shape[2] / h)
+        assoc = rearrange(extras['association'], 'b (hh ww) (h w) k -> b k (hh h) (ww w)', hh=hh, h=h, w=w)
+        return assoc[:, :, :x.shape[2], :x.shape[3]]
+
+    @torch.no_grad()
+    def assignment(self, x):
+        """Index of the super token each pixel is most associated with (argmax of :meth:`association`).
+
+        Returns:
+            LongTensor: (B, H, W) with row-major indices into the ``ceil(H/h) × ceil(W/w)`` super-token grid,
+            or ``-1`` where the argmax is an out-of-grid (zero) neighbour.
+        """
+        assoc = self.association(x)
+        k = assoc.argmax(1)
+        h, w = self.stoken_size
+        hh, ww = math.ceil(x.shape[2] / h), math.ceil(x.shape[3] / w)
+        gy = torch.arange(x.shape[2], device=x.device).div(h, rounding_mode='floor').view(1, -1, 1)
+        gx = torch.arange(x.shape[3], device=x.device).div(w, rounding_mode='floor').view(1, 1, -1)
+        ty, tx = gy + k // 3 - 1, gx + k % 3 - 1
+        inside = (ty >= 0) & (ty < hh) & (tx >= 0) & (tx < ww)
+        return torch.where(inside, ty * ww + tx, torch.full_like(k, -1))
+
+    def extra_repr(self):
+        return f'stoken_size={self.stoken_size}, n_iter={self.n_iter}, impl={self.impl!r}'

@@ -1,2 +1,255 @@
-"""Placeholder until the family lands."""
-__all__ = []
+"""STViT backbone (Huang et al., "Vision Transformer with Super Token Sampling", CVPR 2023) for dense tasks.
+
+Numerically the authors' ``STViT`` (hhb072/STViT ``models/stvit.py``) without its classification head; the
+module tree is reorganised in mmpretrain style (``stem``, ``stages.i.{downsample,blocks}``) and
+``mmsparse.converters.stvit`` maps the official keys onto it.
+"""
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks import DropPath
+
+from mmsparse.ops.super_token_attention import SuperTokenAttention
+from mmsparse.registry import MODELS
+from .base import SparseBackbone, check_out_indices, resolve_arch
+
+__all__ = ['STViT', 'STViTBlock', 'STViTStage']
+
+
+def _conv_act_norm(in_channels, out_channels, stride, norm_cfg):
+    """3×3 conv (with bias) -> GELU -> norm: the authors' stem order (activation *before* the norm)."""
+    return nn.Sequential(OrderedDict(
+        conv=nn.Conv2d(in_channels, out_channels, 3, stride, 1),
+        act=nn.GELU(),
+        norm=build_norm_layer(norm_cfg, out_channels)[1]))
+
+
+class ConvFFN(nn.Module):
+    """The authors' ``Mlp``: 1×1 conv -> GELU -> dropout -> ``h + DW3×3(h)`` -> 1×1 conv -> dropout.
+
+    Shapes: (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, embed_dims, hidden_dims, drop=0.):
+        super().__init__()
+        self.fc1 = nn.Conv2d(embed_dims, hidden_dims, 1)
+        self.act = nn.GELU()
+        self.dwconv = nn.Conv2d(hidden_dims, hidden_dims, 3, 1, 1, groups=hidden_dims)
+        self.fc2 = nn.Conv2d(hidden_dims, embed_dims, 1)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        x = self.drop(self.act(self.fc1(x)))
+        x = x + self.dwconv(x)  # residual depthwise conv, no activation after it (HEAD semantics)
+        return self.drop(self.fc2(x))
+
+
+@MODELS.register_module()
+class STViTBlock(nn.Module):
+    """One STViT block (the authors' ``StokenAttentionLayer``).
+
+    ``x = x + DW3×3(x)`` (conditional position encoding), then
+    ``x = x + DropPath(γ1 · STA(LN2d(x)))`` and ``x = x + DropPath(γ2 · FFN(BN(x)))``.
+
+    Args:
+        embed_dims (int): channels C.
+        num_heads (int): heads of the super-token MHSA.
+        stoken_size (int | tuple[int, int]): super-token cell; 1 gives global MHSA.
+        n_iter (int): association rounds.
+        mlp_ratio (float): FFN hidden width / C.
+        qkv_bias (bool), qk_scale (float | None): MHSA settings.
+        drop (float): dropout in the FFN. attn_drop (float): attention dropout.
+        drop_path (float): stochastic-depth rate.
+        layer_scale (bool): learnable per-channel scales γ1, γ2 of shape (1, C, 1, 1).
+        layer_scale_init_value (float): their initial value.
+        norm_cfg (dict): the FFN pre-norm (the authors use BatchNorm).
+        attn_impl (str), sta_impl (str): implementations, see :class:`SuperTokenAttention`.
+
+    Shapes:
+        (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, embed_dims, num_heads, stoken_size, n_iter=1, mlp_ratio=4., qkv_bias=True,
+                 qk_scale=None, drop=0., attn_drop=0., drop_path=0., layer_scale=False,
+                 layer_scale_init_value=1e-6, norm_cfg=dict(type='BN'), attn_impl='sdpa', sta_impl='reference'):
+        super().__init__()
+        self.cpe = nn.Conv2d(embed_dims, embed_dims, 3, 1, 1, groups=embed_dims)
+        self.norm1 = build_norm_layer(dict(type='LN2d', eps=1e-6), embed_dims)[1]
+        self.attn = SuperTokenAttention(embed_dims, num_heads, stoken_size, n_iter, qkv_bias=qkv_bias,
+                                        qk_scale=qk_scale, attn_drop=attn_drop, impl=sta_impl,
+                                        attn_impl=attn_impl)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.ffn = ConvFFN(embed_dims, int(embed_dims * mlp_ratio), drop)
+        self.layer_scale = layer_scale
+        if layer_scale:
+            self.gamma1 = nn.Parameter(torch.full((1, embed_dims, 1, 1), float(layer_scale_init_value)))
+            self.gamma2 = nn.Parameter(torch.full((1, embed_dims, 1, 1), float(layer_scale_init_value)))
+
+    def forward(self, x):
+        x = x + self.cpe(x)  # the CPE output is the residual stream for both branches
+        y = self.attn(self.norm1(x))
+        x = x + self.drop_path(self.gamma1 * y if self.layer_scale else y)
+        y = self.ffn(self.norm2(x))
+        return x + self.drop_path(self.gamma2 * y if self.layer_scale else y)
+
+
+class STViTStage(nn.Module):
+    """A stage: optional stride-2 downsampling (3×3 conv + norm, the authors' ``PatchMerging`` of the previous
+    stage) followed by ``blocks``. Shapes: (B, C_in, H, W) -> (B, C, ceil(H/2), ceil(W/2)) with downsampling,
+    else (B, C, H, W)."""
+
+    def __init__(self, blocks, downsample=None):
+        super().__init__()
+        if downsample is not None:
+            self.downsample = downsample
+        self.blocks = nn.ModuleList(blocks)
+
+
+@MODELS.register_module()
+class STViT(SparseBackbone):
+    """STViT backbone returning dense features at strides 4, 8, 16 and 32.
+
+    Every output is the last block's output of a stage, taken before the downsampling that feeds the next
+    stage (spec §3.1), optionally followed by a per-output norm.
+
+    Args:
+        arch (str | dict): ``'small'``, ``'base'``, ``'large'`` (aliases ``'s'``, ``'b'``, ``'l'``) or a dict
+            with ``embed_dims``, ``depths``, ``num_heads`` (4-lists) and optionally ``layer_scale`` (4 bools).
+        in_channels (int): input channels. Default 3.
+        stoken_size (int | sequence | None): super-token size per stage: 4 entries, each an int or an (h, w)
+            pair; 1 means global attention. ``None`` keeps the trained ``[8, 4, 1, 1]``.
+        n_iter (int | sequence[int]): association rounds, one per stage or one for all. Default 1.
+        mlp_ratio (float): FFN expansion. Default 4.
+        qkv_bias (bool), qk_scale (float | None): MHSA settings (authors: True, None).
+        drop_rate (float): dropout after the stem and in the FFNs. attn_drop_rate (float): attention dropout.
+        drop_path_rate (float): stochastic-depth rate, linearly increased over all blocks.
+        layer_scale (bool | sequence[bool] | None): layer scale per stage; ``None`` takes the arch's
+            (S: none; B, L: stages 3–4).
+        layer_scale_init_value (float): initial γ. Default 1e-6.
+        out_indices (int | sequence[int]): stages to output. Default (0, 1, 2, 3).
+        frozen_stages (int): freeze the stem and stages ``0 .. frozen_stages-1`` (-1: none). Stage ``i``
+            includes the downsampling that feeds it.
+        norm_eval (bool): keep the BatchNorms in eval mode while training.
+        with_cp (bool): gradient checkpointing per block.
+        norm_cfg (dict): the stem, downsampling and FFN pre-norms; the authors use ``dict(type='BN')``
+            (use ``SyncBN`` for multi-GPU dense training).
+        out_norm_cfg (dict | None): norm added to every output. Default ``dict(type='LN2d', eps=1e-6)``: an
+            mmsparse choice, not the authors' (their model has no dense outputs). The tapped features are raw
+            residual streams whose scale grows with depth, so, as for Swin / ConvNeXt / BiFormer's dense
+            backbone, a freshly initialised LN per output gives the neck inputs of a comparable scale.
+            ``None`` returns the raw features (equal to the authors' model).
+        attn_impl (str): ``'sdpa'`` (memory-efficient where available; needed for global attention at
+            detection scale) or ``'math'``.
+        sta_impl (str): super-token sampling implementation (``'reference'``).
+        init_cfg (dict | list | None): e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``;
+            raw official checkpoints are converted on the fly.
+
+    Shapes:
+        (B, in_channels, H, W) -> tuple of (B, C_i, ceil(H / 2^(i+2)), ceil(W / 2^(i+2))) for i in out_indices.
+    """
+
+    arch_zoo = {
+        'small': dict(embed_dims=[64, 128, 320, 512], depths=[3, 5, 9, 3], num_heads=[1, 2, 5, 8],
+                      layer_scale=[False, False, False, False]),
+        'base': dict(embed_dims=[96, 192, 384, 512], depths=[4, 6, 14, 6], num_heads=[2, 3, 6, 8],
+                     layer_scale=[False, False, True, True]),
+        'large': dict(embed_dims=[96, 192, 448, 640], depths=[4, 7, 19, 8], num_heads=[2, 3, 7, 10],
+                      layer_scale=[False, False, True, True]),
+    }
+    arch_aliases = {'s': 'small', 'b': 'base', 'l': 'large'}
+    converter_family = 'stvit'
+    num_stages = 4
+
+    def __init__(self, arch='small', in_channels=3, stoken_size=None, n_iter=1, mlp_ratio=4., qkv_bias=True,
+                 qk_scale=None, drop_rate=0., attn_drop_rate=0., drop_path_rate=0., layer_scale=None,
+                 layer_scale_init_value=1e-6, out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False,
+                 with_cp=False, norm_cfg=dict(type='BN'), out_norm_cfg=dict(type='LN2d', eps=1e-6),
+                 attn_impl='sdpa', sta_impl='reference', init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        arch = resolve_arch(arch, self.arch_zoo, self.arch_aliases, ('embed_dims', 'depths', 'num_heads'))
+        n = self.num_stages
+        dims, depths, heads = (self._per_stage(arch[k], k, int) for k in ('embed_dims', 'depths', 'num_heads'))
+        if any(d <= 0 for d in dims + depths + heads):
+            raise ValueError(f'arch embed_dims / depths / num_heads must be positive, got {arch!r}')
+        stoken_size = self._per_stage([8, 4, 1, 1] if stoken_size is None else stoken_size, 'stoken_size',
+                                      (int, tuple, list))
+        n_iter = self._per_stage(n_iter, 'n_iter', int)
+        if layer_scale is None:
+            layer_scale = arch.get('layer_scale', [False] * n)
+        layer_scale = self._per_stage(layer_scale, 'layer_scale', bool)
+        if not 0 <= drop_path_rate < 1:
+            raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
+
+        self.embed_dims = dims
+        self.out_indices = check_out_indices(out_indices, n)
+        self.frozen_stages = self.check_frozen_stages(frozen_stages)
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+
+        half = dims[0] // 2
+        self.stem = nn.Sequential(
+            _conv_act_norm(in_channels, half, 2, norm_cfg), _conv_act_norm(half, half, 1, norm_cfg),
+            _conv_act_norm(half, dims[0], 2, norm_cfg), _conv_act_norm(dims[0], dims[0], 1, norm_cfg))
+        self.stem_drop = nn.Dropout(drop_rate)
+
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.stages = nn.ModuleList()
+        for i in range(n):
+            downsample = None
+            if i > 0:
+                downsample = nn.Sequential(OrderedDict(
+                    conv=nn.Conv2d(dims[i - 1], dims[i], 3, 2, 1), norm=build_norm_layer(norm_cfg, dims[i])[1]))
+            blocks = [
+                STViTBlock(dims[i], heads[i], stoken_size[i], n_iter[i], mlp_ratio, qkv_bias, qk_scale,
+                           drop=drop_rate, attn_drop=attn_drop_rate, drop_path=rates[sum(depths[:i]) + j],
+                           layer_scale=layer_scale[i], layer_scale_init_value=layer_scale_init_value,
+                           norm_cfg=norm_cfg, attn_impl=attn_impl, sta_impl=sta_impl) for j in range(depths[i])
+            ]
+            self.stages.append(STViTStage(blocks, downsample))
+
+        self.out_norm_cfg = out_norm_cfg
+        for i in self.out_indices:
+            if out_norm_cfg is not None:
+                self.add_module(f'norm{i}', build_norm_layer(out_norm_cfg, dims[i])[1])
+        self._freeze_stages()
+
+    def _per_stage(self, value, name, types):
+        """Broadcast a scalar to the 4 stages, or check a 4-sequence; raise naming ``name`` otherwise."""
+        if isinstance(value, types) and not isinstance(value, (list, tuple)):
+            value = [value] * self.num_stages
+        if not isinstance(value, (list, tuple)) or len(value) != self.num_stages:
+            raise ValueError(f'{name} must be one value or a sequence of {self.num_stages}, got {value!r}')
+        bad = [v for v in value if not isinstance(v, types) or (types is int and isinstance(v, bool))]
+        if bad:
+            raise ValueError(f'{name} entries must be {types}, got {value!r}')
+        return list(value)
+
+    def stage_modules(self, i):
+        if i == -1:
+            return [self.stem]
+        return [self.stages[i], getattr(self, f'norm{i}', None)]
+
+    def forward_stages(self, x):
+        """The raw stage features (no output norms), all four, as a list."""
+        x = self.stem_drop(self.stem(x))
+        feats = []
+        for stage in self.stages:
+            if hasattr(stage, 'downsample'):
+                x = stage.downsample(x)
+            for block in stage.blocks:
+                x = self.run_block(block, x)
+            feats.append(x)
+        return feats
+
+    def forward(self, x):
+        if x.dim() != 4:
+            raise ValueError(f'x must be an NCHW batch, got shape {tuple(x.shape)}')
+        feats = self.forward_stages(x)
+        outs = []
+        for i in self.out_indices:
+            norm = getattr(self, f'norm{i}', None)
+            outs.append(norm(feats[i]) if norm is not None else feats[i])
+        return tuple(outs)
