@@ -18,7 +18,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-# setuptools stays < 82 in every step: mmengine 0.10.7 imports pkg_resources, which 82 removed and 81 warns about.
+# setuptools stays < 81 in every step: mmengine 0.10.7 imports pkg_resources (removed in 82, deprecated loudly in 81).
 PIP=("$PY" -m pip install --disable-pip-version-check -q "setuptools<81")
 
 # Fast path: everything present with the pinned versions and compiled mmcv ops that load.

@@ -1,0 +1,65 @@
+"""Helpers shared by tools/train.py and tools/test.py (task detection, CPU distributed, data checks)."""
+import os
+import os.path as osp
+import warnings
+
+import torch
+
+TASKS = ('mmdet', 'mmseg')
+
+
+def task_of(cfg):
+    """The downstream task of a config, from its ``default_scope`` ('mmdet' or 'mmseg')."""
+    scope = cfg.get('default_scope')
+    if scope not in TASKS:
+        raise ValueError(f'default_scope={scope!r} in the config; mmsparse tools run configs whose default_scope '
+                         f'is one of {list(TASKS)}')
+    return scope
+
+
+def prepare(cfg, args):
+    """Import mmsparse (registers our models) and adapt the config to the launcher and the machine."""
+    warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+    import mmsparse  # noqa: F401
+    if args.launcher != 'none' and not torch.cuda.is_available():
+        # NCCL needs GPUs; CPU-only distributed runs (tests, debugging) use gloo.
+        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+    if args.launcher != 'none':
+        os.environ.setdefault('LOCAL_RANK', str(getattr(args, 'local_rank', 0)))
+    return task_of(cfg)
+
+
+def _dataset_paths(dataset):
+    """(description, path) pairs a dataset config needs on disk; follows wrappers (RepeatDataset, ...)."""
+    if dataset is None:
+        return []
+    if 'datasets' in dataset:
+        return [p for d in dataset['datasets'] for p in _dataset_paths(d)]
+    if 'dataset' in dataset:
+        return _dataset_paths(dataset['dataset'])
+    root = dataset.get('data_root') or ''
+    paths = []
+    if dataset.get('ann_file'):
+        paths.append(('annotation file', osp.join(root, dataset['ann_file'])))
+    for key, sub in (dataset.get('data_prefix') or {}).items():
+        if sub and isinstance(sub, str):
+            paths.append((f'{key} folder', osp.join(root, sub)))
+    if not paths and root:
+        paths.append(('data root', root))
+    return paths
+
+
+def check_data(cfg, loaders):
+    """Stop with a clear message when a dataset the run needs is not on disk."""
+    for loader in loaders:
+        dataset = (cfg.get(loader) or {}).get('dataset')
+        for what, path in _dataset_paths(dataset):
+            if '://' in path or osp.exists(path):
+                continue
+            raise SystemExit(
+                f'{loader}: the {what} {path!r} does not exist.\n'
+                f'Put the dataset there (COCO 2017: data/coco/{{annotations,train2017,val2017}}; ADE20K: '
+                f'data/ade/ADEChallengeData2016/{{images,annotations}}/{{training,validation}}; see '
+                f'docs/get_started.md, "Datasets"), symlink it into data/, or point the config elsewhere with '
+                f'--cfg-options {loader}.dataset.data_root=<dir>. For a quick check on the embedded synthetic '
+                f'data, see docs/get_started.md.')
