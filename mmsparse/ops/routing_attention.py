@@ -1,2 +1,237 @@
-"""Placeholder until the family lands."""
-__all__ = []
+"""BiFormer's attention operators, NCHW in and NCHW out.
+
+- :class:`BiLevelRoutingAttention` (BRA, stages 1-3): region-to-region top-k routing on region-mean queries
+  and keys, then token attention over the gathered top-k regions, plus a depthwise LePE on V.
+- :class:`GlobalAttentionLePE` (stage 4): plain multi-head self-attention with a depthwise LePE on the input.
+
+Both reproduce the authors' released implementation (``ops/bra_legacy.py`` and ``models/_common.py`` of
+rayleizhu/BiFormer), including its quirks (see the class docstrings).
+
+The token-attention algorithm of BRA is a pluggable function in :data:`BRA_IMPLS` (``impl`` argument), so a
+faster implementation can sit next to the reference ``'gather'`` one behind the same contract:
+
+``fn(q, k, v, topk, num_heads, scale) -> (out, topk_idx)`` with ``q, k: (N, P, T, C_qk)``,
+``v: (N, P, T, C_v)`` (``P`` regions in row-major order, ``T`` tokens per region, row-major inside the
+region), ``out: (N, P, T, C_v)`` (heads concatenated head-major) and ``topk_idx: (N, P, topk)`` int64.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from mmsparse.registry import MODELS
+
+__all__ = ['BiLevelRoutingAttention', 'GlobalAttentionLePE', 'BRA_IMPLS', 'bra_gather']
+
+
+def _route(q, k, topk, scale):
+    """Top-k region routing on region means: (N, P, T, C) x2 -> (N, P, topk) int64 region indices.
+
+    Means include padded tokens, and the inputs are detached: the official routing is not differentiable.
+    """
+    q_r = q.detach().mean(dim=2)
+    k_r = k.detach().mean(dim=2)
+    # scale before the matmul, as the authors do, so the logits round identically (scale > 0 cannot change
+    # the ranking, only the float32 rounding of near-ties)
+    logits = (q_r * scale) @ k_r.transpose(-2, -1)
+    return torch.topk(logits, k=topk, dim=-1).indices
+
+
+def _gather_regions(t, idx):
+    """Tokens of the selected regions: t (N, P, T, C), idx (N, P, K) -> (N, P, K*T, C)."""
+    n, p, tok, c = t.shape
+    k = idx.shape[-1]
+    src = t.reshape(n, p, tok * c)
+    index = idx.reshape(n, p * k, 1).expand(-1, -1, tok * c)
+    return torch.gather(src, 1, index).reshape(n, p, k * tok, c)
+
+
+def bra_gather(q, k, v, topk, num_heads, scale):
+    """Reference BRA token attention: gather the K/V tokens of the top-k regions, then dense attention.
+
+    Materialises ``topk`` copies of K and V per query region, exactly like the authors' code (memory heavy
+    at detection resolutions; see the module docstring for the contract).
+    """
+    idx = _route(q, k, topk, scale)
+    k_sel = _gather_regions(k, idx)
+    v_sel = _gather_regions(v, idx)
+    # heads are split head-major: head h owns channels h*d .. h*d+d-1
+    q_h = rearrange(q, 'n p t (m d) -> (n p) m t d', m=num_heads)
+    k_h = rearrange(k_sel, 'n p s (m d) -> (n p) m d s', m=num_heads)
+    v_h = rearrange(v_sel, 'n p s (m d) -> (n p) m s d', m=num_heads)
+    attn = ((q_h * scale) @ k_h).softmax(dim=-1)
+    out = rearrange(attn @ v_h, '(n p) m t d -> n p t (m d)', n=q.shape[0])
+    return out, idx
+
+
+#: name -> token-attention algorithm for :class:`BiLevelRoutingAttention` (contract in the module docstring)
+BRA_IMPLS = {'gather': bra_gather}
+
+
+def _check_positive_int(value, name):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f'{name} must be a positive int, got {value!r}')
+
+
+def _check_side_dwconv(side_dwconv):
+    if not isinstance(side_dwconv, int) or side_dwconv < 0 or (side_dwconv > 0 and side_dwconv % 2 == 0):
+        raise ValueError(f'side_dwconv must be 0 (no LePE) or an odd positive kernel size, got {side_dwconv!r}')
+
+
+def _check_nchw(x, dim, name):
+    if x.dim() != 4 or x.shape[1] != dim:
+        raise ValueError(f'{name} expects an NCHW tensor with {dim} channels, got shape {tuple(x.shape)}')
+
+
+@MODELS.register_module()
+class BiLevelRoutingAttention(nn.Module):
+    """Bi-Level Routing Attention (BRA), the authors' legacy version used by all released BiFormers.
+
+    Steps, for an input that is already normalised (the block's ``norm1`` runs before this layer):
+
+    1. ``auto_pad``: zero-pad the input at the bottom/right to a multiple of ``n_win`` *before* the qkv
+       projection, so padded tokens carry the projection biases. Nothing is masked; the output is cropped.
+    2. Split the map into ``n_win x n_win`` regions (row-major), project to q, k (``qk_dim``) and v (``dim``).
+    3. Route: region means of q and k (padded tokens included, detached), logits ``(q_r * s) @ k_r^T``,
+       keep the ``topk`` best key regions per query region.
+    4. Attend from every query token to all tokens of its top-k regions, per head (head-major channel
+       split), with scale ``s``.
+    5. Add the LePE (depthwise ``side_dwconv`` conv on the padded V map), project with ``proj``, crop.
+
+    The scale ``s`` is ``qk_dim ** -0.5`` (the *full* qk_dim, not the head dim), as in the official code.
+
+    Args:
+        dim (int): Input/output channels C (also the V channels).
+        num_heads (int): Number of heads; must divide ``dim`` and ``qk_dim``. Default: 8.
+        n_win (int): Regions per side. Default: 7.
+        topk (int): Routed regions per query region, ``1 <= topk <= n_win**2``. Default: 4.
+        qk_dim (int, optional): Channels of q and k. Default: ``dim``.
+        qk_scale (float, optional): Override of the scale ``qk_dim ** -0.5``. Default: None.
+        side_dwconv (int): LePE kernel size; 0 disables it. Default: 5.
+        auto_pad (bool): Pad inputs whose H/W do not divide by ``n_win``; otherwise such inputs raise.
+            Default: False.
+        impl (str): Token-attention algorithm, a key of :data:`BRA_IMPLS`. Default: ``'gather'``.
+
+    Shapes:
+        - input: (N, C, H, W), the normalised feature map.
+        - output: (N, C, H, W).
+
+    Attributes:
+        record_routing (bool): when set to True, every forward stores the (N, n_win**2, topk) int64
+            region indices in ``routing_idx`` (for tests and inspection). Off by default.
+    """
+
+    def __init__(self, dim, num_heads=8, n_win=7, topk=4, qk_dim=None, qk_scale=None, side_dwconv=5,
+                 auto_pad=False, impl='gather'):
+        super().__init__()
+        qk_dim = dim if qk_dim is None else qk_dim
+        for value, name in ((dim, 'dim'), (num_heads, 'num_heads'), (n_win, 'n_win'), (topk, 'topk'),
+                            (qk_dim, 'qk_dim')):
+            _check_positive_int(value, name)
+        if dim % num_heads or qk_dim % num_heads:
+            raise ValueError(f'num_heads={num_heads} must divide dim={dim} and qk_dim={qk_dim}')
+        if topk > n_win * n_win:
+            raise ValueError(f'topk={topk} must be <= n_win**2 = {n_win * n_win} (the number of regions)')
+        _check_side_dwconv(side_dwconv)
+        if impl not in BRA_IMPLS:
+            raise ValueError(f'impl={impl!r} is not a known BRA implementation; choose one of {sorted(BRA_IMPLS)}')
+        self.dim = dim
+        self.qk_dim = qk_dim
+        self.num_heads = num_heads
+        self.n_win = n_win
+        self.topk = topk
+        self.scale = qk_scale or qk_dim ** -0.5
+        self.auto_pad = bool(auto_pad)
+        self.impl = impl
+
+        # one projection for q | k | v, in that channel order (the official layout)
+        self.qkv = nn.Linear(dim, 2 * qk_dim + dim)
+        self.lepe = (nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
+                     if side_dwconv > 0 else None)
+        self.proj = nn.Linear(dim, dim)
+
+        self.record_routing = False
+        self.routing_idx = None
+
+    def extra_repr(self):
+        return (f'dim={self.dim}, qk_dim={self.qk_dim}, num_heads={self.num_heads}, n_win={self.n_win}, '
+                f'topk={self.topk}, scale={self.scale:.6g}, auto_pad={self.auto_pad}, impl={self.impl!r}')
+
+    def forward(self, x):
+        _check_nchw(x, self.dim, type(self).__name__)
+        _, _, h_in, w_in = x.shape
+        pad_b = (self.n_win - h_in % self.n_win) % self.n_win
+        pad_r = (self.n_win - w_in % self.n_win) % self.n_win
+        if pad_b or pad_r:
+            if not self.auto_pad:
+                raise ValueError(f'{type(self).__name__}: input size {h_in}x{w_in} is not divisible by '
+                                 f'n_win={self.n_win}; pass auto_pad=True or resize the input')
+            x = F.pad(x, (0, pad_r, 0, pad_b))  # pad the normalised input, before the projection
+        j = i = self.n_win
+        tokens = rearrange(x, 'n c (j h) (i w) -> n (j i) (h w) c', j=j, i=i)
+        h, w = x.shape[2] // j, x.shape[3] // i
+        q, k, v = self.qkv(tokens).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
+
+        out, idx = BRA_IMPLS[self.impl](q, k, v, self.topk, self.num_heads, self.scale)
+        if self.record_routing:
+            self.routing_idx = idx.detach()
+
+        if self.lepe is not None:
+            # LePE runs over the whole padded V map (zero padding only outside it)
+            v_map = rearrange(v, 'n (j i) (h w) c -> n c (j h) (i w)', j=j, i=i, h=h, w=w)
+            out = out + rearrange(self.lepe(v_map), 'n c (j h) (i w) -> n (j i) (h w) c', j=j, i=i)
+        out = self.proj(out)
+        out = rearrange(out, 'n (j i) (h w) c -> n c (j h) (i w)', j=j, i=i, h=h, w=w)
+        if pad_b or pad_r:
+            out = out[:, :, :h_in, :w_in].contiguous()
+        return out
+
+
+@MODELS.register_module()
+class GlobalAttentionLePE(nn.Module):
+    """Global multi-head self-attention plus a depthwise LePE on the input (BiFormer's stage 4).
+
+    ``out = proj(MHSA(x) + DW(x))`` over all H*W tokens. The qkv projection has no bias by default and its
+    output channels are ``[q | k | v]``, each split head-major; the scale is ``head_dim ** -0.5``. The
+    number of heads is fixed by the caller (the official stage 4 always uses 8, whatever ``head_dim``).
+
+    Args:
+        dim (int): Input/output channels C.
+        num_heads (int): Number of heads; must divide ``dim``. Default: 8.
+        qkv_bias (bool): Bias in the qkv projection. Default: False.
+        qk_scale (float, optional): Override of ``(dim // num_heads) ** -0.5``. Default: None.
+        side_dwconv (int): LePE kernel size; 0 disables it. Default: 5.
+
+    Shapes:
+        - input: (N, C, H, W) (already normalised), any H, W.
+        - output: (N, C, H, W).
+    """
+
+    def __init__(self, dim, num_heads=8, qkv_bias=False, qk_scale=None, side_dwconv=5):
+        super().__init__()
+        _check_positive_int(dim, 'dim')
+        _check_positive_int(num_heads, 'num_heads')
+        if dim % num_heads:
+            raise ValueError(f'num_heads={num_heads} must divide dim={dim}')
+        _check_side_dwconv(side_dwconv)
+        self.dim = dim
+        self.num_heads = num_heads
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.lepe = (nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
+                     if side_dwconv > 0 else None)
+        self.proj = nn.Linear(dim, dim)
+
+    def extra_repr(self):
+        return f'dim={self.dim}, num_heads={self.num_heads}, scale={self.scale:.6g}'
+
+    def forward(self, x):
+        _check_nchw(x, self.dim, type(self).__name__)
+        _, _, h, w = x.shape
+        tokens = rearrange(x, 'n c h w -> n (h w) c')
+        q, k, v = rearrange(self.qkv(tokens), 'n t (three m d) -> three n m t d', three=3, m=self.num_heads)
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        out = rearrange(out, 'n m t d -> n t (m d)')
+        if self.lepe is not None:
+            out = out + rearrange(self.lepe(x), 'n c h w -> n (h w) c')
+        return rearrange(self.proj(out), 'n (h w) c -> n c h w', h=h, w=w)
