@@ -1,0 +1,136 @@
+"""BiLevelRoutingAttention / GlobalAttentionLePE: parity with the authors' legacy operator, errors, contract."""
+import math
+
+import pytest
+import torch
+
+from mmsparse.converters import model_from_official
+from mmsparse.ops.routing_attention import BRA_IMPLS, BiLevelRoutingAttention, GlobalAttentionLePE
+from tests.conftest import assert_close_to_reference, load_fixture
+
+
+def padded_regions(h, w, n_win):
+    """Row-major indices of the regions that hold only auto-padding for an h x w map."""
+    rh, rw = math.ceil(h / n_win), math.ceil(w / n_win)
+    return {r * n_win + c for r in range(n_win) for c in range(n_win) if r * rh >= h or c * rw >= w}
+
+
+def assert_same_routing(ours, ref, pad_regions, name='routing'):
+    """Compare top-k region indices per row as sets; fully padded regions are interchangeable."""
+    assert ours.shape == ref.shape, f'{name}: shape {tuple(ours.shape)} != {tuple(ref.shape)}'
+
+    def canon(row):
+        real = sorted(int(i) for i in row if int(i) not in pad_regions)
+        return real, len(row) - len(real)
+
+    for n in range(ref.shape[0]):
+        for p in range(ref.shape[1]):
+            assert canon(ours[n, p]) == canon(ref[n, p]), (
+                f'{name}: region {p} of sample {n} routes to {ours[n, p].tolist()}, reference {ref[n, p].tolist()}')
+
+
+def test_bra_matches_official_legacy_operator():
+    fx = load_fixture('bra_legacy_d64_h2_nwin4_topk4.pt')
+    layer = model_from_official('BiLevelRoutingAttention', fx['config'], fx['state_dict'])
+    assert isinstance(layer, BiLevelRoutingAttention)
+    assert layer.scale == pytest.approx(64 ** -0.5)  # full qk_dim, not the head dim 32
+    layer.record_routing = True
+    n_win = fx['config']['n_win']
+    for i, (x, ref) in enumerate(zip(fx['inputs'], fx['outputs'])):
+        with torch.no_grad():
+            out = layer(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # the official operator is NHWC
+        assert_close_to_reference(out, ref['output'], f'input {i} output')
+        assert_same_routing(layer.routing_idx, ref['routing_topk_idx'],
+                            padded_regions(x.shape[1], x.shape[2], n_win), f'input {i}')
+
+
+def test_bra_scale_with_head_dim_would_not_match():
+    """Guard against the most common re-implementation error: the per-head scale changes the outputs."""
+    fx = load_fixture('bra_legacy_d64_h2_nwin4_topk4.pt')
+    layer = model_from_official('BiLevelRoutingAttention', fx['config'], fx['state_dict'])
+    layer.scale = 32 ** -0.5
+    with torch.no_grad():
+        out = layer(fx['inputs'][0].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    assert (out - fx['outputs'][0]['output']).abs().max() > 1e-3
+
+
+def test_bra_pads_before_projection():
+    """Padded tokens must carry the qkv bias: zero-padding the input by hand gives the same cropped output."""
+    torch.manual_seed(1)
+    layer = BiLevelRoutingAttention(32, num_heads=2, n_win=4, topk=3, auto_pad=True).eval()
+    torch.nn.init.normal_(layer.qkv.bias, std=0.5)  # make the bias matter
+    x = torch.randn(1, 32, 13, 10)
+    with torch.no_grad():
+        out = layer(x)
+        ref = layer(torch.nn.functional.pad(x, (0, 2, 0, 3)))[:, :, :13, :10]
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+
+
+def test_bra_rejects_undivisible_size_without_auto_pad():
+    layer = BiLevelRoutingAttention(32, num_heads=2, n_win=4, topk=2, auto_pad=False)
+    assert layer(torch.randn(1, 32, 8, 12)).shape == (1, 32, 8, 12)
+    with pytest.raises(ValueError, match='n_win=4.*auto_pad=True'):
+        layer(torch.randn(1, 32, 9, 12))
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(dim=32, num_heads=3), 'num_heads=3 must divide'),
+    (dict(dim=32, n_win=2, topk=5), 'topk=5 must be <= n_win'),
+    (dict(dim=32, topk=0), 'topk must be a positive int'),
+    (dict(dim=32, n_win=0), 'n_win must be a positive int'),
+    (dict(dim=32, side_dwconv=4), 'side_dwconv must be 0'),
+    (dict(dim=32, impl='cuda'), "impl='cuda'.*choose one of"),
+])
+def test_bra_bad_arguments(kwargs, match):
+    kwargs.setdefault('num_heads', 2)
+    with pytest.raises(ValueError, match=match):
+        BiLevelRoutingAttention(**kwargs)
+
+
+def test_bra_wrong_input_layout():
+    layer = BiLevelRoutingAttention(32, num_heads=2, n_win=2, topk=1)
+    with pytest.raises(ValueError, match='NCHW tensor with 32 channels'):
+        layer(torch.randn(1, 8, 8, 32))  # NHWC by mistake
+
+
+def test_bra_backward_and_impl_contract():
+    torch.manual_seed(0)
+    layer = BiLevelRoutingAttention(16, num_heads=2, n_win=2, topk=2, qk_dim=8, auto_pad=True)
+    x = torch.randn(2, 16, 6, 5, requires_grad=True)
+    out = layer(x)
+    assert out.shape == x.shape
+    out.square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert layer.qkv.weight.grad.abs().sum() > 0
+    # the BRA_IMPLS contract: (N, P, T, C) q/k/v in, (N, P, T, C_v) out and (N, P, topk) int64 indices
+    q = torch.randn(1, 4, 3, 8, requires_grad=True)
+    k = torch.randn(1, 4, 3, 8, requires_grad=True)
+    v = torch.randn(1, 4, 3, 16)
+    out, idx = BRA_IMPLS['gather'](q, k, v, 2, 2, 8 ** -0.5)
+    assert idx.shape == (1, 4, 2) and idx.dtype == torch.int64 and out.shape == (1, 4, 3, 16)
+
+
+def test_bra_gather_matches_dense_attention_when_all_regions_are_routed():
+    """With topk = all regions, BRA is plain multi-head attention over all tokens (plus LePE)."""
+    torch.manual_seed(0)
+    n, p, t, c, m = 2, 4, 6, 16, 2
+    q, k, v = torch.randn(n, p, t, c), torch.randn(n, p, t, c), torch.randn(n, p, t, c)
+    scale = c ** -0.5
+    out, idx = BRA_IMPLS['gather'](q, k, v, p, m, scale)
+    assert sorted(idx[0, 0].tolist()) == list(range(p))
+    qf, kf, vf = (t_.reshape(n, p * t, m, c // m).transpose(1, 2) for t_ in (q, k, v))
+    ref = torch.softmax(qf @ kf.transpose(-2, -1) * scale, -1) @ vf
+    torch.testing.assert_close(out.reshape(n, p * t, c), ref.transpose(1, 2).reshape(n, p * t, c),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_global_attention_any_size_and_errors():
+    layer = GlobalAttentionLePE(64, num_heads=8)
+    assert layer.qkv.bias is None and layer.scale == pytest.approx(8 ** -0.5)
+    for h, w in ((5, 7), (1, 1), (3, 11)):
+        assert layer(torch.randn(2, 64, h, w)).shape == (2, 64, h, w)
+    with pytest.raises(ValueError, match='num_heads=6 must divide dim=64'):
+        GlobalAttentionLePE(64, num_heads=6)
+    with pytest.raises(ValueError, match='NCHW tensor with 64 channels'):
+        layer(torch.randn(2, 32, 4, 4))
