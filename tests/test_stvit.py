@@ -1,0 +1,246 @@
+"""STViT backbone: parity with the authors' fixtures, conversion, OpenMMLab behaviour, AMP."""
+import argparse
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmsparse.converters import UnmappedKeysError, convert, convert_checkpoint, model_from_official
+from mmsparse.models import STViT
+from mmsparse.registry import MODELS
+from tests.conftest import REPO, assert_close_to_reference, load_fixture
+
+MODEL_FIXTURES = ['stvit_reduced_layerscale.pt', 'stvit_reduced_nolayerscale.pt']
+KEYS = REPO.parent / 'shared' / 'reference' / 'keys'
+TINY = dict(embed_dims=[8, 16, 32, 32], depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4])
+
+
+def tiny(**kwargs):
+    return STViT(arch=dict(TINY), **kwargs)
+
+
+def official_state_dict(arch):
+    """Zero tensors of the listed shapes (the frozen unfold/fold constants as the eye kernels they are)."""
+    path = KEYS / f'stvit_{arch}.txt'
+    if not path.is_file():
+        pytest.skip(f'key list {path} is absent')
+    sd = {}
+    for line in path.read_text().splitlines():
+        key, shape = line.split('\t')
+        shape = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
+        sd[key] = torch.eye(9).view(9, 1, 3, 3) if key.endswith('fold.weights') else torch.zeros(shape)
+    return sd
+
+
+@pytest.mark.parametrize('name', MODEL_FIXTURES)
+def test_matches_official_stvit(name):
+    fx = load_fixture(name)
+    model = model_from_official('STViT', fx['config'], fx['state_dict'])
+    assert model.out_norm_cfg is None
+    for x, ref in zip(fx['inputs'], fx['outputs']):  # 128x128 and 100x132 (padded inside STA at s = 0, 1)
+        with torch.no_grad():
+            outs = model(x)
+            stem = model.stem(x)
+        assert_close_to_reference(stem, ref['stem'], f'{name} stem')
+        for s, (ours, theirs) in enumerate(zip(outs, ref['stages'])):
+            assert_close_to_reference(ours, theirs, f'{name} stage {s} {tuple(x.shape)}')
+
+
+@pytest.mark.parametrize('arch, params', [('small', 23_943_264), ('base', 50_138_928), ('large', 93_287_664)])
+def test_official_keys_convert_and_load_strictly(arch, params):
+    sd = official_state_dict(arch)
+    model = STViT(arch[0], out_norm_cfg=None)  # via the alias
+    assert sum(p.numel() for p in model.parameters()) == params
+    converted = convert('stvit', {'model': sd})
+    assert not any(k.startswith(('proj.', 'norm.', 'head.')) for k in converted)
+    assert not any('fold' in k for k in converted)
+    model.load_state_dict(converted, strict=True)
+    # classification-only and frozen keys are the only ones dropped
+    dropped = [k for k in sd if k.startswith(('proj.', 'norm.', 'head.')) or k.endswith('fold.weights')]
+    assert len(converted) == len(sd) - len(dropped)
+
+
+def test_converter_errors():
+    sd = official_state_dict('small')
+    with pytest.raises(UnmappedKeysError, match='layers.9.mystery'):
+        convert('stvit', {**sd, 'layers.9.mystery': torch.zeros(1)})
+    bad = dict(sd)
+    bad['layers.0.blocks.0.attn.fold.weights'] = torch.ones(9, 1, 3, 3)
+    with pytest.raises(ValueError, match='eye'):
+        convert('stvit', bad)
+    with pytest.raises(ValueError, match='ResDWC'):
+        convert('stvit', {**sd, 'layers.0.blocks.0.pos_embed.shortcut': torch.zeros(1, 1, 3, 3)})
+
+
+def test_cli_round_trip_and_pretrained_init(tmp_path):
+    fx = load_fixture(MODEL_FIXTURES[0])
+    src, dst = tmp_path / 'official.pth', tmp_path / 'converted.pth'
+    # the authors' training checkpoints pickle an argparse.Namespace next to the weights
+    torch.save({'model': fx['state_dict'], 'args': argparse.Namespace(model='stvit')}, src)
+    proc = subprocess.run([sys.executable, 'tools/model_converters/official2mmsparse.py', 'stvit', str(src), str(dst)],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    ckpt = torch.load(dst, weights_only=True)
+    assert all(k.startswith('backbone.') for k in ckpt['state_dict'])
+
+    reference = model_from_official('STViT', fx['config'], fx['state_dict'])
+    cfg = fx['config']
+    model = STViT(arch=dict(embed_dims=cfg['embed_dim'], depths=cfg['depths'], num_heads=cfg['num_heads']),
+                  stoken_size=cfg['stoken_size'], layer_scale=cfg['layerscale'], out_norm_cfg=None,
+                  init_cfg=dict(type='Pretrained', checkpoint=str(dst), prefix='backbone.'))
+    model.init_weights()
+    model.eval()
+    x = fx['inputs'][1]
+    with torch.no_grad():
+        for ours, ref in zip(model(x), reference(x)):
+            torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+
+
+def test_registered_and_builds_from_config():
+    model = MODELS.build(dict(type='STViT', arch=dict(TINY)))
+    assert isinstance(model, STViT)
+
+
+@pytest.mark.parametrize('size', [(64, 64), (63, 63), (56, 69)])
+def test_output_shapes_and_odd_sizes(size):
+    model = tiny().eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, *size))
+    h, w = size
+    for i, out in enumerate(outs):
+        stride = 2 ** (i + 2)
+        assert out.shape == (1, TINY['embed_dims'][i], -(-h // stride), -(-w // stride))
+        assert torch.isfinite(out).all()
+
+
+def test_out_indices_and_out_norms():
+    model = tiny(out_indices=(1, -1)).eval()
+    assert model.out_indices == (1, 3)
+    assert hasattr(model, 'norm1') and hasattr(model, 'norm3') and not hasattr(model, 'norm0')
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        outs = model(x)
+        raw = model.forward_stages(x)
+    assert [o.shape[1] for o in outs] == [16, 32]
+    torch.testing.assert_close(outs[1], model.norm3(raw[3]))
+    # the default output norm is a channel LN: zero mean over channels
+    torch.testing.assert_close(outs[0].mean(1), torch.zeros_like(outs[0][:, 0]), atol=1e-5, rtol=0)
+
+
+def test_per_stage_stoken_size_and_n_iter():
+    model = tiny(stoken_size=[(4, 2), 2, 1, 1], n_iter=2)
+    attn = model.stages[0].blocks[0].attn
+    assert attn.stoken_size == (4, 2) and attn.n_iter == 2
+    assert model.stages[2].blocks[0].attn.is_global
+    assert tuple(o.shape[-1] for o in model.eval()(torch.randn(1, 3, 40, 36))) == (9, 5, 3, 2)
+
+
+def test_with_cp_same_outputs_and_gradients():
+    torch.manual_seed(1)
+    ref = tiny(drop_path_rate=0.)
+    model = tiny(drop_path_rate=0., with_cp=True)
+    model.load_state_dict(ref.state_dict())
+    ref.train()
+    model.train()
+    x = torch.randn(2, 3, 48, 40)
+    outs_ref, outs = ref(x), model(x)
+    sum(o.square().mean() for o in outs_ref).backward()
+    sum(o.square().mean() for o in outs).backward()
+    for a, b in zip(outs, outs_ref):
+        torch.testing.assert_close(a, b)
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_frozen_stages():
+    model = tiny(frozen_stages=2)
+    model.train()
+    frozen = [model.stem, model.stages[0], model.stages[1], model.norm0, model.norm1]
+    for m in frozen:
+        assert not m.training
+        assert all(not p.requires_grad for p in m.parameters())
+    for m in (model.stages[2], model.stages[3]):
+        assert m.training and all(p.requires_grad for p in m.parameters())
+    # stage 2 starts with the downsampling that feeds it: trainable
+    assert model.stages[2].downsample.conv.weight.requires_grad
+
+
+def test_norm_eval():
+    model = tiny(norm_eval=True)
+    model.train()
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    assert bns and all(not m.training for m in bns)
+    assert model.stages[0].blocks[0].attn.training
+    before = bns[0].running_mean.clone()
+    model(torch.randn(2, 3, 32, 32))
+    torch.testing.assert_close(bns[0].running_mean, before)
+
+
+def test_norm_cfg_reaches_every_batch_norm():
+    model = tiny(norm_cfg=dict(type='BN', eps=1e-3))
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    assert len(bns) == 4 + 3 + sum(TINY['depths'])  # stem, downsamplings, FFN pre-norms
+    assert all(m.eps == 1e-3 for m in bns)
+
+
+def test_layer_scale_follows_arch():
+    assert not hasattr(STViT('small').stages[3].blocks[0], 'gamma1')
+    base = STViT('b', layer_scale_init_value=1e-5)
+    assert not hasattr(base.stages[1].blocks[0], 'gamma1')
+    g = base.stages[2].blocks[0].gamma1
+    assert g.shape == (1, 384, 1, 1) and torch.all(g == 1e-5)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(arch='tiny'), 'arch'),
+    (dict(arch=dict(embed_dims=[8] * 4, depths=[1] * 4)), 'num_heads'),
+    (dict(stoken_size=[8, 0, 1, 1]), 'stoken_size'),
+    (dict(stoken_size=[8, 4, 1]), 'stoken_size'),
+    (dict(stoken_size=[8, -4, 1, 1]), 'stoken_size'),
+    (dict(n_iter=0), 'n_iter'),
+    (dict(layer_scale=[True]), 'layer_scale'),
+    (dict(out_indices=(4,)), 'out_indices'),
+    (dict(frozen_stages=5), 'frozen_stages'),
+    (dict(drop_path_rate=1.5), 'drop_path_rate'),
+    (dict(attn_impl='flash'), 'attn_impl'),
+])
+def test_bad_arguments(kwargs, match):
+    kwargs.setdefault('arch', dict(TINY))
+    with pytest.raises((ValueError, TypeError), match=match):
+        STViT(**kwargs)
+
+
+def _amp_cases():
+    cases = [('cpu', torch.bfloat16), ('cpu', torch.float16)]
+    if torch.cuda.is_available():
+        cases.append(('cuda', torch.float16))
+    return cases
+
+
+@pytest.mark.parametrize('device, dtype', _amp_cases())
+def test_autocast_forward_backward_is_finite(device, dtype):
+    if device == 'cpu' and not torch.amp.autocast_mode.is_autocast_available('cpu'):
+        pytest.skip('no CPU autocast')
+    torch.manual_seed(0)
+    model = tiny(drop_path_rate=0.1).to(device).train()
+    x = torch.randn(2, 3, 45, 38, device=device)
+    with torch.autocast(device, dtype=dtype):
+        outs = model(x)
+        _, extras = model.stages[0].blocks[0].attn.forward_with_intermediates(torch.randn(1, 8, 12, 12,
+                                                                                          device=device))
+    assert extras['association'].dtype == torch.float32  # the association and normalisation stay in fp32
+    assert extras['stoken_refine_in'].dtype == torch.float32
+    loss = sum(o.float().square().mean() for o in outs)
+    loss.backward()
+    assert all(torch.isfinite(o).all() for o in outs)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_convert_checkpoint_layout():
+    sd = official_state_dict('small')
+    out = convert_checkpoint('stvit', {'model': sd})
+    model = STViT('small', out_norm_cfg=None)
+    assert set(out['state_dict']) == {'backbone.' + k for k in model.state_dict()}
