@@ -202,10 +202,10 @@ class CloFormer(SparseBackbone):
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         arch = resolve_arch(arch, self.arch_zoo, self.arch_aliases, self.arch_keys)
-        num_stages = len(arch['depths'])
-        for key in self.arch_keys:
-            if len(arch[key]) != num_stages:
-                raise ValueError(f'arch[{key!r}] needs one entry per stage ({num_stages}), got {arch[key]!r}')
+        lengths = {key: len(arch[key]) for key in self.arch_keys}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f'every arch list needs one entry per stage, got the lengths {lengths}')
+        num_stages = lengths['depths']
         if not 0 <= drop_path_rate < 1:
             raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
         if not isinstance(norm_cfg, dict) or 'type' not in norm_cfg:
