@@ -8,6 +8,12 @@ that argument, and the checkpoints its Runner writes pickle a few non-tensor obj
 The narrow fix is to add exactly those classes to torch's allowlist for the restricted unpickler
 (``torch.serialization.add_safe_globals``). ``weights_only`` stays on, so a checkpoint that pickles anything
 else (arbitrary code) is still refused. We do not patch ``torch.load`` and never pass ``weights_only=False``.
+
+One entry needs care: ``HistoryBuffer`` pickles its statistics methods (``HistoryBuffer.min`` ...) by
+qualified name, which pickle writes as ``getattr(HistoryBuffer, 'min')``. Allowing the builtin ``getattr``
+would let a file read any attribute of any allowed object, so the name ``getattr`` is instead bound, for the
+restricted unpickler only, to :func:`_history_buffer_getattr`, which resolves nothing but HistoryBuffer's
+registered statistics methods.
 """
 import torch
 
@@ -28,10 +34,21 @@ def _numpy_globals():
     return objs
 
 
+def _history_buffer_getattr(obj, name):
+    """``getattr`` as seen by the restricted unpickler: only ``HistoryBuffer.<statistics method>``."""
+    from mmengine.logging import HistoryBuffer
+    if obj is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+        return HistoryBuffer._statistics_methods[name]
+    raise RuntimeError(f'refusing getattr({obj!r}, {name!r}) while loading a checkpoint: only '
+                       'HistoryBuffer statistics methods are allowed')
+
+
 def mmengine_checkpoint_globals():
     """The classes an mmengine Runner checkpoint may contain besides tensors and plain containers."""
     from mmengine.logging import HistoryBuffer
-    return [HistoryBuffer] + _numpy_globals()
+    HistoryBuffer()  # populates HistoryBuffer._statistics_methods with the built-in statistics
+    restricted_getattr = [(_history_buffer_getattr, name) for name in ('__builtin__.getattr', 'builtins.getattr')]
+    return [HistoryBuffer] + restricted_getattr + _numpy_globals()
 
 
 def allow_mmengine_checkpoint_objects():
