@@ -6,14 +6,16 @@ Key mapping (official -> mmsparse):
 ``downsample_layers.0.{0,1}.``         ``stem.0.{conv,bn}.``
 ``downsample_layers.0.{3,4}.``         ``stem.1.{conv,bn}.``
 ``downsample_layers.{i}.{0,1}.``       ``downsamples.{i-1}.{conv,bn}.`` (i = 1..3)
-``stages.s.j.attn.qkv.qkv.``           ``stages.s.j.attn.qkv.`` (BRA, stages 0-2)
-``stages.s.j.attn.wo.``                ``stages.s.j.attn.proj.``
-``stages.s.j.mlp.{0,3}.weight`` (2-D)  ``stages.s.j.mlp.{fc1,fc2}.weight`` (1x1 conv, 4-D)
+``stages.s.j.``                        ``layers.s.j.``
+``stages.s.j.attn.qkv.qkv.``           ``layers.s.j.attn.qkv.`` (BRA, stages 0-2)
+``stages.s.j.attn.wo.``                ``layers.s.j.attn.proj.``
+``stages.s.j.mlp.{0,3}.weight`` (2-D)  ``layers.s.j.mlp.{fc1,fc2}.weight`` (1x1 conv, 4-D)
 ``extra_norms.{i}.``                   ``out_norms.{i}.`` (``BiFormer_mm`` only)
 ``norm.*``, ``head.*``                 dropped (classification only)
 =====================================  ========================================
 
-Everything else in a block (``pos_embed``, ``norm1``, ``norm2``, ``attn.lepe``, stage 4's ``attn.qkv`` and
+No mmsparse key equals an official one, so a raw official file is always recognised as such. Everything
+else in a block (``pos_embed``, ``norm1``, ``norm2``, ``attn.lepe``, stage 4's ``attn.qkv`` and
 ``attn.proj``) keeps its name. Unknown keys raise :class:`UnmappedKeysError`.
 """
 import re
@@ -34,13 +36,13 @@ _RULES = [
     (re.compile(r'^downsample_layers\.0\.4\.(\w+)$'), r'stem.1.bn.\1'),
     (re.compile(r'^downsample_layers\.([1-3])\.0\.(weight|bias)$'), None),  # index shift, see _rename
     (re.compile(r'^downsample_layers\.([1-3])\.1\.(\w+)$'), None),
-    (re.compile(r'^(stages\.[0-3]\.\d+)\.(pos_embed|norm1|norm2|attn\.lepe|attn\.proj)\.(weight|bias)$'),
-     r'\1.\2.\3'),
-    (re.compile(r'^(stages\.[0-3]\.\d+)\.attn\.qkv\.qkv\.(weight|bias)$'), r'\1.attn.qkv.\2'),
-    (re.compile(r'^(stages\.[0-3]\.\d+)\.attn\.qkv\.weight$'), r'\1.attn.qkv.weight'),
-    (re.compile(r'^(stages\.[0-3]\.\d+)\.attn\.wo\.(weight|bias)$'), r'\1.attn.proj.\2'),
-    (re.compile(r'^(stages\.[0-3]\.\d+)\.mlp\.0\.(weight|bias)$'), r'\1.mlp.fc1.\2'),
-    (re.compile(r'^(stages\.[0-3]\.\d+)\.mlp\.3\.(weight|bias)$'), r'\1.mlp.fc2.\2'),
+    (re.compile(r'^stages\.([0-3]\.\d+)\.(pos_embed|norm1|norm2|attn\.lepe|attn\.proj)\.(weight|bias)$'),
+     r'layers.\1.\2.\3'),
+    (re.compile(r'^stages\.([0-3]\.\d+)\.attn\.qkv\.qkv\.(weight|bias)$'), r'layers.\1.attn.qkv.\2'),
+    (re.compile(r'^stages\.([0-3]\.\d+)\.attn\.qkv\.weight$'), r'layers.\1.attn.qkv.weight'),
+    (re.compile(r'^stages\.([0-3]\.\d+)\.attn\.wo\.(weight|bias)$'), r'layers.\1.attn.proj.\2'),
+    (re.compile(r'^stages\.([0-3]\.\d+)\.mlp\.0\.(weight|bias)$'), r'layers.\1.mlp.fc1.\2'),
+    (re.compile(r'^stages\.([0-3]\.\d+)\.mlp\.3\.(weight|bias)$'), r'layers.\1.mlp.fc2.\2'),
     (re.compile(r'^extra_norms\.([0-3])\.(weight|bias)$'), r'out_norms.\1.\2'),
 ]
 
@@ -188,10 +190,10 @@ def _convert_bra(state_dict):
     out, unknown = OrderedDict(), []
     for key, value in state_dict.items():
         new = _rename('stages.0.0.attn.' + key)
-        if new is None or not new.startswith('stages.0.0.attn.'):
+        if new is None or not new.startswith('layers.0.0.attn.'):
             unknown.append(key)
         else:
-            out[new[len('stages.0.0.attn.'):]] = value
+            out[new[len('layers.0.0.attn.'):]] = value
     if unknown:
         raise UnmappedKeysError(FAMILY, unknown)
     return out

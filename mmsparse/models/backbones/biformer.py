@@ -85,9 +85,9 @@ class BiFormerBlock(nn.Module):
 class BiFormer(SparseBackbone):
     """BiFormer backbone: a 4-stage pyramid (strides 4/8/16/32) of Bi-Level Routing Attention blocks.
 
-    Layout: ``stem`` (two 3x3 stride-2 convs with BN, GELU between) -> stage 0 -> ``downsamples[0]``
-    (3x3 stride-2 conv + BN) -> stage 1 -> ... -> stage 3. Stages 0-2 use BRA (``topks[i] > 0``), stage 3
-    global attention with LePE (``topks[3] == -2``). Output ``i`` is ``out_norms[i](stage i output)``, a
+    Layout: ``stem`` (two 3x3 stride-2 convs with BN, GELU between) -> ``layers[0]`` ->
+    ``downsamples[0]`` (3x3 stride-2 conv + BN) -> ``layers[1]`` -> ... -> ``layers[3]``. Stages 0-2 use BRA
+    (``topks[i] > 0``), stage 3 global attention with LePE (``topks[3] == -2``). Output ``i`` is ``out_norms[i](stage i output)``, a
     normalised copy; the raw map continues to the next stage (as the authors' ``BiFormer_mm``).
 
     Args:
@@ -192,11 +192,13 @@ class BiFormer(SparseBackbone):
             self.downsamples = nn.ModuleList(
                 [conv_bn(embed_dims[i - 1], embed_dims[i]) for i in range(1, self.num_stages)])
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        self.stages = nn.ModuleList()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()  # cpu: also under meta
+        # named 'layers' (official: 'stages'): no mmsparse key equals an official one, which is how
+        # load_pretrained recognises a raw official file that needs converting
+        self.layers = nn.ModuleList()
         cur = 0
         for i in range(self.num_stages):
-            self.stages.append(nn.ModuleList([
+            self.layers.append(nn.ModuleList([
                 BiFormerBlock(embed_dims[i], topk=topks[i], num_heads=qk_dims[i] // head_dim, n_win=n_win,
                               qk_dim=qk_dims[i], qk_scale=qk_scale, global_num_heads=global_num_heads,
                               mlp_ratio=mlp_ratios[i], side_dwconv=side_dwconv, auto_pad=auto_pad,
@@ -223,7 +225,7 @@ class BiFormer(SparseBackbone):
     def stage_modules(self, i):
         if i == -1:
             return [self.stem]
-        mods = [self.stages[i]]
+        mods = [self.layers[i]]
         if i > 0:
             mods.append(self.downsamples[i - 1])
         if self.out_norms is not None and str(i) in self.out_norms:
@@ -248,7 +250,7 @@ class BiFormer(SparseBackbone):
     def forward(self, x):
         outs = []
         x = self.stem(x)
-        for i, blocks in enumerate(self.stages):
+        for i, blocks in enumerate(self.layers):
             if i > 0:
                 x = self.downsamples[i - 1](x)
             for block in blocks:

@@ -1,0 +1,322 @@
+"""BiFormer backbone: parity with the authors' code, checkpoint conversion, options, errors."""
+import argparse
+import re
+import subprocess
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmsparse.converters import (UnmappedKeysError, convert, convert_checkpoint, load_checkpoint_file,
+                                 model_from_official)
+from mmsparse.models.backbones.biformer import BiFormer
+from mmsparse.ops.routing_attention import BiLevelRoutingAttention
+from mmsparse.registry import MODELS
+from tests.conftest import REPO, assert_close_to_reference, load_fixture
+from tests.test_routing_attention import assert_same_routing, padded_regions
+
+KEYS_DIR = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'keys'
+REDUCED = dict(arch=dict(embed_dims=[32, 64, 128, 256], depths=[1, 1, 2, 1]), n_win=4, topks=[1, 2, 4, -2])
+
+
+def run_with_routing(model, x):
+    """Forward ``x`` and return (outputs, routing indices of every BRA call in execution order)."""
+    bras = [m for m in model.modules() if isinstance(m, BiLevelRoutingAttention)]  # module order = call order
+    for m in bras:
+        m.record_routing = True
+    with torch.no_grad():
+        outs = model(x)
+    return outs, [m.routing_idx for m in bras]
+
+
+def check_fixture(model, fx, out_key):
+    n_win = fx['config']['n_win']
+    for i, (x, ref) in enumerate(zip(fx['inputs'], fx['outputs'])):
+        with torch.no_grad():
+            assert_close_to_reference(model.stem(x), ref['stem'], f'input {i} stem')
+        outs, routing = run_with_routing(model, x)
+        assert len(outs) == 4
+        for s, (ours, theirs) in enumerate(zip(outs, ref[out_key])):
+            assert_close_to_reference(ours, theirs, f'input {i} {out_key}[{s}]')
+        assert len(routing) == len(ref['routing_topk_idx'])
+        # BRA calls: stage 0, 1, 2, 2 for depths [1, 1, 2, 1]; the map of stage s is ceil(H / 4 / 2**s)
+        stage_of_call = [s for s, d in enumerate(fx['config']['depth'][:3]) for _ in range(d)]
+        for c, (ours, theirs) in enumerate(zip(routing, ref['routing_topk_idx'])):
+            s = stage_of_call[c]
+            h, w = outs[s].shape[-2:]
+            assert_same_routing(ours, theirs, padded_regions(h, w, n_win), f'input {i} BRA call {c}')
+
+
+def test_classification_fixture_raw_stages():
+    fx = load_fixture('biformer_reduced_cls_autopad.pt')
+    model = model_from_official('BiFormer', fx['config'], fx['state_dict'])
+    assert isinstance(model, BiFormer) and model.out_norms is None
+    check_fixture(model, fx, 'stages')
+
+
+def test_dense_fixture_normalised_outputs():
+    fx = load_fixture('biformer_mm_reduced_autopad.pt')
+    model = model_from_official('BiFormer_mm', fx['config'], fx['state_dict'])
+    assert model.norm_eval  # BiFormer_mm's default
+    check_fixture(model, fx, 'dense_outs')
+    # the raw (un-normalised) trunk is what feeds the next stage
+    trunk = {k: v for k, v in fx['state_dict'].items() if not k.startswith('extra_norms.')}
+    raw = model_from_official('BiFormer', fx['config'], trunk)
+    with torch.no_grad():
+        stages = raw(fx['inputs'][1])
+    for s, (ours, theirs) in enumerate(zip(stages, fx['outputs'][1]['stages'])):
+        assert_close_to_reference(ours, theirs, f'raw stages[{s}]')
+
+
+# ------------------------------------------------------------------------------------------- sizes / counts
+
+def count(model, with_buffers=False):
+    tensors = list(model.parameters()) + (list(model.buffers()) if with_buffers else [])
+    return sum(t.numel() for t in tensors)
+
+
+@pytest.mark.parametrize('arch, plain, with_norms', [
+    ('tiny', 12_628_736, 12_628_736 + 2 * (64 + 128 + 256 + 512)),
+    ('s', 25_022_208, 25_024_128),
+    ('base', 56_034_432, 56_037_312),
+])
+def test_parameter_counts_match_spec(arch, plain, with_norms):
+    with torch.device('meta'):
+        assert count(BiFormer(arch, out_norm_cfg=None)) == plain
+        assert count(BiFormer(arch)) == with_norms
+
+
+def read_key_list(name):
+    path = KEYS_DIR / f'{name}.txt'
+    if not path.is_file():
+        pytest.skip(f'official key list {path} is absent')
+    sd = OrderedDict()
+    for line in path.read_text().splitlines():
+        key, shape = line.split('\t')
+        sd[key] = torch.zeros(eval(shape), device='meta')  # shapes are written as Python tuples
+    return sd
+
+
+@pytest.mark.parametrize('name, arch, learnable', [
+    ('biformer_tiny', 'tiny', 13_142_760), ('biformer_small', 'small', 25_536_232),
+    ('biformer_base', 'base', 56_804_968)])
+def test_official_key_lists_convert_and_load_strictly(name, arch, learnable):
+    official = read_key_list(name)
+    assert len(official) == (264 if arch == 'tiny' else 518)
+    buffers = re.compile(r'running_(mean|var)|num_batches_tracked')
+    assert sum(v.numel() for k, v in official.items() if not buffers.search(k)) == learnable
+    ours = convert('biformer', {'model': official})  # wrapped like the released files
+    assert not any(k.startswith(('head.', 'norm.')) for k in ours)
+    with torch.device('meta'):
+        model = BiFormer(arch, out_norm_cfg=None)
+    model.load_state_dict(ours, strict=True, assign=True)
+    head_and_norm = sum(v.numel() for k, v in official.items() if k.startswith(('head.', 'norm.'))
+                        and not buffers.search(k))
+    assert count(model) == learnable - head_and_norm
+    assert count(model, with_buffers=True) == sum(v.numel() for v in ours.values())
+
+
+def test_converter_rejects_unknown_keys():
+    sd = OrderedDict([('downsample_layers.0.0.weight', torch.zeros(32, 3, 3, 3)),
+                      ('stages.0.0.attn.kv_down.weight', torch.zeros(1)), ('pre_logits.fc.weight', torch.zeros(1))])
+    with pytest.raises(UnmappedKeysError, match=r'2 key\(s\).*kv_down.*pre_logits'):
+        convert('biformer', sd)
+
+
+@pytest.mark.parametrize('kwargs, error, match', [
+    (dict(kv_downsample_mode='ada_avgpool'), NotImplementedError, 'kv_downsample_mode'),
+    (dict(layer_scale_init_value=1e-6), NotImplementedError, 'layer_scale_init_value'),
+    (dict(bogus=1), ValueError, "unknown official constructor argument.*bogus"),
+])
+def test_model_from_official_rejects_unsupported_options(kwargs, error, match):
+    cfg = dict(depth=[1, 1, 1, 1], embed_dim=[32, 64, 128, 256], qk_dims=[32, 64, 128, 256], head_dim=32,
+               kv_downsample_mode='identity', topks=[1, 2, 4, -2], n_win=2, mlp_ratios=[3] * 4)
+    cfg.update(kwargs)
+    with pytest.raises(error, match=match):
+        model_from_official('BiFormer', cfg)
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+def test_cli_round_trip_and_pretrained_init(tmp_path):
+    fx = load_fixture('biformer_reduced_cls_autopad.pt')
+    src, dst = tmp_path / 'biformer_official.pth', tmp_path / 'biformer_mmsparse.pth'
+    # the authors' training checkpoints also pickle argparse args next to the weights
+    torch.save({'model': fx['state_dict'], 'args': argparse.Namespace(lr=5e-4), 'epoch': 299}, src)
+    res = subprocess.run([sys.executable, 'tools/model_converters/official2mmsparse.py', 'biformer', str(src),
+                          str(dst)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    ckpt = torch.load(dst, weights_only=True)
+    assert all(k.startswith('backbone.') for k in ckpt['state_dict'])
+
+    ref = model_from_official('BiFormer', fx['config'], fx['state_dict'])
+    model = BiFormer(**REDUCED, out_norm_cfg=None,
+                     init_cfg=dict(type='Pretrained', checkpoint=str(dst), prefix='backbone.'))
+    model.init_weights()
+    model.eval()
+    x = fx['inputs'][1]
+    with torch.no_grad():
+        for ours, theirs in zip(model(x), ref(x)):
+            assert torch.equal(ours, theirs)
+
+
+def test_pretrained_init_accepts_raw_official_file(tmp_path):
+    fx = load_fixture('biformer_reduced_cls_autopad.pt')
+    src = tmp_path / 'raw.pth'
+    torch.save({'model': fx['state_dict']}, src)
+    model = BiFormer(**REDUCED, init_cfg=dict(type='Pretrained', checkpoint=str(src)))
+    model.init_weights()
+    ref = model_from_official('BiFormer', fx['config'], fx['state_dict'])
+    for k, v in ref.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    # out_norms are not in the classification file: they keep their unit init
+    assert torch.equal(model.out_norms['0'].weight, torch.ones(32))
+
+
+def test_dense_checkpoint_conversion():
+    fx = load_fixture('biformer_mm_reduced_autopad.pt')
+    heads = OrderedDict([
+        ('neck.lateral_convs.0.conv.weight', torch.randn(256, 32, 1, 1)),
+        ('neck.fpn_convs.0.conv.bias', torch.randn(256)),
+        ('rpn_head.rpn_conv.weight', torch.randn(256, 256, 3, 3)),
+        ('roi_head.bbox_head.fc_cls.weight', torch.randn(81, 1024)),
+        ('roi_head.mask_head.conv_logits.bias', torch.randn(80)),
+    ])
+    sd = OrderedDict(('backbone.' + k, v) for k, v in fx['state_dict'].items())
+    sd.update(heads)
+    out = convert_checkpoint('biformer', {'state_dict': sd, 'meta': {'epoch': 12}})['state_dict']
+    for k, v in heads.items():
+        assert torch.equal(out[k], v)
+    backbone = OrderedDict((k[len('backbone.'):], v) for k, v in out.items() if k.startswith('backbone.'))
+    assert 'out_norms.3.weight' in backbone and torch.equal(backbone['out_norms.3.weight'],
+                                                            fx['state_dict']['extra_norms.3.weight'])
+    model = BiFormer(**REDUCED)
+    model.load_state_dict(backbone, strict=True)
+    model.eval()
+    with torch.no_grad():
+        outs = model(fx['inputs'][0])
+    for s, (ours, theirs) in enumerate(zip(outs, fx['outputs'][0]['dense_outs'])):
+        assert_close_to_reference(ours, theirs, f'dense_outs[{s}]')
+    with pytest.raises(UnmappedKeysError, match='teacher.fc.weight'):
+        convert_checkpoint('biformer', {'state_dict': {**sd, 'teacher.fc.weight': torch.zeros(1)}})
+
+
+# ------------------------------------------------------------------------------------------- options
+
+@pytest.mark.parametrize('size', [(511, 511), (112, 137), (64, 64)])
+def test_output_shapes_at_odd_sizes(size):
+    model = BiFormer(**REDUCED).eval()
+    h, w = size
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, h, w))
+    for s, out in enumerate(outs):
+        hs, ws = h, w
+        for _ in range(s + 2):  # every 3x3 stride-2 conv with padding 1 is a ceil division
+            hs, ws = (hs + 1) // 2, (ws + 1) // 2
+        assert out.shape == (1, 32 * 2 ** s, hs, ws)
+
+
+def test_no_auto_pad_raises_on_undivisible_size():
+    model = BiFormer(**REDUCED, auto_pad=False).eval()
+    assert len(model(torch.randn(1, 3, 128, 128))) == 4
+    with pytest.raises(ValueError, match='not divisible by n_win=4'):
+        model(torch.randn(1, 3, 100, 128))
+
+
+def test_out_indices_subset():
+    model = BiFormer(**REDUCED, out_indices=(1, -1)).eval()
+    assert sorted(model.out_norms) == ['1', '3']
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [64, 256]
+
+
+def test_with_cp_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    plain = BiFormer(**REDUCED)
+    cp = BiFormer(**REDUCED, with_cp=True)
+    cp.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 72, 60)
+    results = []
+    for model in (plain, cp):
+        model.train()
+        outs = model(x)
+        sum(o.square().mean() for o in outs).backward()
+        results.append(([o.detach() for o in outs], {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (o1, g1), (o2, g2) = results
+    for a, b in zip(o1, o2):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert g1.keys() == g2.keys()
+    for n in g1:
+        torch.testing.assert_close(g1[n], g2[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_frozen_stages():
+    model = BiFormer(**REDUCED, frozen_stages=2)
+    model.train()
+    frozen = ('stem.', 'layers.0.', 'layers.1.', 'downsamples.0.', 'out_norms.0.', 'out_norms.1.')
+    for name, p in model.named_parameters():
+        assert p.requires_grad == (not name.startswith(frozen)), name
+    for name, m in model.named_modules():
+        if name.startswith(frozen):
+            assert not m.training, name
+    assert model.layers[2].training and model.downsamples[1].bn.training
+    with pytest.raises(ValueError, match=r'frozen_stages must be an int in \[-1, 4\]'):
+        BiFormer(**REDUCED, frozen_stages=5)
+
+
+def test_norm_eval_keeps_bn_in_eval():
+    model = BiFormer(**REDUCED, norm_eval=True)
+    model.train()
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    assert len(bns) == 5 and not any(m.training for m in bns)
+    assert all(p.requires_grad for m in bns for p in m.parameters())  # affine params still train
+    assert model.layers[0][0].norm1.training
+    before = model.stem[0].bn.running_mean.clone()
+    model(torch.randn(2, 3, 32, 32))
+    assert torch.equal(model.stem[0].bn.running_mean, before)
+
+
+def test_weight_decay_names():
+    """The recipes exempt names containing 'norm' from weight decay: LNs yes, stem/downsample BNs no."""
+    model = BiFormer(**REDUCED)
+    for name, m in model.named_modules():
+        for pname, _ in m.named_parameters(recurse=False):
+            full = f'{name}.{pname}'
+            if isinstance(m, _BatchNorm):
+                assert 'norm' not in full, full
+            elif isinstance(m, torch.nn.LayerNorm):
+                assert 'norm' in full, full
+
+
+def test_syncbn_and_registry_build():
+    model = MODELS.build(dict(type='mmsparse.BiFormer', **REDUCED, norm_cfg=dict(type='SyncBN')))
+    assert isinstance(model.stem[0].bn, torch.nn.SyncBatchNorm)
+    assert 'downsamples.2.bn.weight' in model.state_dict()
+
+
+@pytest.mark.parametrize('kwargs, error, match', [
+    (dict(arch='huge'), ValueError, "arch='huge' is not a known variant"),
+    (dict(arch=dict(embed_dims=[32] * 4)), ValueError, "missing the keys \\['depths'\\]"),
+    (dict(arch=dict(embed_dims=[32, 64, 128], depths=[1, 1, 1])), ValueError, 'embed_dims.*4 entries'),
+    (dict(topks=[1, 2, 4]), ValueError, 'topks must have 4 entries'),
+    (dict(topks=[1, 2, 0, -2]), ValueError, 'topk=0 is not supported'),
+    (dict(n_win=0), ValueError, 'n_win must be a positive int'),
+    (dict(out_indices=(4,)), ValueError, 'out_indices'),
+    (dict(drop_path_rate=1.5), ValueError, 'drop_path_rate'),
+    (dict(attn_impl='fused'), ValueError, "attn_impl='fused' is not known"),
+    (dict(arch=dict(embed_dims=[48, 64, 128, 256], depths=[1] * 4)), ValueError, 'head_dim=32 must divide'),
+    (dict(out_norm_cfg='LN'), TypeError, 'out_norm_cfg must be a dict or None'),
+])
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        BiFormer(**{**dict(arch='tiny'), **kwargs})
+
+
+def test_load_checkpoint_file_refuses_arbitrary_objects(tmp_path):
+    path = tmp_path / 'evil.pth'
+    torch.save({'model': {}, 'cfg': OrderedDict(a=Path('.'))}, path)
+    with pytest.raises(Exception, match='[Ww]eights only load failed'):
+        load_checkpoint_file(str(path))
