@@ -1,0 +1,101 @@
+"""Run any mmsparse / mmdet / mmseg config for one training iteration and one test batch on CPU.
+
+The config's datasets are swapped for the embedded synthetic data at reduced image size, pretrained weights
+are dropped (none can be downloaded here), AMP is turned off (mmengine's AmpOptimWrapper needs a GPU) and
+SyncBN is reverted by the non-distributed runner. Everything else (model, optimizer, paramwise rules,
+schedulers, hooks) stays as the config says, so this checks that the config itself trains and tests.
+"""
+import copy
+import os.path as osp
+
+from mmengine.config import Config
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SYNTHETIC = {
+    'instance': osp.join(REPO, 'configs/_base_/datasets/synthetic_coco_instance.py'),
+    'detection': osp.join(REPO, 'configs/_base_/datasets/synthetic_coco_detection.py'),
+    'semantic': osp.join(REPO, 'configs/_base_/datasets/synthetic_ade20k.py'),
+}
+
+
+def data_kind(cfg):
+    if cfg.default_scope == 'mmseg':
+        return 'semantic'
+    roi_head = cfg.model.get('roi_head') or {}
+    return 'instance' if roi_head.get('mask_head') else 'detection'
+
+
+def drop_pretrained(model_cfg):
+    backbone = model_cfg.get('backbone') or {}
+    init_cfg = backbone.get('init_cfg')
+    if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
+        backbone['init_cfg'] = None
+    if 'pretrained' in model_cfg:
+        model_cfg['pretrained'] = None
+
+
+def smoke_config(config_path, work_dir, data_root, img_scale=(128, 96)):
+    """Return the reduced Config for :func:`run_config_smoke` (``data_root``: where the synthetic data is)."""
+    cfg = Config.fromfile(config_path)
+    kind = data_kind(cfg)
+    data = Config.fromfile(SYNTHETIC[kind])
+    root = osp.join(data_root, 'synthetic_ade20k/ADEChallengeData2016' if kind == 'semantic' else 'synthetic_coco')
+    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = copy.deepcopy(data[name])
+        loader.batch_size = 2 if name == 'train_dataloader' else 1
+        loader.dataset.data_root = root
+        loader.dataset.indices = 2 if name == 'train_dataloader' else 1
+        for t in loader.dataset.pipeline:
+            if t['type'] in ('Resize', 'RandomResize'):
+                t['scale'] = img_scale
+            if t['type'] == 'RandomCrop':
+                t['crop_size'] = (img_scale[1], img_scale[1])
+        cfg[name] = loader
+    if kind == 'semantic':
+        cfg.model.data_preprocessor.size = (img_scale[1], img_scale[1])
+        cfg.val_evaluator = cfg.test_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+    else:
+        evaluator = copy.deepcopy(data.val_evaluator)
+        evaluator.ann_file = osp.join(root, 'annotations/instances_val2017.json')
+        cfg.val_evaluator = cfg.test_evaluator = evaluator
+    drop_pretrained(cfg.model)
+    if cfg.optim_wrapper.get('type') == 'AmpOptimWrapper':
+        cfg.optim_wrapper.type = 'OptimWrapper'
+        for key in ('loss_scale', 'dtype'):
+            cfg.optim_wrapper.pop(key, None)
+    if cfg.train_cfg.get('type') == 'IterBasedTrainLoop':
+        cfg.train_cfg.max_iters, cfg.train_cfg.val_interval = 1, 1000
+    else:
+        cfg.train_cfg.max_epochs, cfg.train_cfg.val_interval = 1, 1000
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=1000)
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
+    cfg.default_hooks.pop('visualization', None)
+    cfg.work_dir = str(work_dir)
+    cfg.launcher = 'none'
+    return cfg
+
+
+def run_config_smoke(config_path, work_dir, data_root=None):
+    """One training iteration and one test batch of ``config_path``; returns the test metrics dict.
+
+    ``data_root`` defaults to the repository's ``data/`` folder, generated on first use.
+    """
+    import mmsparse  # noqa: F401
+    from mmengine.runner import Runner
+    data_root = data_root or ensure_synthetic_data()
+    cfg = smoke_config(config_path, work_dir, data_root)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return runner.test()
+
+
+def ensure_synthetic_data(root=osp.join(REPO, 'data')):
+    """Generate the synthetic datasets under ``root`` if they are not there yet; returns ``root``."""
+    from mmsparse.datasets import make_synthetic_ade20k, make_synthetic_coco
+    coco = osp.join(root, 'synthetic_coco')
+    ade = osp.join(root, 'synthetic_ade20k/ADEChallengeData2016')
+    if not osp.exists(osp.join(coco, 'annotations/instances_val2017.json')):
+        make_synthetic_coco(coco, seed=0)
+    if not osp.exists(osp.join(ade, 'annotations/validation')):
+        make_synthetic_ade20k(ade, seed=0)
+    return root
