@@ -2,9 +2,7 @@
 # 5 classes (background + 4 shapes) after reduce_zero_label, 160x160 images, 128x128 crops.
 _base_ = './ade20k.py'
 data_root = 'data/synthetic_ade20k/ADEChallengeData2016'
-metainfo = dict(
-    classes=('background', 'disc', 'square', 'triangle', 'ring'),
-    palette=[[120, 120, 120], [180, 120, 120], [6, 230, 230], [80, 50, 50], [4, 200, 3]])
+dataset_type = 'SyntheticADE20KDataset'  # ADE20KDataset with the 5 synthetic classes (mmsparse.datasets)
 crop_size = (128, 128)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -25,9 +23,9 @@ train_dataloader = dict(
     batch_size=4,
     num_workers=0,
     persistent_workers=False,
-    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=train_pipeline))
+    dataset=dict(type=dataset_type, data_root=data_root, pipeline=train_pipeline))
 val_dataloader = dict(
     num_workers=0,
     persistent_workers=False,
-    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=test_pipeline))
+    dataset=dict(type=dataset_type, data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
