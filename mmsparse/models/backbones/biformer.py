@@ -87,8 +87,9 @@ class BiFormer(SparseBackbone):
 
     Layout: ``stem`` (two 3x3 stride-2 convs with BN, GELU between) -> ``layers[0]`` ->
     ``downsamples[0]`` (3x3 stride-2 conv + BN) -> ``layers[1]`` -> ... -> ``layers[3]``. Stages 0-2 use BRA
-    (``topks[i] > 0``), stage 3 global attention with LePE (``topks[3] == -2``). Output ``i`` is ``out_norms[i](stage i output)``, a
-    normalised copy; the raw map continues to the next stage (as the authors' ``BiFormer_mm``).
+    (``topks[i] > 0``), stage 3 global attention with LePE (``topks[3] == -2``). Output ``i`` is
+    ``out_norms[i](stage i output)``, a normalised copy; the raw map continues to the next stage (as the
+    authors' ``BiFormer_mm``).
 
     Args:
         arch (str | dict): ``'tiny'``, ``'small'``, ``'base'`` (aliases ``'t'``, ``'s'``, ``'b'``), or a dict
