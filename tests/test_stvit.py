@@ -279,3 +279,42 @@ def test_assignment_labels_follow_the_grid():
     # the argmax is one of the 9 neighbours, so its grid row is within one of the pixel's own cell row
     own = (np.arange(64)[:, None] // 8) * 12 + np.arange(96)[None] // 8
     assert np.abs(labels // 12 - own // 12).max() <= 1
+
+
+CONFIGS = sorted((REPO / 'configs' / 'stvit').glob('*_stvit_*.py'))
+
+
+def test_all_configs_present():
+    names = {p.name for p in CONFIGS}
+    for task, data in (('maskrcnn', 'coco'), ('retinanet', 'coco'), ('upernet', 'ade20k'), ('semfpn', 'ade20k')):
+        for v in 'sbl':
+            assert f'{task}_stvit_{v}_{data}.py' in names
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.stem)
+def test_config_builds(path):
+    from mmengine.config import Config
+    from mmengine.registry import MODELS as ROOT_MODELS
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(str(path))
+    init_default_scope(cfg.default_scope)
+    bb = cfg.model.backbone
+    assert bb.type == 'mmsparse.STViT' and bb.init_cfg.type == 'Pretrained' and bb.init_cfg.prefix == 'backbone.'
+    assert cfg.optim_wrapper.optimizer.type == 'AdamW'
+    assert cfg.optim_wrapper.paramwise_cfg.custom_keys['norm'].decay_mult == 0
+    # detection replaces stage-3 global attention over 50x84 tokens by 2x2 super tokens; segmentation keeps it
+    assert bb.stoken_size == ([8, 4, 2, 1] if cfg.default_scope == 'mmdet' else [8, 4, 1, 1])
+    model = ROOT_MODELS.build(cfg.model)
+    dims = model.backbone.embed_dims
+    head_in = cfg.model.neck.in_channels if 'neck' in cfg.model else cfg.model.decode_head.in_channels
+    assert list(head_in) == dims
+    if 'auxiliary_head' in cfg.model:
+        assert cfg.model.auxiliary_head.in_channels == dims[cfg.model.auxiliary_head.in_index]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('path', [p for p in CONFIGS if '_s_' in p.name], ids=lambda p: p.stem)
+def test_config_smoke(path, tmp_path):
+    smoke = pytest.importorskip('tests.smoke', reason='tests/smoke.py (run_config_smoke) is not available')
+    metrics = smoke.run_config_smoke(str(path), str(tmp_path))
+    assert isinstance(metrics, dict) and metrics

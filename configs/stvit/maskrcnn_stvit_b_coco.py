@@ -1,0 +1,8 @@
+"""maskrcnn_stvit_s_coco.py with STViT-B (drop path 0.3); same recipe and mmsparse choices."""
+_base_ = './maskrcnn_stvit_s_coco.py'
+model = dict(
+    backbone=dict(
+        arch='base',
+        drop_path_rate=0.3,
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/stvit_b_in1k_mmsparse.pth', prefix='backbone.')),
+    neck=dict(in_channels=[96, 192, 384, 512]))

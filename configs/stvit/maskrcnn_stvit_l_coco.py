@@ -1,0 +1,8 @@
+"""maskrcnn_stvit_s_coco.py with STViT-L (drop path 0.4); same recipe and mmsparse choices."""
+_base_ = './maskrcnn_stvit_s_coco.py'
+model = dict(
+    backbone=dict(
+        arch='large',
+        drop_path_rate=0.4,
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/stvit_l_in1k_mmsparse.pth', prefix='backbone.')),
+    neck=dict(in_channels=[96, 192, 448, 640]))

@@ -1,0 +1,32 @@
+"""RetinaNet + FPN with an STViT-S backbone, COCO 2017, 1x (12 epochs), 8 GPUs x 2 images.
+
+Standard hierarchical-transformer recipe (PVT / Swin RetinaNet 1x), not the authors' (none published): AdamW
+lr 1e-4, weight decay 1e-4 (0 for parameters whose name contains 'norm'), linear warmup 500 iterations then
+x0.1 after epochs 8 and 11, fp32, batch 16 in total. FPN from stride 8 (start_level 1, extra convs on input).
+
+mmsparse choices as in maskrcnn_stvit_s_coco.py: super-token sizes [8, 4, 2, 1], frozen BN statistics,
+per-output LN2d; weights converted with tools/model_converters/official2mmsparse.py.
+"""
+_base_ = [
+    '../_base_/models/retinanet_fpn.py', '../_base_/datasets/coco_detection.py',
+    '../_base_/schedules/schedule_1x.py', '../_base_/default_runtime_det.py'
+]
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='mmsparse.STViT',
+        arch='small',
+        stoken_size=[8, 4, 2, 1],
+        drop_path_rate=0.2,
+        out_indices=(0, 1, 2, 3),
+        norm_cfg=dict(type='BN', requires_grad=True),
+        norm_eval=True,
+        out_norm_cfg=dict(type='LN2d', eps=1e-6),
+        with_cp=False,
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/stvit_s_in1k_mmsparse.pth', prefix='backbone.')),
+    neck=dict(in_channels=[64, 128, 320, 512]))
+train_dataloader = dict(batch_size=2, num_workers=2)
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4),
+    paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.)}))
