@@ -134,3 +134,28 @@ def test_global_attention_any_size_and_errors():
         GlobalAttentionLePE(64, num_heads=6)
     with pytest.raises(ValueError, match='NCHW tensor with 64 channels'):
         layer(torch.randn(2, 32, 4, 4))
+
+
+def test_bra_routing_runs_in_float32_under_autocast():
+    torch.manual_seed(0)
+    layer = BiLevelRoutingAttention(32, num_heads=2, n_win=2, topk=2, auto_pad=True)
+    layer.record_routing = True
+    x = torch.randn(1, 32, 9, 7)
+    seen = {}
+
+    def spy(q, k, v, topk, num_heads, scale):
+        seen['dtype'] = q.dtype  # bfloat16 projections under autocast ...
+        out, idx = BRA_IMPLS['gather'](q, k, v, topk, num_heads, scale)
+        q_r, k_r = q.float().mean(2), k.float().mean(2)  # ... but float32 routing on them
+        seen['ref_idx'] = torch.topk((q_r * scale) @ k_r.transpose(-2, -1), topk, dim=-1).indices
+        return out, idx
+
+    BRA_IMPLS['spy'] = spy
+    try:
+        layer.impl = 'spy'
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = layer(x)
+    finally:
+        del BRA_IMPLS['spy']
+    assert seen['dtype'] == torch.bfloat16 and out.shape == x.shape and torch.isfinite(out).all()
+    assert torch.equal(layer.routing_idx, seen['ref_idx'])

@@ -28,12 +28,15 @@ def _route(q, k, topk, scale):
     """Top-k region routing on region means: (N, P, T, C) x2 -> (N, P, topk) int64 region indices.
 
     Means include padded tokens, and the inputs are detached: the official routing is not differentiable.
+    Under autocast the means and logits are computed in float32 (a no-op for float32 inputs): half-precision
+    logits can flip top-k choices (the authors warn of NaN losses with AMP).
     """
-    q_r = q.detach().mean(dim=2)
-    k_r = k.detach().mean(dim=2)
-    # scale before the matmul, as the authors do, so the logits round identically (scale > 0 cannot change
-    # the ranking, only the float32 rounding of near-ties)
-    logits = (q_r * scale) @ k_r.transpose(-2, -1)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q_r = q.detach().float().mean(dim=2)
+        k_r = k.detach().float().mean(dim=2)
+        # scale before the matmul, as the authors do, so the logits round identically (scale > 0 cannot
+        # change the ranking, only the float32 rounding of near-ties)
+        logits = (q_r * scale) @ k_r.transpose(-2, -1)
     return torch.topk(logits, k=topk, dim=-1).indices
 
 
