@@ -1,0 +1,14 @@
+"""Mask R-CNN 1x with a CloFormer-S backbone on COCO.
+
+Same standard recipe as ``maskrcnn_cloformer_xxs_coco.py`` (AdamW lr 1e-4, wd 0.05, ``norm`` decay 0, 1x,
+8 GPUs x 2 images, AMP loss scale 512; the authors published no dense recipe). Drop path 0.06, CloFormer-S's
+ImageNet value.
+"""
+_base_ = './maskrcnn_cloformer_xxs_coco.py'
+
+model = dict(
+    backbone=dict(
+        arch='s',
+        drop_path_rate=0.06,
+        init_cfg=dict(checkpoint='checkpoints/cloformer_s_in1k_mmsparse.pth')),
+    neck=dict(in_channels=[64, 128, 224, 448]))

@@ -1,0 +1,13 @@
+"""RetinaNet 1x with a CloFormer-S backbone on COCO.
+
+Same standard recipe as ``retinanet_cloformer_xxs_coco.py`` (AdamW lr 1e-4, wd 1e-4, 1x, 8 GPUs x 2 images,
+AMP loss scale 512; the authors published no dense recipe). Drop path 0.06, CloFormer-S's ImageNet value.
+"""
+_base_ = './retinanet_cloformer_xxs_coco.py'
+
+model = dict(
+    backbone=dict(
+        arch='s',
+        drop_path_rate=0.06,
+        init_cfg=dict(checkpoint='checkpoints/cloformer_s_in1k_mmsparse.pth')),
+    neck=dict(in_channels=[128, 224, 448]))

@@ -1,0 +1,34 @@
+"""RetinaNet 1x with a CloFormer-XXS backbone on COCO.
+
+The CloFormer authors published no detection recipe (nor code or checkpoints). This is the standard
+hierarchical-transformer RetinaNet recipe that mmsparse's BiFormer configs use: AdamW lr 1e-4, weight decay 1e-4,
+no paramwise rules, 12 epochs (step x0.1 after epochs 8 and 11, 500-iteration linear warmup), 8 GPUs x 2 images,
+AMP with a static loss scale of 512. Drop path 0.0, the value the authors trained CloFormer-XXS with on ImageNet.
+
+RetinaNet's FPN starts at stride 8, so only stages 2-4 are output (``out_indices=(1, 2, 3)``) and the FPN starts
+at its first input: the same network as ``start_level=1`` on four inputs, without an unused stride-4 output
+(which DDP would reject without ``find_unused_parameters``).
+"""
+_base_ = [
+    '../_base_/models/retinanet_fpn.py', '../_base_/datasets/coco_detection.py',
+    '../_base_/schedules/schedule_1x.py', '../_base_/default_runtime_det.py'
+]
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='mmsparse.CloFormer',
+        arch='xxs',
+        drop_path_rate=0.0,
+        out_indices=(1, 2, 3),
+        norm_cfg=dict(type='SyncBN', requires_grad=True),
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/cloformer_xxs_in1k_mmsparse.pth',
+                      prefix='backbone.')),
+    neck=dict(in_channels=[64, 128, 256], start_level=0, add_extra_convs='on_input', num_outs=5))
+
+train_dataloader = dict(batch_size=2, num_workers=2)
+
+optim_wrapper = dict(
+    type='AmpOptimWrapper',
+    loss_scale=512.,
+    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4))
