@@ -30,13 +30,13 @@ def parse_args():
 
 
 def enable_visualization(cfg, task, show_dir):
-    hook = cfg.default_hooks.get('visualization')
-    if hook is None:
-        raise SystemExit('--show-dir needs a visualization hook in default_hooks')
+    default = 'DetVisualizationHook' if task == 'mmdet' else 'SegVisualizationHook'
+    hook = cfg.default_hooks.setdefault('visualization', dict(type=default))
     hook['draw'] = True
     if task == 'mmdet':
         hook['test_out_dir'] = show_dir
     else:
+        hook['interval'] = 1  # mmseg's hook otherwise paints only every 50th test image
         cfg.visualizer['save_dir'] = show_dir
 
 
