@@ -383,3 +383,14 @@ def test_config_smoke(path, tmp_path):
     smoke = pytest.importorskip('tests.smoke', reason='tests/smoke.py (run_config_smoke) is not available yet')
     metrics = smoke.run_config_smoke(str(path), str(tmp_path))
     assert isinstance(metrics, dict)
+
+
+def test_init_weights_follows_official_init():
+    model = BiFormer(**REDUCED)
+    model.init_weights()
+    block = model.layers[2][0]
+    for layer in (block.attn.qkv, block.attn.proj, block.mlp.fc1, model.layers[3][0].attn.qkv):
+        assert abs(layer.weight.std().item() - 0.02) < 0.004  # timm truncates at +-2 absolute: ~plain normal
+    assert torch.count_nonzero(block.mlp.fc2.bias) == 0
+    assert torch.equal(block.norm1.weight, torch.ones(128)) and torch.equal(model.out_norms['2'].bias,
+                                                                           torch.zeros(128))
