@@ -66,13 +66,13 @@ def test_seg_train_checkpoint_then_test(tmp_path):
 def test_resume_continues_from_last_checkpoint(tmp_path):
     work = tmp_path / 'work'
     common = ['--work-dir', str(work), '--cfg-options', 'train_cfg.val_interval=100',
-              'default_hooks.checkpoint.interval=2', *QUICK]
+              'default_hooks.checkpoint.interval=2', 'default_hooks.logger.interval=1', *QUICK]
     ok(run_tool('tools/train.py', DET_DEMO, *common, 'train_cfg.max_iters=2'))  # "interrupted" after 2 iters
     first = torch.load(work / 'iter_2.pth', map_location='cpu')
     proc = ok(run_tool('tools/train.py', DET_DEMO, '--resume', *common, 'train_cfg.max_iters=4'))
     log = proc.stdout + proc.stderr
     assert 'resumed epoch: 0, iter: 2' in log
-    assert 'Iter(train) [1/4]' not in log and 'Iter(train) [3/4]' in log.replace('[ 3/4]', '[3/4]')
+    assert 'Iter(train) [1/4]' not in log and 'Iter(train) [3/4]' in log
     second = torch.load(work / 'iter_4.pth', map_location='cpu')
     assert second['meta']['iter'] == 4 and first['meta']['iter'] == 2
     # the optimizer state travelled: AdamW's step counter continues from 2
@@ -86,7 +86,7 @@ def test_two_process_dist_train_on_cpu(tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO, PYTHON=sys.executable, PORT='29517', OMP_NUM_THREADS='1')
     proc = subprocess.run(['bash', 'tools/dist_train.sh', DET_DEMO, '2', '--work-dir', str(work), '--cfg-options',
                            'train_cfg.max_iters=2', 'train_cfg.val_interval=100',
-                           'default_hooks.checkpoint.interval=2', *QUICK],
+                           'default_hooks.checkpoint.interval=2', 'default_hooks.logger.interval=1', *QUICK],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     log = proc.stdout + proc.stderr

@@ -24,6 +24,10 @@ def prepare(cfg, args):
     if args.launcher != 'none' and not torch.cuda.is_available():
         # NCCL needs GPUs; CPU-only distributed runs (tests, debugging) use gloo.
         cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+        if args.launcher == 'pytorch' and not torch.distributed.is_initialized():
+            # mmengine's init_dist calls torch.cuda.set_device, which a CPU-only torch lacks; the Runner
+            # skips its own initialisation when a process group already exists.
+            torch.distributed.init_process_group(backend='gloo')
     if args.launcher != 'none':
         os.environ.setdefault('LOCAL_RANK', str(getattr(args, 'local_rank', 0)))
     return task_of(cfg)
