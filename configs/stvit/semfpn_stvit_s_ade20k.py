@@ -26,7 +26,6 @@ model = dict(
     neck=dict(in_channels=[64, 128, 320, 512]))
 train_dataloader = dict(batch_size=4, num_workers=4)
 optim_wrapper = dict(
-    _delete_=True,
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=1e-4),
     paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.)}))

@@ -30,7 +30,6 @@ model = dict(
     auxiliary_head=dict(in_channels=320, in_index=2))
 train_dataloader = dict(batch_size=2, num_workers=4)
 optim_wrapper = dict(
-    _delete_=True,
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
     paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.)}))
