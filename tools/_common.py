@@ -28,6 +28,11 @@ def prepare(cfg, args):
             # mmengine's init_dist calls torch.cuda.set_device, which a CPU-only torch lacks; the Runner
             # skips its own initialisation when a process group already exists.
             torch.distributed.init_process_group(backend='gloo')
+        if cfg.get('model_wrapper_cfg') is None:
+            # mmengine passes device_ids=[LOCAL_RANK], which DDP rejects for CPU modules
+            cfg.model_wrapper_cfg = dict(
+                type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+                find_unused_parameters=cfg.get('find_unused_parameters', False))
     if args.launcher != 'none':
         os.environ.setdefault('LOCAL_RANK', str(getattr(args, 'local_rank', 0)))
     return task_of(cfg)
