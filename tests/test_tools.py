@@ -99,6 +99,41 @@ def test_two_process_dist_train_on_cpu(tmp_path):
     assert (work / 'iter_2.pth').is_file()
 
 
+# What a user types to run a real COCO config on the synthetic data (docs/get_started.md shows the same).
+SYNTHETIC_COCO_OPTIONS = [
+    f'{loader}.dataset.{key}' for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')
+    for key in ('data_root=data/synthetic_coco/', "metainfo.classes=('disc','square','triangle','ring')")
+] + [f'{e}.ann_file=data/synthetic_coco/annotations/instances_val2017.json' for e in ('val_evaluator', 'test_evaluator')]
+
+
+def test_real_coco_config_without_data_says_where_to_put_it(tmp_path):
+    proc = run_tool('tools/train.py', 'configs/biformer/maskrcnn_biformer_s_coco.py', '--work-dir', str(tmp_path))
+    assert proc.returncode != 0
+    assert "the annotation file 'data/coco/annotations/instances_train2017.json' does not exist" in proc.stderr
+    assert 'docs/get_started.md' in proc.stderr
+
+
+def test_missing_pretrained_checkpoint_says_how_to_make_it(tmp_path):
+    proc = run_tool('tools/train.py', 'configs/biformer/maskrcnn_biformer_s_coco.py', '--work-dir', str(tmp_path),
+                    '--cfg-options', *SYNTHETIC_COCO_OPTIONS)
+    assert proc.returncode != 0
+    assert 'biformer_small_in1k_mmsparse.pth' in proc.stderr and 'official2mmsparse.py' in proc.stderr
+
+
+@pytest.mark.slow
+def test_real_coco_config_trains_on_synthetic_data_with_cfg_options(tmp_path):
+    """`maskrcnn_biformer_s_coco.py` as users type it, pointed at the synthetic data with --cfg-options
+    (smaller images and one iteration, to fit the CPU test budget)."""
+    proc = ok(run_tool(
+        'tools/train.py', 'configs/biformer/maskrcnn_biformer_s_coco.py', '--work-dir', str(tmp_path),
+        '--cfg-options', *SYNTHETIC_COCO_OPTIONS, 'model.backbone.init_cfg=None', 'train_dataloader.dataset.indices=2', 'val_dataloader.dataset.indices=1',
+        'test_dataloader.dataset.indices=1', 'train_cfg.max_epochs=1', 'model.backbone.n_win=4',
+        'train_dataloader.dataset.pipeline.2.scale=(256,192)', 'val_dataloader.dataset.pipeline.1.scale=(256,192)'))
+    log = proc.stdout + proc.stderr
+    assert 'Epoch(train) [1][1/1]' in log and 'Epoch(val) [1][1/1]' in log
+    assert (tmp_path / 'epoch_1.pth').is_file()
+
+
 def test_missing_dataset_says_where_to_put_it(tmp_path):
     proc = run_tool('tools/train.py', DET_DEMO, '--work-dir', str(tmp_path), '--cfg-options',
                     f'train_dataloader.dataset.data_root={tmp_path}/nowhere/')

@@ -72,3 +72,30 @@ def check_data(cfg, loaders):
                 f'docs/get_started.md, "Datasets"), symlink it into data/, or point the config elsewhere with '
                 f'--cfg-options {loader}.dataset.data_root=<dir>. For a quick check on the embedded synthetic '
                 f'data, see docs/get_started.md.')
+
+
+def check_pretrained(cfg):
+    """Stop with a clear message when the backbone's Pretrained checkpoint is a local file that is missing."""
+    backbone = (cfg.get('model') or {}).get('backbone') or {}
+    init_cfg = backbone.get('init_cfg')
+    if not isinstance(init_cfg, dict) or init_cfg.get('type') != 'Pretrained':
+        return
+    ckpt = str(init_cfg.get('checkpoint', ''))
+    if '://' in ckpt or osp.exists(ckpt):
+        return
+    raise SystemExit(
+        f'model.backbone.init_cfg: the pretrained checkpoint {ckpt!r} does not exist.\n'
+        f'Convert the authors\' ImageNet weights with tools/model_converters/official2mmsparse.py FAMILY SRC {ckpt} '
+        f'(see docs/get_started.md, "Pretrained weights"), or train from scratch with '
+        f'--cfg-options model.backbone.init_cfg=None.')
+
+
+def amp_fallback_on_cpu(cfg):
+    """mmengine's AmpOptimWrapper asserts a GPU; on CPU-only machines train the same recipe in float32."""
+    wrapper = cfg.get('optim_wrapper') or {}
+    if wrapper.get('type') == 'AmpOptimWrapper' and not torch.cuda.is_available():
+        print('No GPU: mmengine\'s AmpOptimWrapper needs one, so this run uses OptimWrapper in float32 '
+              '(loss_scale / dtype ignored).')
+        wrapper['type'] = 'OptimWrapper'
+        for key in ('loss_scale', 'dtype', 'use_fsdp'):
+            wrapper.pop(key, None)

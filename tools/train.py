@@ -8,7 +8,7 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import check_data, prepare  # noqa: E402
+from _common import amp_fallback_on_cpu, check_data, check_pretrained, prepare  # noqa: E402
 
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
@@ -54,6 +54,8 @@ def main():
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'
 
+    amp_fallback_on_cpu(cfg)
+
     if args.auto_scale_lr:
         if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
             raise SystemExit('--auto-scale-lr needs auto_scale_lr=dict(base_batch_size=...) in the config')
@@ -67,6 +69,8 @@ def main():
         cfg.resume, cfg.load_from = True, args.resume
 
     check_data(cfg, ['train_dataloader', 'val_dataloader'] if cfg.get('val_cfg') else ['train_dataloader'])
+    if not (cfg.get('resume') or cfg.get('load_from')):
+        check_pretrained(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
     print(f'[{task}] training finished; work_dir: {cfg.work_dir}')
