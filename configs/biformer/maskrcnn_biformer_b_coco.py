@@ -1,46 +1,14 @@
-"""Mask R-CNN + FPN with a BiFormer-B backbone, COCO 2017, 1x (12 epochs), 8 GPUs x 2 images.
+"""Mask R-CNN + FPN with a BiFormer-B backbone, COCO 2017, 1x: the BiFormer-S recipe of maskrcnn_biformer_s_coco.py with the B backbone.
 
-The authors' recipe (object_detection/configs/coco/maskrcnn.1x.biformer_base.py, mmdet 2.11) in mmdet 3.x:
-AdamW lr 1e-4, betas (0.9, 0.999), weight decay 0.05, no decay for parameter names containing 'norm' (the
-block LNs and output norms; the stem/downsample BNs keep their decay), 'absolute_pos_embed' or
-'relative_position_bias_table' (substring rules kept verbatim); linear warmup 500 iterations (ratio 0.001)
-then x0.1 after epochs 8 and 11; native AMP with a static loss scale of 512 (mmcv 1.x's fp16 default; do not
-pass --amp, which would switch to a dynamic scale); no gradient clipping; batch 16 in total.
-Backbone: BiFormer_mm with n_win 16, topks [1, 4, 16, -2], auto_pad, drop path 0.3, BN statistics frozen
-(norm_eval=True, affine parameters still train), one LayerNorm2d per output.
-Backbone weights: the authors' ImageNet-1k checkpoint converted with
+Differences from S in the authors' recipe (maskrcnn.1x.biformer_base.py): arch 'base', drop path 0.3, stage widths
+96/192/384/768. Backbone weights:
   python tools/model_converters/official2mmsparse.py biformer biformer_base_best.pth \
       checkpoints/biformer_base_in1k_mmsparse.pth
 """
-_base_ = [
-    '../_base_/models/mask_rcnn_fpn.py', '../_base_/datasets/coco_instance.py',
-    '../_base_/schedules/schedule_1x.py', '../_base_/default_runtime_det.py'
-]
+_base_ = './maskrcnn_biformer_s_coco.py'
 model = dict(
     backbone=dict(
-        _delete_=True,
-        type='mmsparse.BiFormer',
         arch='base',
-        n_win=16,
-        topks=[1, 4, 16, -2],
-        auto_pad=True,
         drop_path_rate=0.3,
-        out_indices=(0, 1, 2, 3),
-        norm_cfg=dict(type='BN', requires_grad=True),
-        norm_eval=True,
-        out_norm_cfg=dict(type='LN2d', eps=1e-6),
-        with_cp=False,
-        init_cfg=dict(
-            type='Pretrained', checkpoint='checkpoints/biformer_base_in1k_mmsparse.pth', prefix='backbone.')),
+        init_cfg=dict(checkpoint='checkpoints/biformer_base_in1k_mmsparse.pth')),
     neck=dict(in_channels=[96, 192, 384, 768]))
-train_dataloader = dict(batch_size=2, num_workers=2)
-optim_wrapper = dict(
-    type='AmpOptimWrapper',
-    loss_scale=512.,
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(
-        custom_keys={
-            'absolute_pos_embed': dict(decay_mult=0.),
-            'relative_position_bias_table': dict(decay_mult=0.),
-            'norm': dict(decay_mult=0.)
-        }))

@@ -1,40 +1,14 @@
-"""RetinaNet + FPN with a BiFormer-B backbone, COCO 2017, 1x (12 epochs), 8 GPUs x 2 images.
+"""RetinaNet + FPN with a BiFormer-B backbone, COCO 2017, 1x: the BiFormer-S recipe of retinanet_biformer_s_coco.py with the B backbone.
 
-The authors' recipe (object_detection/configs/coco/retinanet.1x.biformer_base.py, mmdet 2.11) in mmdet 3.x:
-AdamW lr 1e-4, weight decay 1e-4, default betas, no parameter-wise rules; linear warmup 500 iterations (ratio
-0.001) then x0.1 after epochs 8 and 11; native AMP with a static loss scale of 512 (do not pass --amp);
-find_unused_parameters=True as in the original; batch 16 in total. FPN from stride 8 (start_level 1, extra
-convs on the input, 5 levels; from the base).
-Backbone: BiFormer_mm with n_win 16, topks [1, 4, 16, -2], auto_pad, drop path 0.3, BN statistics frozen
-(norm_eval=True), one LayerNorm2d per output.
-Backbone weights: the authors' ImageNet-1k checkpoint converted with
+Differences from S in the authors' recipe (retinanet.1x.biformer_base.py): arch 'base', drop path 0.3, stage widths
+96/192/384/768. Backbone weights:
   python tools/model_converters/official2mmsparse.py biformer biformer_base_best.pth \
       checkpoints/biformer_base_in1k_mmsparse.pth
 """
-_base_ = [
-    '../_base_/models/retinanet_fpn.py', '../_base_/datasets/coco_detection.py',
-    '../_base_/schedules/schedule_1x.py', '../_base_/default_runtime_det.py'
-]
+_base_ = './retinanet_biformer_s_coco.py'
 model = dict(
     backbone=dict(
-        _delete_=True,
-        type='mmsparse.BiFormer',
         arch='base',
-        n_win=16,
-        topks=[1, 4, 16, -2],
-        auto_pad=True,
         drop_path_rate=0.3,
-        out_indices=(0, 1, 2, 3),
-        norm_cfg=dict(type='BN', requires_grad=True),
-        norm_eval=True,
-        out_norm_cfg=dict(type='LN2d', eps=1e-6),
-        with_cp=False,
-        init_cfg=dict(
-            type='Pretrained', checkpoint='checkpoints/biformer_base_in1k_mmsparse.pth', prefix='backbone.')),
-    neck=dict(in_channels=[96, 192, 384, 768], start_level=1, add_extra_convs='on_input', num_outs=5))
-train_dataloader = dict(batch_size=2, num_workers=2)
-optim_wrapper = dict(
-    type='AmpOptimWrapper',
-    loss_scale=512.,
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4))
-find_unused_parameters = True
+        init_cfg=dict(checkpoint='checkpoints/biformer_base_in1k_mmsparse.pth')),
+    neck=dict(in_channels=[96, 192, 384, 768]))

@@ -1,42 +1,14 @@
-"""Semantic FPN with a BiFormer-B backbone, ADE20K, 512x512 crops, 80k iterations, 8 GPUs x 4 images.
+"""Semantic FPN with a BiFormer-B backbone, ADE20K, 80k: the BiFormer-S recipe of semfpn_biformer_s_ade20k.py with the B backbone.
 
-The authors' recipe (semantic_segmentation/configs/ade20k/sfpn.biformer_base.py, mmseg 0.30, "strictly
-follows UniFormer") in mmseg 1.x: AdamW lr 2e-4 (1e-4 x 2 "gpu multiples"), weight decay 1e-4, default betas,
-no parameter-wise rules; linear warmup 1000 iterations (ratio 0.1) composed with per-iteration cosine decay to
-1e-8 x lr, both from iteration 0; checkpoint and evaluation every 4000 iterations; native AMP with a static
-loss scale of 512; SyncBN; FPN (256 channels, 4 levels) + FPNHead (128 channels, dropout 0.1); batch 32 in
-total.
-Backbone: BiFormer_mm with n_win 8, topks [1, 4, 16, -2], auto_pad, drop path 0.3, SyncBN stem/downsample
-norms (norm_eval=False). Difference: no AlignResize at test time (see upernet_biformer_b_ade20k.py).
-Backbone weights: the authors' ImageNet-1k checkpoint converted with
+Differences from S in the authors' recipe (sfpn.biformer_base.py): arch 'base', drop path 0.3, stage widths
+96/192/384/768. Backbone weights:
   python tools/model_converters/official2mmsparse.py biformer biformer_base_best.pth \
       checkpoints/biformer_base_in1k_mmsparse.pth
 """
-_base_ = [
-    '../_base_/models/semfpn.py', '../_base_/datasets/ade20k.py',
-    '../_base_/schedules/schedule_80k.py', '../_base_/default_runtime_seg.py'
-]
+_base_ = './semfpn_biformer_s_ade20k.py'
 model = dict(
     backbone=dict(
-        _delete_=True,
-        type='mmsparse.BiFormer',
         arch='base',
-        n_win=8,
-        topks=[1, 4, 16, -2],
-        auto_pad=True,
         drop_path_rate=0.3,
-        out_indices=(0, 1, 2, 3),
-        norm_cfg=dict(type='SyncBN', requires_grad=True),
-        norm_eval=False,
-        out_norm_cfg=dict(type='LN2d', eps=1e-6),
-        with_cp=False,
-        init_cfg=dict(
-            type='Pretrained', checkpoint='checkpoints/biformer_base_in1k_mmsparse.pth', prefix='backbone.')),
-    neck=dict(in_channels=[96, 192, 384, 768], out_channels=256, num_outs=4),
-    decode_head=dict(channels=128, dropout_ratio=0.1))
-train_dataloader = dict(batch_size=4, num_workers=4)
-optim_wrapper = dict(
-    type='AmpOptimWrapper',
-    loss_scale=512.,
-    optimizer=dict(type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=1e-4))
-find_unused_parameters = False
+        init_cfg=dict(checkpoint='checkpoints/biformer_base_in1k_mmsparse.pth')),
+    neck=dict(in_channels=[96, 192, 384, 768]))
