@@ -1,1 +1,3 @@
-__all__ = []
+"""Layers that plug into stock mmdet / mmseg models (ResNet ``plugins=``, necks)."""
+from .sparse_attn_block import *  # noqa: F401,F403
+from .sparse_attn_block import __all__  # noqa: F401

@@ -1,0 +1,96 @@
+"""Sparse attention on selected levels of a feature pyramid, as a neck of its own or in front of any neck."""
+import copy
+
+from mmengine.model import BaseModule, ModuleDict
+
+from mmsparse.models.plugins import SparseAttnBlock
+from mmsparse.registry import MODELS
+
+__all__ = ['MultiLevelSparseAttn', 'build_level_blocks']
+
+
+def build_level_blocks(channels, attn_levels, attn_cfg, block_cfg, owner):
+    """``{str(level): SparseAttnBlock}`` for the chosen levels.
+
+    Args:
+        channels (list[int]): channels of every level the levels index into.
+        attn_levels (sequence[int]): levels that get a block (distinct, in ``[0, len(channels))``).
+        attn_cfg (dict | list[dict] | None): the operator config, shared by all levels, or one per entry of
+            ``attn_levels`` (e.g. a super-token size per resolution). Required when ``attn_levels`` is not empty.
+        block_cfg (dict | None): further :class:`SparseAttnBlock` arguments (``embed_dims``, ``ffn_ratio``,
+            ``norm_cfg``, ...), shared by all levels.
+        owner (str): class name used in error messages.
+
+    Returns:
+        mmengine.model.ModuleDict: keyed by the level index as a string (a BaseModule container, so
+        ``init_weights`` reaches the blocks and re-zeroes their layer scales).
+    """
+    if isinstance(attn_levels, int) and not isinstance(attn_levels, bool):
+        attn_levels = (attn_levels, )
+    if not isinstance(attn_levels, (list, tuple)):
+        raise TypeError(f'{owner}: attn_levels must be an int or a sequence of ints, got {attn_levels!r}')
+    levels = list(attn_levels)
+    valid = range(len(channels))
+    if any(isinstance(lv, bool) or not isinstance(lv, int) or lv not in valid for lv in levels) \
+            or len(set(levels)) != len(levels):
+        raise ValueError(f'{owner}: attn_levels must be distinct ints in [0, {len(channels) - 1}] '
+                         f'(the levels with attention), got {attn_levels!r}')
+    if levels and attn_cfg is None:
+        raise ValueError(f'{owner}: attn_levels={attn_levels!r} needs attn_cfg=dict(type=...), type one of '
+                         "'BiLevelRoutingAttention', 'AttnConv', 'SuperTokenAttention'")
+    if isinstance(attn_cfg, (list, tuple)):
+        if len(attn_cfg) != len(levels):
+            raise ValueError(f'{owner}: attn_cfg as a list needs one dict per attn_levels entry '
+                             f'({len(levels)}), got {len(attn_cfg)}')
+        per_level = list(attn_cfg)
+    else:
+        per_level = [attn_cfg] * len(levels)
+    if block_cfg is not None and not isinstance(block_cfg, dict):
+        raise TypeError(f'{owner}: block_cfg must be a dict of SparseAttnBlock arguments, got {block_cfg!r}')
+    block_cfg = copy.deepcopy(dict(block_cfg or {}))
+    for key in ('type', '_scope_'):
+        block_cfg.pop(key, None)
+    for key in ('in_channels', 'attn_cfg'):
+        if key in block_cfg:
+            raise ValueError(f'{owner}: block_cfg must not set {key!r}; the neck fills it in')
+    return ModuleDict({
+        str(level): SparseAttnBlock(in_channels=channels[level], attn_cfg=cfg, **block_cfg)
+        for level, cfg in zip(levels, per_level)
+    })
+
+
+@MODELS.register_module()
+class MultiLevelSparseAttn(BaseModule):
+    """Residual sparse attention on selected levels of a multi-level feature tuple; other levels pass through.
+
+    Channels and sizes are unchanged, so it can be a neck by itself or sit in front of any existing neck with
+    mmengine's list syntax, ``neck=[dict(type='MultiLevelSparseAttn', ...), dict(type='CSPNeXtPAFPN', ...)]``
+    (built as an ``nn.Sequential``), mirroring the practice of adding attention to a YOLO neck's deepest
+    input. Every block is a :class:`~mmsparse.models.plugins.SparseAttnBlock`, the identity at
+    initialisation, so a pretrained detector is unchanged until fine-tuned.
+
+    Args:
+        in_channels (list[int]): channels of every input level.
+        attn_levels (int | sequence[int]): indices of the levels that get a block.
+        attn_cfg (dict | list[dict]): operator config (``type`` one of ``'BiLevelRoutingAttention'``,
+            ``'AttnConv'``, ``'SuperTokenAttention'``), shared or one per ``attn_levels`` entry.
+        block_cfg (dict, optional): further :class:`SparseAttnBlock` arguments (``embed_dims``, ``ffn_ratio``...).
+        init_cfg (dict, optional): mmengine initialisation config. Default: None.
+
+    Shapes:
+        inputs: tuple of (N, in_channels[i], H_i, W_i); outputs: a tuple of the same shapes.
+    """
+
+    def __init__(self, in_channels, attn_levels, attn_cfg, block_cfg=None, init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        if not isinstance(in_channels, (list, tuple)) or not in_channels:
+            raise TypeError(f'MultiLevelSparseAttn: in_channels must be a non-empty list of ints, got {in_channels!r}')
+        self.in_channels = list(in_channels)
+        self.attn_blocks = build_level_blocks(self.in_channels, attn_levels, attn_cfg, block_cfg,
+                                              'MultiLevelSparseAttn')
+
+    def forward(self, inputs):
+        if len(inputs) != len(self.in_channels):
+            raise ValueError(f'MultiLevelSparseAttn expects {len(self.in_channels)} levels, got {len(inputs)}')
+        return tuple(self.attn_blocks[str(i)](x) if str(i) in self.attn_blocks else x
+                     for i, x in enumerate(inputs))

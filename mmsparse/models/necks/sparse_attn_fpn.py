@@ -1,0 +1,156 @@
+"""FPN with sparse attention on chosen pyramid levels, a drop-in replacement for mmdet's / mmseg's ``FPN``."""
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import ConvModule
+from mmengine.model import BaseModule
+
+from mmsparse.registry import MODELS
+from .level_attention import build_level_blocks
+
+__all__ = ['SparseAttnFPN']
+
+EXTRA_CONV_SOURCES = ('on_input', 'on_lateral', 'on_output')
+ATTN_POSITIONS = ('lateral', 'output')
+
+
+@MODELS.register_module()
+class SparseAttnFPN(BaseModule):
+    """Feature Pyramid Network with a :class:`~mmsparse.models.plugins.SparseAttnBlock` on selected levels.
+
+    Everything but the attention follows mmdet 3.3's ``FPN`` (and mmseg's, which computes the same): the same
+    arguments with the same meaning, the same module names (``lateral_convs``, ``fpn_convs``), hence the same
+    state-dict keys, so FPN checkpoints load into it and, with ``attn_levels=()``, it computes exactly what
+    ``FPN`` computes. It is written here rather than subclassed so that ``import mmsparse`` does not import
+    all of ``mmdet.models`` (and works with mmseg alone).
+
+    The attention runs on the 1x1 lateral of a level, before the top-down sum (``attn_position='lateral'``,
+    default: the refined coarse levels then propagate to the finer ones, like an attention layer on C5 ahead of
+    a YOLO/RT-DETR PAN), or on the 3x3 output of a level (``'output'``). Its blocks are the identity at
+    initialisation (zero layer scales, kept through ``init_weights``), so the neck starts as a plain FPN.
+
+    Args:
+        in_channels (list[int]): channels of each backbone level.
+        out_channels (int): channels of every output.
+        num_outs (int): number of outputs.
+        start_level (int): first backbone level used. Default: 0.
+        end_level (int): last backbone level used (inclusive); -1 means the last one. Default: -1.
+        add_extra_convs (bool | str): source of the extra (stride-2 conv) levels beyond the backbone's:
+            ``False`` (max-pool the last output instead), ``True`` (= ``'on_input'``), ``'on_input'``,
+            ``'on_lateral'`` or ``'on_output'``. Default: False.
+        relu_before_extra_convs (bool): ReLU before every extra conv after the first. Default: False.
+        no_norm_on_lateral (bool): no norm layer in the lateral convs. Default: False.
+        conv_cfg (dict, optional), norm_cfg (dict, optional), act_cfg (dict, optional): of the ConvModules.
+        upsample_cfg (dict): ``F.interpolate`` arguments of the top-down path. Default: ``dict(mode='nearest')``.
+        attn_levels (int | sequence[int]): used levels (0 = backbone level ``start_level``) that get attention.
+            Default: () (a plain FPN).
+        attn_cfg (dict | list[dict], optional): operator config, ``type`` one of ``'BiLevelRoutingAttention'``,
+            ``'AttnConv'``, ``'SuperTokenAttention'``; one dict for all levels or one per ``attn_levels`` entry.
+        block_cfg (dict, optional): further :class:`SparseAttnBlock` arguments (``embed_dims``, ``ffn_ratio``...).
+        attn_position (str): ``'lateral'`` or ``'output'`` (see above). Default: ``'lateral'``.
+        init_cfg (dict | list[dict]): Default: Xavier-uniform on the convs, as FPN.
+
+    Shapes:
+        inputs: tuple of ``len(in_channels)`` maps (N, in_channels[i], H_i, W_i), each level half the size of
+        the previous; outputs: tuple of ``num_outs`` maps (N, out_channels, H'_j, W'_j).
+    """
+
+    def __init__(self, in_channels, out_channels, num_outs, start_level=0, end_level=-1, add_extra_convs=False,
+                 relu_before_extra_convs=False, no_norm_on_lateral=False, conv_cfg=None, norm_cfg=None, act_cfg=None,
+                 upsample_cfg=dict(mode='nearest'), attn_levels=(), attn_cfg=None, block_cfg=None,
+                 attn_position='lateral',
+                 init_cfg=dict(type='Xavier', layer='Conv2d', distribution='uniform')):
+        super().__init__(init_cfg=init_cfg)
+        if not isinstance(in_channels, (list, tuple)) or not in_channels:
+            raise TypeError(f'SparseAttnFPN: in_channels must be a non-empty list of ints, got {in_channels!r}')
+        self.in_channels = list(in_channels)
+        self.out_channels = out_channels
+        self.num_ins = len(in_channels)
+        self.num_outs = num_outs
+        self.relu_before_extra_convs = relu_before_extra_convs
+        self.no_norm_on_lateral = no_norm_on_lateral
+        self.upsample_cfg = dict(upsample_cfg)
+        if not 0 <= start_level < self.num_ins:
+            raise ValueError(f'SparseAttnFPN: start_level must be in [0, {self.num_ins - 1}], got {start_level}')
+        if end_level in (-1, self.num_ins - 1):
+            self.backbone_end_level = self.num_ins  # exclusive
+            if num_outs < self.num_ins - start_level:
+                raise ValueError(f'SparseAttnFPN: num_outs={num_outs} must be >= the {self.num_ins - start_level} '
+                                 f'used backbone levels')
+        else:
+            if not start_level <= end_level < self.num_ins:
+                raise ValueError(f'SparseAttnFPN: end_level must be -1 or in [{start_level}, {self.num_ins - 1}], '
+                                 f'got {end_level}')
+            self.backbone_end_level = end_level + 1
+            if num_outs != end_level - start_level + 1:
+                raise ValueError(f'SparseAttnFPN: with end_level={end_level}, num_outs must be '
+                                 f'{end_level - start_level + 1} (no extra levels), got {num_outs}')
+        self.start_level = start_level
+        self.end_level = end_level
+        if add_extra_convs is True:
+            add_extra_convs = 'on_input'
+        if add_extra_convs is not False and add_extra_convs not in EXTRA_CONV_SOURCES:
+            raise ValueError(f'SparseAttnFPN: add_extra_convs must be a bool or one of {EXTRA_CONV_SOURCES}, '
+                             f'got {add_extra_convs!r}')
+        self.add_extra_convs = add_extra_convs
+        if attn_position not in ATTN_POSITIONS:
+            raise ValueError(f'SparseAttnFPN: attn_position must be one of {ATTN_POSITIONS}, got {attn_position!r}')
+        self.attn_position = attn_position
+
+        self.lateral_convs = nn.ModuleList()
+        self.fpn_convs = nn.ModuleList()
+        lateral_norm = None if no_norm_on_lateral else norm_cfg
+        for i in range(start_level, self.backbone_end_level):
+            self.lateral_convs.append(ConvModule(in_channels[i], out_channels, 1, conv_cfg=conv_cfg,
+                                                 norm_cfg=lateral_norm, act_cfg=act_cfg, inplace=False))
+            self.fpn_convs.append(ConvModule(out_channels, out_channels, 3, padding=1, conv_cfg=conv_cfg,
+                                             norm_cfg=norm_cfg, act_cfg=act_cfg, inplace=False))
+        used = self.backbone_end_level - start_level
+        num_extra = num_outs - used
+        if add_extra_convs and num_extra > 0:
+            for i in range(num_extra):
+                src = in_channels[self.backbone_end_level - 1] if i == 0 and add_extra_convs == 'on_input' \
+                    else out_channels
+                self.fpn_convs.append(ConvModule(src, out_channels, 3, stride=2, padding=1, conv_cfg=conv_cfg,
+                                                 norm_cfg=norm_cfg, act_cfg=act_cfg, inplace=False))
+
+        self.attn_blocks = build_level_blocks([out_channels] * used, attn_levels, attn_cfg, block_cfg,
+                                              'SparseAttnFPN')
+
+    def _attend(self, feats):
+        return [self.attn_blocks[str(i)](x) if str(i) in self.attn_blocks else x for i, x in enumerate(feats)]
+
+    def forward(self, inputs):
+        if len(inputs) != self.num_ins:
+            raise ValueError(f'SparseAttnFPN expects {self.num_ins} input levels, got {len(inputs)}')
+        laterals = [conv(inputs[self.start_level + i]) for i, conv in enumerate(self.lateral_convs)]
+        if self.attn_position == 'lateral':
+            laterals = self._attend(laterals)
+        # top-down: each level receives the upsampled sum of the coarser ones
+        for i in range(len(laterals) - 1, 0, -1):
+            if 'scale_factor' in self.upsample_cfg:
+                up = F.interpolate(laterals[i], **self.upsample_cfg)
+            else:
+                up = F.interpolate(laterals[i], size=laterals[i - 1].shape[2:], **self.upsample_cfg)
+            laterals[i - 1] = laterals[i - 1] + up
+        used = len(laterals)
+        outs = [self.fpn_convs[i](laterals[i]) for i in range(used)]
+        if self.attn_position == 'output':
+            outs = self._attend(outs)
+
+        if self.num_outs > used:
+            if not self.add_extra_convs:
+                # stride-2 subsampling (a 1x1 max-pool) of the last output, Faster R-CNN's P6
+                for _ in range(self.num_outs - used):
+                    outs.append(F.max_pool2d(outs[-1], 1, stride=2))
+            else:
+                if self.add_extra_convs == 'on_input':
+                    source = inputs[self.backbone_end_level - 1]
+                elif self.add_extra_convs == 'on_lateral':
+                    source = laterals[-1]
+                else:
+                    source = outs[-1]
+                outs.append(self.fpn_convs[used](source))
+                for i in range(used + 1, self.num_outs):
+                    prev = F.relu(outs[-1]) if self.relu_before_extra_convs else outs[-1]
+                    outs.append(self.fpn_convs[i](prev))
+        return tuple(outs)

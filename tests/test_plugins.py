@@ -1,0 +1,206 @@
+"""SparseAttnBlock: identity at init (alone and as a ResNet plugin), training signal, sizes, errors, registries."""
+import pytest
+import torch
+from mmengine.registry import DefaultScope
+
+import mmsparse  # noqa: F401  (registers everything)
+from mmsparse.models.plugins import SparseAttnBlock
+from mmsparse.ops import AttnConv, BiLevelRoutingAttention, SuperTokenAttention
+
+ATTN = {
+    'bra': dict(type='BiLevelRoutingAttention', num_heads=4, n_win=4, topk=4),
+    'attnconv': dict(type='AttnConv', num_heads=4, group_split=[2, 2], kernel_sizes=[5], window_size=2),
+    'sta': dict(type='SuperTokenAttention', num_heads=4, stoken_size=3),
+}
+OP_CLASS = {'bra': BiLevelRoutingAttention, 'attnconv': AttnConv, 'sta': SuperTokenAttention}
+
+
+def _scope(name):
+    """Context with ``name`` as the default scope (None: leave the current one, if any)."""
+    return DefaultScope.overwrite_default_scope(name)
+
+
+@pytest.mark.parametrize('kind', ATTN)
+@pytest.mark.parametrize('ffn_ratio', [0., 2.])
+def test_block_is_identity_at_init(kind, ffn_ratio):
+    block = SparseAttnBlock(32, ATTN[kind], ffn_ratio=ffn_ratio)
+    block.init_weights()
+    assert isinstance(block.attn, OP_CLASS[kind])
+    x = torch.randn(2, 32, 13, 19)
+    assert torch.equal(block(x), x)
+    assert torch.count_nonzero(block.gamma1) == 0
+    assert (block.ffn is None) == (ffn_ratio == 0)
+
+
+@pytest.mark.parametrize('kind', ATTN)
+@pytest.mark.parametrize('size', [(1, 1), (5, 7), (13, 19), (16, 16)])
+def test_block_any_size_once_trained(kind, size):
+    block = SparseAttnBlock(32, ATTN[kind], ffn_ratio=1.)
+    with torch.no_grad():  # a trained block: residual branches switched on
+        block.gamma1.fill_(0.5)
+        block.gamma2.fill_(0.5)
+    x = torch.randn(2, 32, *size)
+    out = block(x)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert not torch.allclose(out, x)
+    # the residual branch is exactly 0.5 * attention(norm(x)) (+ the FFN on top)
+    no_ffn = x + 0.5 * block.attn(block.norm1(x))
+    assert torch.allclose(out, no_ffn + 0.5 * block.ffn(block.norm2(no_ffn)), atol=1e-6)
+
+
+def test_block_reduced_embed_dims():
+    block = SparseAttnBlock(64, ATTN['sta'], embed_dims=32)
+    assert block.proj_in.weight.shape == (32, 64, 1, 1) and block.proj_out.weight.shape == (64, 32, 1, 1)
+    assert block.attn.embed_dims == 32
+    x = torch.randn(1, 64, 9, 11)
+    assert torch.equal(block(x), x)
+
+
+@pytest.mark.parametrize('kind', ATTN)
+def test_gradients_reach_attention_after_one_step(kind):
+    torch.manual_seed(0)
+    block = SparseAttnBlock(32, ATTN[kind], ffn_ratio=2.)
+    block.init_weights()
+    opt = torch.optim.SGD(block.parameters(), lr=0.1)
+    x, target = torch.randn(2, 32, 11, 13), torch.randn(2, 32, 11, 13)
+
+    def step():
+        opt.zero_grad()
+        ((block(x) - target) ** 2).mean().backward()
+
+    step()
+    # at init only the zero layer scales receive a gradient; the branches behind them see exactly 0
+    assert block.gamma1.grad.abs().sum() > 0 and block.gamma2.grad.abs().sum() > 0
+    for name, p in block.attn.named_parameters():
+        assert p.grad is None or torch.count_nonzero(p.grad) == 0, name
+    opt.step()
+    assert torch.count_nonzero(block.gamma1) > 0
+    step()
+    grads = {name: p.grad for name, p in block.attn.named_parameters()}
+    nonzero = [name for name, g in grads.items() if g is not None and g.abs().sum() > 0]
+    # the output projection and the projections feeding the attention all learn now
+    assert any('proj' in n for n in nonzero), nonzero
+    assert len(nonzero) >= len(grads) // 2, (nonzero, list(grads))
+    assert block.ffn.fc1.weight.grad.abs().sum() > 0
+
+
+def test_bad_attn_cfg_names_accepted_types():
+    accepted = "['AttnConv', 'BiLevelRoutingAttention', 'SuperTokenAttention']"
+    with pytest.raises(ValueError, match='accepted types are') as err:
+        SparseAttnBlock(32, dict(type='SwinAttention'))
+    assert accepted in str(err.value) and 'SwinAttention' in str(err.value)
+    with pytest.raises(TypeError, match='attn_cfg must be a dict'):
+        SparseAttnBlock(32, 'BiLevelRoutingAttention')
+    with pytest.raises(TypeError, match='attn_cfg must be a dict'):
+        SparseAttnBlock(32, dict(num_heads=4))
+    with pytest.raises(ValueError, match='dim=16 does not match the block channels 32'):
+        SparseAttnBlock(32, dict(type='AttnConv', dim=16))
+    # the operator's own checks still speak
+    with pytest.raises(ValueError, match='group_split'):
+        SparseAttnBlock(32, dict(type='AttnConv', num_heads=4, group_split=[1, 1], kernel_sizes=[3]))
+
+
+def test_bad_block_args():
+    with pytest.raises(ValueError, match='in_channels must be a positive int'):
+        SparseAttnBlock(0, ATTN['bra'])
+    with pytest.raises(ValueError, match='ffn_ratio'):
+        SparseAttnBlock(32, ATTN['bra'], ffn_ratio=-1)
+    with pytest.raises(ValueError, match='drop_path_rate'):
+        SparseAttnBlock(32, ATTN['bra'], drop_path_rate=1.5)
+    block = SparseAttnBlock(32, ATTN['bra'])
+    with pytest.raises(ValueError, match=r'expects \(N, 32, H, W\)'):
+        block(torch.randn(1, 16, 8, 8))
+
+
+def test_scope_prefix_and_inherited_scope_key_accepted():
+    block = SparseAttnBlock(32, dict(type='mmsparse.SuperTokenAttention', _scope_='mmdet', num_heads=4))
+    assert isinstance(block.attn, SuperTokenAttention) and block.attn.stoken_size == (4, 4)
+
+
+def test_layer_scale_survives_parent_init():
+    """ResNet's Kaiming init re-initialises every Conv2d; the block must keep its layer-scale value."""
+    block = SparseAttnBlock(32, ATTN['attnconv'], ffn_ratio=1., layer_scale_init_value=1e-2)
+    with torch.no_grad():
+        block.gamma1.fill_(3.)
+    block.init_weights()
+    assert torch.all(block.gamma1 == 1e-2) and torch.all(block.gamma2 == 1e-2)
+
+
+@pytest.mark.parametrize('scope', [None, 'mmdet', 'mmseg'])
+def test_mmcv_plugin_builder_finds_block(scope):
+    from mmcv.cnn import build_plugin_layer
+    with _scope(scope):
+        name, layer = build_plugin_layer(dict(type='SparseAttnBlock', attn_cfg=ATTN['bra']), postfix='_1',
+                                         in_channels=64)
+    assert name == 'sparse_attn_1' and isinstance(layer, SparseAttnBlock) and layer.in_channels == 64
+
+
+def test_block_in_root_and_downstream_registries():
+    from mmdet.registry import MODELS as DET
+    from mmengine.registry import MODELS as ROOT
+    from mmseg.registry import MODELS as SEG
+
+    from mmsparse.registry import MODELS
+    for registry in (ROOT, DET, SEG, MODELS):
+        assert registry.get('SparseAttnBlock') is SparseAttnBlock
+
+
+def _resnet(scope, plugins=None):
+    if scope == 'mmseg':
+        from mmseg.models.backbones import ResNetV1c as ResNet
+    else:
+        from mmdet.models.backbones import ResNet
+    # base_channels 16: a 4x thinner R-50 (same block structure), fast on CPU. zero_init_residual=False: a
+    # pretrained ResNet's last BN is not zero (with mmdet's default True no gradient reaches a plugin at init)
+    return ResNet(depth=50, base_channels=16, out_indices=(0, 1, 2, 3), plugins=plugins, zero_init_residual=False)
+
+
+def _plugins(kind, stages=(False, False, True, True), position='after_conv2'):
+    return [dict(cfg=dict(type='SparseAttnBlock', attn_cfg=ATTN[kind], ffn_ratio=1.), stages=stages,
+                 position=position)]
+
+
+@pytest.mark.parametrize('kind', ATTN)
+@pytest.mark.parametrize('scope,position', [('mmdet', 'after_conv2'), ('mmdet', 'after_conv3'),
+                                            ('mmseg', 'after_conv2')])
+def test_plugged_resnet_equals_plain_resnet_at_init(kind, scope, position):
+    with _scope(scope):
+        plain = _resnet(scope)
+        plugged = _resnet(scope, _plugins(kind, position=position))
+    plain.init_weights()
+    plugged.init_weights()  # ResNet's Kaiming/Constant inits run over the plugins too
+    missing, unexpected = plugged.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all('sparse_attn' in k for k in missing)
+    blocks = [m for m in plugged.modules() if isinstance(m, SparseAttnBlock)]
+    assert len(blocks) == 6 + 3  # every bottleneck of stages 3 and 4 of a ResNet-50
+    assert all(torch.count_nonzero(b.gamma1) == 0 for b in blocks)
+    plain.eval()
+    plugged.eval()
+    x = torch.randn(1, 3, 97, 71)  # odd: stage maps 25x18, 13x9, 7x5, 4x3
+    with torch.no_grad():
+        for a, b in zip(plain(x), plugged(x)):
+            assert torch.equal(a, b)
+
+
+def test_plugged_resnet_learns_attention():
+    """In a plugged ResNet the zero scales get a gradient first, then (after one step) the attention."""
+    with _scope('mmdet'):
+        model = _resnet('mmdet', _plugins('bra', stages=(False, False, False, True)))
+    model.init_weights()
+    model.train()
+    # a step on the plugins only: the thin random ResNet's loss is large enough to blow up a full step
+    opt = torch.optim.SGD([p for n, p in model.named_parameters() if 'sparse_attn' in n], lr=1e-3)
+    x = torch.randn(2, 3, 64, 64)
+    block = model.layer4[0].sparse_attn
+
+    def step():
+        opt.zero_grad()
+        model(x)[-1].pow(2).mean().backward()
+
+    step()
+    assert block.gamma1.grad.abs().sum() > 0
+    assert torch.count_nonzero(block.attn.qkv.weight.grad) == 0
+    opt.step()
+    step()
+    for grad in (block.attn.qkv.weight.grad, block.attn.proj.weight.grad):
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0
