@@ -166,7 +166,8 @@ def _build_biformer(official_kwargs):
     """``BiFormer(**kw)`` -> our backbone with raw stage outputs (``out_norm_cfg=None``)."""
     from mmsparse.models.backbones.biformer import BiFormer
     kw = _merge(official_kwargs, _BIFORMER_DEFAULTS)
-    model = BiFormer(**_backbone_kwargs(kw), out_norm_cfg=None)
+    # the reference BRA: model_from_official serves parity checks against the authors' outputs
+    model = BiFormer(**_backbone_kwargs(kw), out_norm_cfg=None, attn_impl='gather')
     return model, convert_state_dict
 
 
@@ -178,7 +179,7 @@ def _build_biformer_mm(official_kwargs):
     kw = _merge(official_kwargs, _BIFORMER_DEFAULTS, _BIFORMER_MM_DEFAULTS)
     kw.pop('num_classes')  # the wrapper deletes the head
     model = BiFormer(**_backbone_kwargs(kw), norm_eval=kw['norm_eval'],
-                     out_norm_cfg=dict(type='LN2d', eps=1e-6))
+                     out_norm_cfg=dict(type='LN2d', eps=1e-6), attn_impl='gather')
     if kw['disable_bn_grad']:
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -209,7 +210,7 @@ def _build_bra(official_kwargs):
     kw = _merge(kw, _BRA_DEFAULTS)
     layer = BiLevelRoutingAttention(dim, num_heads=kw['num_heads'], n_win=kw['n_win'], topk=kw['topk'],
                                     qk_dim=kw['qk_dim'], qk_scale=kw['qk_scale'], side_dwconv=kw['side_dwconv'],
-                                    auto_pad=kw['auto_pad'])
+                                    auto_pad=kw['auto_pad'], impl='gather')
     return layer, _convert_bra
 
 

@@ -20,7 +20,8 @@ from mmcv.cnn.bricks import DropPath
 
 from mmsparse.models.backbones.base import SparseBackbone, check_out_indices, resolve_arch
 from mmsparse.models.layers import LayerNorm2d
-from mmsparse.ops.routing_attention import BRA_IMPLS, BiLevelRoutingAttention, GlobalAttentionLePE
+from mmsparse.ops.routing_attention import (BRA_IMPLS, DEFAULT_BRA_IMPL, BiLevelRoutingAttention,
+                                            GlobalAttentionLePE)
 from mmsparse.registry import MODELS
 
 __all__ = ['BiFormer', 'BiFormerBlock']
@@ -55,7 +56,7 @@ class BiFormerBlock(nn.Module):
     """
 
     def __init__(self, dim, topk, num_heads, n_win, qk_dim=None, qk_scale=None, global_num_heads=8,
-                 mlp_ratio=3, side_dwconv=5, auto_pad=True, drop_path=0., attn_impl='gather'):
+                 mlp_ratio=3, side_dwconv=5, auto_pad=True, drop_path=0., attn_impl=DEFAULT_BRA_IMPL):
         super().__init__()
         self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.norm1 = LayerNorm2d(dim, eps=1e-6)
@@ -113,7 +114,8 @@ class BiFormer(SparseBackbone):
         out_norm_cfg (dict, optional): Norm applied to each returned map. ``None`` returns the raw stage
             outputs. Default: ``dict(type='LN2d', eps=1e-6)``.
         with_cp (bool): Gradient checkpointing per block. Default: False.
-        attn_impl (str): BRA algorithm (``'gather'`` is the authors'). Default: ``'gather'``.
+        attn_impl (str): BRA algorithm: ``'sdpa'`` (fast, default) or ``'gather'`` (the reference that mirrors
+            the authors' maths; same routing and outputs up to float rounding). Default: ``'sdpa'``.
         init_cfg (dict, optional): e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``;
             the authors' raw ``{'model': ...}`` files are converted on the fly.
 
@@ -147,7 +149,7 @@ class BiFormer(SparseBackbone):
                  norm_cfg=dict(type='BN'),
                  out_norm_cfg=dict(type='LN2d', eps=1e-6),
                  with_cp=False,
-                 attn_impl='gather',
+                 attn_impl=DEFAULT_BRA_IMPL,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         arch = resolve_arch(arch, self.arch_zoo, self.arch_aliases, ('embed_dims', 'depths'))

@@ -1,0 +1,160 @@
+"""Fast implementations against the reference ones: values, gradients, defaults, memory structure.
+
+Every fast path must agree with its reference (float32, max abs < 1e-4) on random inputs of many sizes,
+odd and padded ones included, in the forward and in every gradient. The references themselves are pinned
+to the authors' golden fixtures by the per-family tests; here the fast paths are also run on those fixtures.
+"""
+import pytest
+import torch
+
+from mmsparse.converters import model_from_official
+from mmsparse.ops.routing_attention import BRA_IMPLS, DEFAULT_BRA_IMPL, BiLevelRoutingAttention
+from tests.conftest import assert_close_to_reference, load_fixture
+
+ATOL = 1e-4
+
+
+def max_diff(a, b):
+    return (a - b).abs().max().item()
+
+
+def clone_params(module):
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def run_fwd_bwd(module, x, seed=0):
+    """Output, input gradient and parameter gradients for a fixed random cotangent."""
+    module.zero_grad()
+    x = x.detach().clone().requires_grad_()
+    out = module(x)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+    out.backward(g)
+    return out.detach(), x.grad, clone_params(module)
+
+
+def assert_same_fwd_bwd(module, x, attr, ref_value, fast_value):
+    setattr(module, attr, ref_value)
+    ref = run_fwd_bwd(module, x)
+    setattr(module, attr, fast_value)
+    fast = run_fwd_bwd(module, x)
+    assert max_diff(fast[0], ref[0]) < ATOL, f'output differs by {max_diff(fast[0], ref[0]):.3g}'
+    assert max_diff(fast[1], ref[1]) < ATOL, f'input grad differs by {max_diff(fast[1], ref[1]):.3g}'
+    assert ref[2].keys() == fast[2].keys()
+    for name in ref[2]:
+        d = max_diff(fast[2][name], ref[2][name])
+        assert d < ATOL, f'grad of {name} differs by {d:.3g}'
+
+
+# ------------------------------------------------------------------------------------------------ BRA
+
+@pytest.mark.parametrize('n, p, t, c_qk, c_v, heads, topk', [
+    (1, 4, 1, 8, 8, 1, 1),       # one token per region
+    (2, 9, 6, 16, 24, 2, 3),     # qk_dim != dim
+    (2, 16, 5, 32, 32, 4, 16),   # every region routed
+    (3, 25, 7, 12, 12, 3, 4),    # odd sizes
+])
+def test_bra_token_attention_impls_agree(n, p, t, c_qk, c_v, heads, topk):
+    torch.manual_seed(p + t)
+    leaves = [torch.randn(n, p, t, c, requires_grad=True) for c in (c_qk, c_qk, c_v)]
+    scale = c_qk ** -0.5
+    results = {}
+    for name in ('gather', 'sdpa'):
+        for leaf in leaves:
+            leaf.grad = None
+        out, idx = BRA_IMPLS[name](*leaves, topk, heads, scale)
+        out.backward(torch.ones_like(out) + out.detach())  # a non-uniform cotangent
+        results[name] = (out.detach(), idx, [leaf.grad.clone() for leaf in leaves])
+    (out_r, idx_r, g_r), (out_f, idx_f, g_f) = results['gather'], results['sdpa']
+    assert out_f.shape == (n, p, t, c_v) and idx_f.shape == (n, p, topk) and idx_f.dtype == torch.int64
+    assert torch.equal(idx_f, idx_r)  # same routing function on the same inputs: identical indices
+    assert max_diff(out_f, out_r) < ATOL
+    for name, a, b in zip('qkv', g_f, g_r):
+        assert max_diff(a, b) < ATOL, f'grad {name}'
+
+
+@pytest.mark.parametrize('size, n_win, topk, qk_dim', [
+    ((16, 16), 4, 2, None),
+    ((13, 10), 4, 3, None),     # padded bottom and right
+    ((9, 23), 3, 9, 16),        # topk = all regions, padded
+    ((7, 7), 7, 1, None),       # one token per region
+    ((30, 17), 5, 4, 48),
+])
+def test_bra_layer_impls_agree_with_gradients(size, n_win, topk, qk_dim):
+    torch.manual_seed(sum(size))
+    layer = BiLevelRoutingAttention(32, num_heads=2, n_win=n_win, topk=topk, qk_dim=qk_dim, auto_pad=True)
+    torch.nn.init.normal_(layer.qkv.bias, std=0.3)
+    x = torch.randn(2, 32, *size)
+    layer.record_routing = True
+    layer.impl = 'gather'
+    with torch.no_grad():
+        layer(x)
+    idx_ref = layer.routing_idx
+    layer.impl = 'sdpa'
+    with torch.no_grad():
+        layer(x)
+    assert torch.equal(layer.routing_idx, idx_ref)
+    assert_same_fwd_bwd(layer, x, 'impl', 'gather', 'sdpa')
+
+
+def test_bra_fast_default_and_reference_for_parity():
+    assert DEFAULT_BRA_IMPL == 'sdpa'
+    assert BiLevelRoutingAttention(32, num_heads=2).impl == 'sdpa'
+    fx = load_fixture('bra_legacy_d64_h2_nwin4_topk4.pt')
+    # model_from_official serves parity checks: it builds the reference
+    layer = model_from_official('BiLevelRoutingAttention', fx['config'], fx['state_dict'])
+    assert layer.impl == 'gather'
+
+
+def test_bra_fast_path_matches_official_fixture():
+    fx = load_fixture('bra_legacy_d64_h2_nwin4_topk4.pt')
+    layer = model_from_official('BiLevelRoutingAttention', fx['config'], fx['state_dict'])
+    layer.impl = 'sdpa'
+    for i, (x, ref) in enumerate(zip(fx['inputs'], fx['outputs'])):
+        with torch.no_grad():
+            out = layer(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        assert_close_to_reference(out, ref['output'], f'sdpa input {i}')
+
+
+@pytest.mark.parametrize('name, cls, key', [('biformer_reduced_cls_autopad.pt', 'BiFormer', 'stages'),
+                                            ('biformer_mm_reduced_autopad.pt', 'BiFormer_mm', 'dense_outs')])
+def test_biformer_fast_path_matches_official_fixture(name, cls, key):
+    fx = load_fixture(name)
+    model = model_from_official(cls, fx['config'], fx['state_dict']).eval()
+    bras = [m for m in model.modules() if isinstance(m, BiLevelRoutingAttention)]
+    assert bras and all(m.impl == 'gather' for m in bras)
+    for m in bras:
+        m.impl = 'sdpa'
+    for i, (x, ref) in enumerate(zip(fx['inputs'], fx['outputs'])):
+        with torch.no_grad():
+            outs = model(x)
+        assert len(outs) == len(ref[key]) == 4
+        for s, (ours, theirs) in enumerate(zip(outs, ref[key])):
+            assert_close_to_reference(ours, theirs, f'{name} input {i} {key}[{s}] (sdpa)')
+
+
+def saved_bytes(fn):
+    """Bytes of the distinct tensors autograd saves for the backward of ``fn()``."""
+    seen = {}
+
+    def pack(t):
+        seen[(t.data_ptr(), t.dtype, tuple(t.shape))] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def test_bra_fast_path_keeps_no_attention_matrix():
+    """The fast path saves O(topk * tokens * C) for the backward, never the (T x topk*T) attention maps."""
+    torch.manual_seed(0)
+    n, p, t, c, heads, topk = 2, 16, 64, 32, 2, 2
+    q, k, v = (torch.randn(n, p, t, c, requires_grad=True) for _ in range(3))
+    fast = saved_bytes(lambda: BRA_IMPLS['sdpa'](q, k, v, topk, heads, c ** -0.5))
+    ref = saved_bytes(lambda: BRA_IMPLS['gather'](q, k, v, topk, heads, c ** -0.5))
+    qkv_bytes = 3 * q.numel() * 4
+    attn_bytes = n * p * heads * t * topk * t * 4
+    assert ref >= attn_bytes  # the reference keeps the softmax output
+    # q, the routed K/V copies, the output and the log-sum-exp: a few times the qkv size
+    assert fast <= (2 * topk + 3) * qkv_bytes, (fast, qkv_bytes)
+    assert fast < ref - attn_bytes // 2
