@@ -10,8 +10,6 @@ which mmengine would otherwise skip silently.
 from math import prod
 
 import torch
-from mmengine.analysis import FlopAnalyzer, parameter_count
-from mmengine.analysis.jit_handles import get_shape
 
 __all__ = ['flop_count', 'sdpa_flop_jit']
 
@@ -25,6 +23,7 @@ def sdpa_flop_jit(inputs, outputs):
     as elsewhere in mmengine). ``prod(B)`` is taken from the output, so broadcast or grouped K/V count per
     query head.
     """
+    from mmengine.analysis.jit_handles import get_shape
     q, k, v = (get_shape(t) for t in inputs[:3])
     out = get_shape(outputs[0])
     lq, dqk = q[-2], q[-1]
@@ -50,6 +49,8 @@ def flop_count(model, inputs):
         ``by_module`` (dict: submodule name -> multiply-adds, ``''`` is the whole model; only modules that ran)
         and ``by_operator`` (dict: op name -> multiply-adds, whole model).
     """
+    # imported here: mmengine.analysis pulls in the jit tracer, which `import mmsparse` does not need
+    from mmengine.analysis import FlopAnalyzer, parameter_count
     if not isinstance(inputs, tuple):
         inputs = (inputs, )
     was_training = model.training

@@ -6,9 +6,9 @@ Detectors and segmentors are measured on their tensor forward (backbone + neck +
 post-processing); a config whose ``model`` is a backbone is measured on the backbone. The input is one image of
 ``H x W`` (default 800 x 1333), padded up to the model's ``pad_size_divisor`` as mmdet's data preprocessor does.
 FLOPs are multiply-adds (mmengine's unit, as in OpenMMLab's tables). A two-stage detector's RoI head runs on
-the RPN's test-time proposals (up to 1000 per image on random weights), which dominates its count. Pretrained weights are not loaded (weights
-do not change the counts). The summary lists the top-level modules and the total of every
-``SparseAttnBlock`` (mmsparse's attention plug-ins).
+the RPN's test-time proposals (up to 1000 per image on random weights), which dominates its count.
+Pretrained weights are not loaded (weights do not change the counts). The summary lists the top-level
+modules and the total of every ``SparseAttnBlock`` (mmsparse's attention plug-ins).
 """
 import argparse
 import math
