@@ -158,3 +158,69 @@ def test_bra_fast_path_keeps_no_attention_matrix():
     # q, the routed K/V copies, the output and the log-sum-exp: a few times the qkv size
     assert fast <= (2 * topk + 3) * qkv_bytes, (fast, qkv_bytes)
     assert fast < ref - attn_bytes // 2
+
+
+# ------------------------------------------------------------------------------------------------ STA
+
+@pytest.mark.parametrize('size, stoken, n_iter', [
+    ((16, 16), 4, 1),
+    ((13, 10), 4, 2),          # padded, two rounds
+    ((9, 23), (3, 5), 3),      # non-square cell, three rounds
+    ((5, 6), 8, 1),            # a single cell: every neighbour but the centre is outside the grid
+    ((24, 17), (2, 4), 1),
+])
+def test_sta_impls_agree_with_gradients(size, stoken, n_iter):
+    from mmsparse.ops.super_token_attention import SuperTokenAttention
+    torch.manual_seed(sum(size))
+    layer = SuperTokenAttention(32, 4, stoken, n_iter=n_iter)
+    x = torch.randn(2, 32, *size)
+    with torch.no_grad():
+        layer.impl = 'reference'
+        out_r, ex_r = layer.forward_with_intermediates(x)
+        layer.impl = 'fast'
+        out_f, ex_f = layer.forward_with_intermediates(x)
+    for key in ('stoken_refine_in', 'stoken_refine_out', 'association'):
+        assert ex_f[key].shape == ex_r[key].shape, key
+        assert max_diff(ex_f[key], ex_r[key]) < ATOL, key
+    assert max_diff(out_f, out_r) < ATOL
+    assert_same_fwd_bwd(layer, x, 'impl', 'reference', 'fast')
+
+
+def test_sta_fast_is_default_and_model_from_official_builds_the_reference():
+    from mmsparse.models.backbones.stvit import STViT
+    from mmsparse.ops.super_token_attention import DEFAULT_STA_IMPL, SuperTokenAttention
+    assert DEFAULT_STA_IMPL == 'fast' and SuperTokenAttention(16, 2).impl == 'fast'
+    tiny = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 4])
+    assert all(m.impl == 'fast' for m in STViT(arch=tiny).modules() if isinstance(m, SuperTokenAttention))
+    fx = load_fixture('stvit_stoken_attention_d64_s4_iter2.pt')
+    assert model_from_official('StokenAttention', fx['config'], fx['state_dict']).impl == 'reference'
+
+
+@pytest.mark.parametrize('name', ['stvit_reduced_layerscale.pt', 'stvit_reduced_nolayerscale.pt'])
+def test_stvit_fast_path_matches_official_fixture(name):
+    from mmsparse.ops.super_token_attention import SuperTokenAttention
+    fx = load_fixture(name)
+    model = model_from_official('STViT', fx['config'], fx['state_dict']).eval()
+    stas = [m for m in model.modules() if isinstance(m, SuperTokenAttention) and not m.is_global]
+    assert stas and all(m.impl == 'reference' for m in stas)
+    for m in stas:
+        m.impl = 'fast'
+    for i, (x, ref) in enumerate(zip(fx['inputs'], fx['outputs'])):
+        with torch.no_grad():
+            outs = model(x)
+        for s, (ours, theirs) in enumerate(zip(outs, ref['stages'])):
+            assert_close_to_reference(ours, theirs, f'{name} input {i} stages[{s}] (fast)')
+
+
+def test_sta_fast_under_bf16_autocast_keeps_float32_association():
+    from mmsparse.ops.super_token_attention import SuperTokenAttention
+    torch.manual_seed(0)
+    layer = SuperTokenAttention(32, 4, 4)
+    x = torch.randn(1, 32, 12, 10)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out, ex = layer.forward_with_intermediates(x)
+    assert ex['association'].dtype == torch.float32 and torch.isfinite(out).all()
+    layer.impl = 'reference'
+    with torch.no_grad():
+        ref = layer(x)
+    assert max_diff(out.float(), ref) < 0.1  # bf16 projections; the association itself is float32

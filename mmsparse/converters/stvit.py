@@ -148,7 +148,7 @@ def build_stvit(official_kwargs):
         mlp_ratio=kw['mlp_ratio'], qkv_bias=kw['qkv_bias'], qk_scale=kw['qk_scale'], drop_rate=kw['drop_rate'],
         attn_drop_rate=kw['attn_drop_rate'], drop_path_rate=kw['drop_path_rate'],
         layer_scale=[bool(v) for v in kw['layerscale']], layer_scale_init_value=kw['init_values'],
-        out_norm_cfg=None)
+        out_norm_cfg=None, sta_impl='reference')  # the reference: model_from_official serves parity checks
     return model, convert_state_dict
 
 
@@ -163,7 +163,7 @@ def build_stoken_attention(official_kwargs):
                          f'uses) is supported, got refine={kw["refine"]}, refine_attention={kw["refine_attention"]}')
     module = SuperTokenAttention(kw['dim'], kw['num_heads'], tuple(kw['stoken_size']), kw['n_iter'],
                                  qkv_bias=kw['qkv_bias'], qk_scale=kw['qk_scale'], attn_drop=kw['attn_drop'],
-                                 proj_drop=kw['proj_drop'])
+                                 proj_drop=kw['proj_drop'], impl='reference')
     return module, convert_attention_state_dict
 
 

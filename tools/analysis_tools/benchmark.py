@@ -23,8 +23,10 @@ Method.
 * Memory: on GPU ``torch.cuda.max_memory_allocated`` over one run after a reset. On CPU every case runs once
   more in a *fresh subprocess*: after one warm-up run the kernel's peak-RSS counter is reset
   (``/proc/self/clear_refs``, value 5) and the reported number is ``VmHWM - VmRSS`` across one run, i.e. the
-  extra resident memory the run needed on top of the model, inputs and (for training) the gradient buffers
-  it keeps. The subprocess runs under ``RLIMIT_AS`` (``--mem-limit-gib``) so a case that would exhaust the
+  extra resident memory the run needed on top of the model and inputs (gradients included: each run starts
+  with ``grad = None``). ``MALLOC_MMAP_THRESHOLD_`` is fixed so that freed tensors leave the RSS (glibc would
+  otherwise keep them for reuse and hide peaks). ``peak_rss_total_bytes`` is the subprocess's whole
+  high-water mark (interpreter, model, optimizer state). The subprocess runs under ``RLIMIT_AS`` (``--mem-limit-gib``) so a case that would exhaust the
   machine fails alone, reported as ``"error"``.
 * Parameters: trainable and frozen parameter count. FLOPs: ``mmsparse.utils.complexity.flop_count`` (one
   forward, attention matmuls included); ``null`` with a reason when that module is not importable.
@@ -349,8 +351,11 @@ def memory_in_subprocess(case, impl, mem_limit_gib, timeout):
     """Run :func:`measure_peak_memory` for one implementation in a fresh interpreter."""
     payload = json.dumps(dict(case=case, impl=impl, mem_limit_gib=mem_limit_gib))
     try:
+        # a fixed mmap threshold: every large tensor is its own mapping, returned to the system when freed, so
+        # RSS follows live memory (glibc's adaptive threshold would recycle freed heap and hide peaks)
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536', MALLOC_TRIM_THRESHOLD_='131072')
         res = subprocess.run([sys.executable, osp.abspath(__file__), '--_memory-worker', payload],
-                             capture_output=True, text=True, timeout=timeout, cwd=REPO)
+                             capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
     except subprocess.TimeoutExpired:
         return dict(error=f'timed out after {timeout}s')
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith('{')]

@@ -11,7 +11,7 @@ import torch.nn as nn
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 
-from mmsparse.ops.super_token_attention import SuperTokenAttention
+from mmsparse.ops.super_token_attention import DEFAULT_STA_IMPL, SuperTokenAttention
 from mmsparse.registry import MODELS
 from .base import SparseBackbone, check_out_indices, resolve_arch
 
@@ -73,7 +73,8 @@ class STViTBlock(nn.Module):
 
     def __init__(self, embed_dims, num_heads, stoken_size, n_iter=1, mlp_ratio=4., qkv_bias=True,
                  qk_scale=None, drop=0., attn_drop=0., drop_path=0., layer_scale=False,
-                 layer_scale_init_value=1e-6, norm_cfg=dict(type='BN'), attn_impl='sdpa', sta_impl='reference'):
+                 layer_scale_init_value=1e-6, norm_cfg=dict(type='BN'), attn_impl='sdpa',
+                 sta_impl=DEFAULT_STA_IMPL):
         super().__init__()
         self.cpe = nn.Conv2d(embed_dims, embed_dims, 3, 1, 1, groups=embed_dims)
         self.norm1 = build_norm_layer(dict(type='LN2d', eps=1e-6), embed_dims)[1]
@@ -143,7 +144,7 @@ class STViT(SparseBackbone):
             ``None`` returns the raw features (equal to the authors' model).
         attn_impl (str): ``'sdpa'`` (memory-efficient where available; needed for global attention at
             detection scale) or ``'math'``.
-        sta_impl (str): super-token sampling implementation (``'reference'``).
+        sta_impl (str): super-token sampling implementation: ``'fast'`` (default) or ``'reference'``.
         init_cfg (dict | list | None): e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``;
             raw official checkpoints are converted on the fly.
 
@@ -167,7 +168,7 @@ class STViT(SparseBackbone):
                  qk_scale=None, drop_rate=0., attn_drop_rate=0., drop_path_rate=0., layer_scale=None,
                  layer_scale_init_value=1e-6, out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False,
                  with_cp=False, norm_cfg=dict(type='BN'), out_norm_cfg=dict(type='LN2d', eps=1e-6),
-                 attn_impl='sdpa', sta_impl='reference', init_cfg=None):
+                 attn_impl='sdpa', sta_impl=DEFAULT_STA_IMPL, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         arch = resolve_arch(arch, self.arch_zoo, self.arch_aliases, ('embed_dims', 'depths', 'num_heads'))
         n = self.num_stages
