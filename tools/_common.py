@@ -38,6 +38,20 @@ def prepare(cfg, args):
     return task_of(cfg)
 
 
+def load_config(args):
+    """Config from ``args.config`` with ``--cfg-options``, launcher and work_dir applied; returns (cfg, task)."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    return cfg, prepare(cfg, args)
+
+
 def _dataset_paths(dataset):
     """(description, path) pairs a dataset config needs on disk; follows wrappers (RepeatDataset, ...)."""
     if dataset is None:

@@ -8,9 +8,9 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import check_data, prepare  # noqa: E402
+from _common import check_data, load_config  # noqa: E402
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
@@ -42,18 +42,10 @@ def enable_visualization(cfg, task, show_dir):
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    cfg.launcher = args.launcher
-    task = prepare(cfg, args)
+    cfg, task = load_config(args)
     if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
         raise SystemExit(f'checkpoint: no such file: {args.checkpoint}')
 
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
     if args.show_dir:
         enable_visualization(cfg, task, args.show_dir)
