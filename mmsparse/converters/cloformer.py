@@ -67,7 +67,7 @@ def _build_cloformer(kwargs):
     model = CloFormer(arch=arch, in_channels=kw['in_chans'], drop_path_rate=kw['drop_path_rate'],
                       attn_drop_rate=kw['attn_drop'], drop_rate=kw['mlp_drop'], qkv_bias=kw['qkv_bias'],
                       with_cp=kw['use_checkpoint'],
-                      out_norm_cfg=None)
+                      out_norm_cfg=None, mixer_impl='reference')  # the reference: for parity checks
     return model, convert_state_dict
 
 
@@ -76,7 +76,8 @@ def _build_attention(kwargs):
     from mmsparse.ops.attn_conv import AttnConv
     kw = dict(dict(window_size=7, attn_drop=0., proj_drop=0., qkv_bias=True), **kwargs)
     module = AttnConv(kw['dim'], kw['num_heads'], kw['group_split'], kw['kernel_sizes'], kw['window_size'],
-                      attn_drop=kw['attn_drop'], proj_drop=kw['proj_drop'], qkv_bias=kw['qkv_bias'])
+                      attn_drop=kw['attn_drop'], proj_drop=kw['proj_drop'], qkv_bias=kw['qkv_bias'],
+                      impl='reference')
     return module, _convert_attention
 
 

@@ -28,6 +28,11 @@ Implementations. The global attention (the only part with a real cost choice) go
 :data:`GLOBAL_ATTENTION_IMPLS`: ``'reference'`` writes the authors' maths out (explicit logits, softmax,
 product), ``'sdpa'`` calls :func:`torch.nn.functional.scaled_dot_product_attention` and never materialises the
 (HW x keys) logits on backends with fused kernels. Both take and return the same tensors; tests compare them.
+
+The module as a whole has two paths (``impl``, :data:`ATTN_CONV_IMPLS`): ``'reference'`` runs the layers one by
+one in NCHW as the authors do; ``'fast'`` (default) computes every 1x1 projection of the input (all local
+q|k|v and the global q) with one fused convolution, and runs the branches in channels-last memory, where the
+depthwise convolutions are several times faster on CPU (oneDNN). Same parameters, same maths.
 """
 import torch
 import torch.nn as nn
@@ -36,7 +41,8 @@ from einops import rearrange
 
 from mmsparse.registry import MODELS
 
-__all__ = ['AttnConv', 'GLOBAL_ATTENTION_IMPLS', 'global_attention_reference', 'global_attention_sdpa']
+__all__ = ['AttnConv', 'ATTN_CONV_IMPLS', 'GLOBAL_ATTENTION_IMPLS', 'global_attention_reference',
+           'global_attention_sdpa']
 
 
 def global_attention_reference(q, k, v, scale):
@@ -67,6 +73,10 @@ GLOBAL_ATTENTION_IMPLS = {
 }
 
 
+#: whole-module paths of :class:`AttnConv` (see the module docstring)
+ATTN_CONV_IMPLS = ('reference', 'fast')
+
+
 class AttnMap(nn.Module):
     """The local branch's context-aware weights: PW -> SiLU -> PW (keys ``act_block.{0,2}``)."""
 
@@ -77,6 +87,10 @@ class AttnMap(nn.Module):
 
     def forward(self, x):
         return self.act_block(x)
+
+
+def _identity(t):
+    return t
 
 
 def _check_positive_int(value, name):
@@ -101,13 +115,15 @@ class AttnConv(nn.Module):
         qkv_bias (bool): bias of the q/k/v projections. Default: True.
         attn_impl (str): global-attention implementation, a key of :data:`GLOBAL_ATTENTION_IMPLS`
             (``'reference'`` or ``'sdpa'``). Default: ``'sdpa'``.
+        impl (str): module path, ``'fast'`` (fused input projections, channels-last branches) or
+            ``'reference'`` (layer by layer, NCHW). Outputs agree to float rounding. Default: ``'fast'``.
 
     Shapes:
         input (B, C, H, W) with any H, W >= 1; output (B, C, H, W).
     """
 
     def __init__(self, dim, num_heads, group_split, kernel_sizes, window_size=7, attn_drop=0., proj_drop=0.,
-                 qkv_bias=True, attn_impl='sdpa'):
+                 qkv_bias=True, attn_impl='sdpa', impl='fast'):
         super().__init__()
         _check_positive_int(dim, 'dim')
         _check_positive_int(num_heads, 'num_heads')
@@ -128,6 +144,8 @@ class AttnConv(nn.Module):
         _check_positive_int(window_size, 'window_size')
         if attn_impl not in GLOBAL_ATTENTION_IMPLS:
             raise ValueError(f'attn_impl={attn_impl!r} is not known; choose one of {sorted(GLOBAL_ATTENTION_IMPLS)}')
+        if impl not in ATTN_CONV_IMPLS:
+            raise ValueError(f'impl={impl!r} is not known; choose one of {list(ATTN_CONV_IMPLS)}')
 
         self.dim = dim
         self.num_heads = num_heads
@@ -137,6 +155,7 @@ class AttnConv(nn.Module):
         self.kernel_sizes = kernel_sizes
         self.window_size = window_size
         self.attn_impl = attn_impl
+        self.impl = impl
 
         # ModuleLists hold only the non-empty local groups, in order, as the authors' do (same keys)
         self.convs, self.act_blocks, self.qkvs = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
@@ -159,7 +178,8 @@ class AttnConv(nn.Module):
 
     def extra_repr(self):
         return (f'dim={self.dim}, num_heads={self.num_heads}, group_split={self.group_split}, '
-                f'kernel_sizes={self.kernel_sizes}, window_size={self.window_size}, attn_impl={self.attn_impl!r}')
+                f'kernel_sizes={self.kernel_sizes}, window_size={self.window_size}, attn_impl={self.attn_impl!r}, '
+                f'impl={self.impl!r}')
 
     def _local(self, x, to_qkv, mixer, attn_map):
         q, k, v = mixer(to_qkv(x)).chunk(3, dim=1)
@@ -174,9 +194,9 @@ class AttnConv(nn.Module):
         # equals the authors' AvgPool2d whenever H and W are multiples of the window
         return F.avg_pool2d(x, self.window_size, self.window_size, ceil_mode=True, count_include_pad=False)
 
-    def _global(self, x):
+    def _global(self, x, q_map=None):
         h, w = x.shape[-2:]
-        q = rearrange(self.global_q(x), 'b (m d) h w -> b m (h w) d', d=self.head_dim)
+        q = rearrange(self.global_q(x) if q_map is None else q_map, 'b (m d) h w -> b m (h w) d', d=self.head_dim)
         k, v = rearrange(self.global_kv(self._pool(x)), 'b (two m d) h w -> two b m (h w) d',
                          two=2, d=self.head_dim)
         if self.training and self.attn_drop.p > 0:
@@ -191,12 +211,29 @@ class AttnConv(nn.Module):
         """Concatenated branch outputs fed to ``proj``: (B, C, H, W), local groups first, global last."""
         if x.dim() != 4 or x.shape[1] != self.dim:
             raise ValueError(f'AttnConv expects x of shape (B, {self.dim}, H, W), got {tuple(x.shape)}')
+        if self.impl == 'fast':
+            return self._forward_branches_fast(x)
         res = [self._local(x, to_qkv, mixer, attn_map)
                for to_qkv, mixer, attn_map in zip(self.qkvs, self.convs, self.act_blocks)]
         if self.global_heads:
             res.append(self._global(x))
         return torch.cat(res, dim=1)
 
+    def _forward_branches_fast(self, x):
+        x = x.contiguous(memory_format=torch.channels_last)
+        # every 1x1 projection of x at once: [q|k|v of local group 1, ..., global q]; one read of x, one GEMM
+        convs = list(self.qkvs) + ([self.global_q] if self.global_heads else [])
+        weight = torch.cat([c.weight for c in convs])
+        bias = torch.cat([c.bias for c in convs]) if convs[0].bias is not None else None
+        proj = F.conv2d(x, weight, bias).split([c.out_channels for c in convs], dim=1)
+        res = [self._local(p, _identity, mixer, attn_map)
+               for p, mixer, attn_map in zip(proj, self.convs, self.act_blocks)]
+        if self.global_heads:
+            res.append(self._global(x, proj[-1]))
+        return torch.cat(res, dim=1)
+
     def forward(self, x):
         """x: (B, C, H, W) -> (B, C, H, W)."""
-        return self.proj_drop(self.proj(self.forward_branches(x)))
+        out = self.proj_drop(self.proj(self.forward_branches(x)))
+        # the fast path computes in channels-last memory; hand back a plain NCHW tensor like the reference
+        return out.contiguous() if self.impl == 'fast' else out

@@ -101,6 +101,7 @@ class EfficientBlock(nn.Module):
         qkv_bias (bool): biases of AttnConv's projections.
         norm_cfg (dict): norm of the stride-2 shortcut.
         attn_impl (str): global-attention implementation of AttnConv.
+        mixer_impl (str): AttnConv path, ``'fast'`` or ``'reference'`` (see :class:`~mmsparse.ops.AttnConv`).
 
     Shapes:
         input (B, C, H, W) -> ``(mid, out)``: mid (B, C, H, W), out (B, out_channels, ceil(H/s), ceil(W/s)).
@@ -108,7 +109,7 @@ class EfficientBlock(nn.Module):
 
     def __init__(self, dim, out_channels, num_heads, group_split, kernel_sizes, window_size, mlp_kernel_size,
                  mlp_ratio, stride, drop_path=0., attn_drop=0., drop=0., qkv_bias=True,
-                 norm_cfg=dict(type='BN'), attn_impl='sdpa'):
+                 norm_cfg=dict(type='BN'), attn_impl='sdpa', mixer_impl='fast'):
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f'stride must be 1 or 2, got {stride!r}')
@@ -117,7 +118,7 @@ class EfficientBlock(nn.Module):
         self.stride = stride
         self.norm1 = _gn(dim)
         self.attn = AttnConv(dim, num_heads, group_split, kernel_sizes, window_size, attn_drop=attn_drop,
-                             proj_drop=drop, qkv_bias=qkv_bias, attn_impl=attn_impl)
+                             proj_drop=drop, qkv_bias=qkv_bias, attn_impl=attn_impl, impl=mixer_impl)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = _gn(dim)
         self.mlp = ConvFFN(dim, int(dim * mlp_ratio), out_channels, mlp_kernel_size, stride, drop)
@@ -170,6 +171,8 @@ class CloFormer(SparseBackbone):
             ``dict(type='GN', num_groups=1)`` is the GroupNorm(1, C) used everywhere else in CloFormer (and by
             the authors' successor FAT for its dense outputs); ``None`` returns the raw taps.
         attn_impl (str): global-attention implementation, ``'sdpa'`` or ``'reference'``. Default: ``'sdpa'``.
+        mixer_impl (str): AttnConv path, ``'fast'`` (fused projections, channels-last) or ``'reference'``.
+            Default: ``'fast'``.
         init_cfg (dict | list[dict] | None): e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``;
             raw official files are converted on the fly.
 
@@ -199,7 +202,7 @@ class CloFormer(SparseBackbone):
     def __init__(self, arch='xxs', in_channels=3, drop_path_rate=0., attn_drop_rate=0., drop_rate=0.,
                  qkv_bias=True, out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False, with_cp=False,
                  norm_cfg=dict(type='BN'), out_norm_cfg=dict(type='GN', num_groups=1), attn_impl='sdpa',
-                 init_cfg=None):
+                 mixer_impl='fast', init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         arch = resolve_arch(arch, self.arch_zoo, self.arch_aliases, self.arch_keys)
         lengths = {key: len(arch[key]) for key in self.arch_keys}
@@ -237,7 +240,7 @@ class CloFormer(SparseBackbone):
                     arch['window_sizes'][i], arch['mlp_kernel_sizes'][i], arch['mlp_ratios'][i], stride,
                     drop_path=dpr[cursor + j], attn_drop=attn_drop_rate, drop=drop_rate, qkv_bias=qkv_bias,
                     norm_cfg=norm_cfg,
-                    attn_impl=attn_impl))
+                    attn_impl=attn_impl, mixer_impl=mixer_impl))
             cursor += depth
             self.layers.append(CloStage(blocks))
 
