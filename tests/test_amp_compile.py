@@ -1,0 +1,85 @@
+"""Mixed precision (fp16 / bf16 autocast) and torch.compile on the three backbones, fast paths (the defaults).
+
+Reduced architectures keep the run short; the operators and their precision handling are the full ones
+(BRA routing and STA association run in float32 under autocast, the rest in the autocast dtype).
+"""
+import pytest
+import torch
+
+from mmsparse.models.backbones.biformer import BiFormer
+from mmsparse.models.backbones.cloformer import CloFormer
+from mmsparse.models.backbones.stvit import STViT
+
+BUILDERS = {
+    'biformer': lambda: BiFormer(arch=dict(embed_dims=[32, 64, 128, 256], depths=[1, 1, 1, 1], head_dim=16),
+                                 n_win=4, topks=[1, 2, 4, -2]),
+    'cloformer': lambda: CloFormer(arch='xxs'),
+    'stvit': lambda: STViT(arch=dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 4])),
+}
+
+
+def fwd_bwd(model, x, device_type, dtype):
+    model.train()
+    model.zero_grad()
+    with torch.autocast(device_type, dtype=dtype):
+        outs = model(x)
+    loss = sum(o.float().square().mean() for o in outs)
+    loss.backward()
+    return outs, loss
+
+
+def check_finite(model, outs, loss, dtype):
+    assert all(o.dtype == dtype for o in outs), [o.dtype for o in outs]
+    assert torch.isfinite(loss)
+    for i, o in enumerate(outs):
+        assert torch.isfinite(o).all(), f'output {i} has NaN/Inf'
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    missing = [n for n, g in grads.items() if g is None]
+    assert not missing, f'no gradient for {missing[:5]}'
+    bad = [n for n, g in grads.items() if not torch.isfinite(g).all()]
+    assert not bad, f'NaN/Inf gradients in {bad[:5]}'
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
+@pytest.mark.parametrize('name', sorted(BUILDERS))
+def test_cpu_autocast_forward_backward_is_finite(name, dtype):
+    torch.manual_seed(0)
+    model = BUILDERS[name]()
+    model.init_weights()
+    x = torch.randn(2, 3, 70, 90)  # odd size: padding paths of every operator
+    outs, loss = fwd_bwd(model, x, 'cpu', dtype)
+    check_finite(model, outs, loss, dtype)
+    # autocast changes the rounding, not the function: close to the float32 result
+    model.eval()
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast('cpu', dtype=dtype):
+            low = model(x)
+    for r, lo in zip(ref, low):
+        rel = (lo.float() - r).norm() / r.norm()
+        assert rel < 0.05, f'{name} {dtype}: relative error {rel:.3g} against float32'
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device (fp16 autocast on GPU)')
+@pytest.mark.parametrize('name', sorted(BUILDERS))
+def test_cuda_fp16_autocast_forward_backward_is_finite(name):
+    torch.manual_seed(0)
+    model = BUILDERS[name]().cuda()
+    outs, loss = fwd_bwd(model, torch.randn(2, 3, 70, 90, device='cuda'), 'cuda', torch.float16)
+    check_finite(model, outs, loss, torch.float16)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', sorted(BUILDERS))
+def test_torch_compile_matches_eager(name):
+    """torch.compile (inductor, CPU) of each backbone: runs and gives the eager outputs (1-2 min each)."""
+    torch.manual_seed(0)
+    model = BUILDERS[name]().eval()
+    x = torch.randn(1, 3, 64, 96)
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        eager = model(x)
+        outs = compiled(x)
+    assert len(outs) == len(eager) == 4
+    for e, o in zip(eager, outs):
+        torch.testing.assert_close(o, e, rtol=1e-4, atol=1e-4)
