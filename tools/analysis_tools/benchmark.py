@@ -195,13 +195,14 @@ def build_config_case(case):
         str(backbone.get('type', '')).split('.')[-1])
     batch, (h, w) = case['batch'], case['input_size']
     scope = cfg.get('default_scope')
+    num_classes = _num_classes(cfg.model)
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def make_inputs():
         g = torch.Generator().manual_seed(0)
         data = dict(inputs=[torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
                             for _ in range(batch)],
-                    data_samples=[synthetic_sample(scope, h, w, g) for _ in range(batch)])
+                    data_samples=[synthetic_sample(scope, h, w, g, num_classes) for _ in range(batch)])
         return (model.data_preprocessor(data, training=case['mode'] == 'train'),)
 
     def run(m, args, mode):
@@ -221,13 +222,25 @@ def build_config_case(case):
     return model, make_inputs, run, family
 
 
-def synthetic_sample(scope, h, w, g):
-    """One data sample with random ground truth: 5 boxes + masks (mmdet) or a 150-class map (mmseg)."""
+def _num_classes(model_cfg):
+    """Classes of the model's (first) head, for synthetic labels in range."""
+    heads = [model_cfg.get('roi_head', {}).get('bbox_head'), model_cfg.get('bbox_head'),
+             model_cfg.get('decode_head')]
+    for head in heads:
+        if isinstance(head, list):
+            head = head[0]
+        if isinstance(head, dict) and 'num_classes' in head:
+            return head['num_classes']
+    return 1
+
+
+def synthetic_sample(scope, h, w, g, num_classes):
+    """One data sample with random ground truth: 5 boxes + masks (mmdet) or a class map (mmseg)."""
     if scope == 'mmseg':
         from mmengine.structures import PixelData
         from mmseg.structures import SegDataSample
         s = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
-        s.gt_sem_seg = PixelData(data=torch.randint(0, 150, (1, h, w), generator=g))
+        s.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, h, w), generator=g))
         return s
     from mmdet.structures import DetDataSample
     from mmdet.structures.mask import BitmapMasks
@@ -243,7 +256,7 @@ def synthetic_sample(scope, h, w, g):
         masks[i, y0:y1, x0:x1] = 1
     inst = InstanceData()
     inst.bboxes = boxes
-    inst.labels = torch.randint(0, 80, (k,), generator=g)
+    inst.labels = torch.randint(0, num_classes, (k,), generator=g)
     inst.masks = BitmapMasks(masks.numpy(), h, w)
     s.gt_instances = inst
     s.ignored_instances = InstanceData(bboxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long))
@@ -430,7 +443,8 @@ def case_label(case):
     size = 'x'.join(map(str, case['shape'])) if case['kind'] == 'layer' else \
         f'{case["batch"]}x3x{case["input_size"][0]}x{case["input_size"][1]}'
     extra = ' '.join(f'{k}={v}' for k, v in case.get('layer_args', {}).items())
-    return f'{case["kind"]} {osp.basename(str(case["name"]))} {size} {extra} {case["mode"]} {case["dtype"]}'.strip()
+    name = osp.basename(str(case['name']))
+    return f'{case["kind"]} {name} {size} {extra} {case["mode"]} {case.get("dtype", "fp32")}'.strip()
 
 
 def table(records):
