@@ -111,3 +111,19 @@ def test_detector_training_step_runs_on_synthetic_ground_truth(bench):
     run(model, make_inputs(), 'train')
     after = [p.detach() for p in model.parameters() if p.requires_grad]
     assert any(not torch.equal(a, b) for a, b in zip(after, before))  # the optimizer stepped
+
+
+def test_plot_sweeps_writes_png(bench, tmp_path):
+    def rec(side, t_ref, t_fast):
+        res = {impl: dict(time_median_s=t, peak_mem_bytes=int(t * 2**30)) for impl, t in
+               (('reference', t_ref), ('fast', t_fast))}
+        return dict(case=dict(kind='layer', name='bra', shape=[2, 64, side, side], sweep='bra',
+                              layer_args=dict(topk=1), mode='fwdbwd'), results=res)
+
+    path = tmp_path / 'suite.json'
+    path.write_text(json.dumps(dict(meta={}, records=[rec(128, .4, .2), rec(64, .1, .05), dict(
+        case=dict(kind='backbone', name='x', batch=1, input_size=[8, 8], mode='fwd'), results={})])))
+    (png,) = bench.plot_sweeps(str(path), str(tmp_path / 'fig'))
+    assert osp.basename(png) == 'bra_sweep.png'
+    with open(png, 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'

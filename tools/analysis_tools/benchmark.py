@@ -11,8 +11,8 @@ Examples::
     # a detector training step (loss + backward + optimizer step) on synthetic boxes and masks
     python tools/analysis_tools/benchmark.py --config configs/biformer/maskrcnn_biformer_s_coco.py \\
         --input-size 800 1216 --batch 2 --mode train
-    # everything docs/benchmarks.md reports
-    python tools/analysis_tools/benchmark.py --suite issue7 --out docs/benchmarks.json
+    # everything docs/benchmarks.md reports (JSON + the PNG plots under docs/figures/)
+    python tools/analysis_tools/benchmark.py --suite issue7 --threads 1 --out docs/benchmarks.json
 
 Method.
 
@@ -467,6 +467,44 @@ def table(records):
     return '\n'.join(lines)
 
 
+def plot_sweeps(json_path, fig_dir):
+    """PNG plots (time and peak memory against input size, reference vs fast) of the suite's size sweeps."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    with open(json_path) as f:
+        records = json.load(f)['records']
+    os.makedirs(fig_dir, exist_ok=True)
+    written = []
+    for sweep in sorted({r['case'].get('sweep') for r in records if r['case'].get('sweep')}):
+        recs = sorted((r for r in records if r['case'].get('sweep') == sweep and r['results']),
+                      key=lambda r: r['case']['shape'][2] * r['case']['shape'][3])
+        if not recs:
+            continue
+        sides = [f'{r["case"]["shape"][2]}x{r["case"]["shape"][3]}' for r in recs]
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for impl in recs[0]['results']:
+            t = [r['results'][impl]['time_median_s'] * 1e3 for r in recs]
+            m = [(r['results'][impl].get('peak_mem_bytes') or float('nan')) / 2**20 for r in recs]
+            axes[0].plot(sides, t, marker='o', label=impl)
+            axes[1].plot(sides, m, marker='o', label=impl)
+        c = recs[0]['case']
+        title = f'{sweep.upper()} fwd+bwd, batch {c["shape"][0]}, {c["shape"][1]} ch, ' + \
+            ', '.join(f'{k}={v}' for k, v in c.get('layer_args', {}).items())
+        axes[0].set(xlabel='input H x W', ylabel='median time (ms)', title='time')
+        axes[1].set(xlabel='input H x W', ylabel='peak memory (MiB)', title='peak memory (CPU RSS delta)')
+        for ax in axes:
+            ax.grid(alpha=.3)
+            ax.legend()
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        path = osp.join(fig_dir, f'{sweep}_sweep.png')
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def suite_issue7():
     """The measurements of docs/benchmarks.md (issue 7). Each entry: (case, impls)."""
     both = ['reference', 'fast']
@@ -505,6 +543,7 @@ def main(argv=None):
     what.add_argument('--backbone', choices=sorted(BACKBONES), help='one backbone')
     what.add_argument('--config', help='an mmdet/mmseg config file (whole model, synthetic ground truth)')
     what.add_argument('--suite', choices=['issue7'], help='a predefined set of cases')
+    what.add_argument('--plot', metavar='JSON', help='draw the size-sweep plots of a suite result file')
     what.add_argument('--_memory-worker', dest='memory_worker', help=argparse.SUPPRESS)
     p.add_argument('--shape', help='layer input N,C,H,W (e.g. 2,64,200,304)')
     p.add_argument('--layer-args', nargs='*', default=[], help='layer constructor overrides, key=value')
@@ -526,10 +565,15 @@ def main(argv=None):
     p.add_argument('--mem-limit-gib', type=float, default=20., help='RLIMIT_AS of a memory subprocess')
     p.add_argument('--only', help='suite: run only cases whose label contains this text')
     p.add_argument('--out', help='write the results as JSON here')
+    p.add_argument('--figures', default=osp.join(REPO, 'docs/figures'), help='--plot / --suite: PNG folder')
     args = p.parse_args(argv)
 
     if args.memory_worker:
         memory_worker(args.memory_worker)
+        return None
+    if args.plot:
+        for path in plot_sweeps(args.plot, args.figures):
+            print('wrote', path)
         return None
     if args.mem_limit_gib:
         # the timing process gets the same guard as the memory subprocesses
@@ -586,6 +630,9 @@ def main(argv=None):
         with open(args.out, 'w') as f:
             json.dump(dict(meta=meta, records=records), f, indent=1)
         print(f'wrote {args.out}')
+        if args.suite:
+            for path in plot_sweeps(args.out, args.figures):
+                print('wrote', path)
     return records
 
 
