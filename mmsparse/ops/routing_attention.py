@@ -101,6 +101,46 @@ BRA_IMPLS = {'gather': bra_gather, 'sdpa': bra_sdpa}
 DEFAULT_BRA_IMPL = 'sdpa'
 
 
+class _DepthwiseConvCL(torch.autograd.Function):
+    """Depthwise ``k x k`` convolution (stride 1, same padding) on a channels-last map, with a cheaper backward.
+
+    oneDNN's depthwise backward on CPU is several times slower than its forward, the weight gradient above all.
+    Here the input gradient is the forward convolution of the output gradient with the flipped kernel, and the
+    weight gradient is ``k*k`` shifted multiply-reduce passes (layout-agnostic, no im2col buffer).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        k = weight.shape[-1]
+        c, (h, w) = x.shape[1], x.shape[-2:]
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv2d(grad, weight.flip(-1, -2), padding=k // 2, groups=c)
+        if ctx.needs_input_grad[1]:
+            xp = F.pad(x, (k // 2,) * 4)
+            grad_w = torch.stack([(xp[:, :, i:i + h, j:j + w] * grad).sum((0, 2, 3))
+                                  for i in range(k) for j in range(k)], dim=1).view_as(weight)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b
+
+
+def _lepe_fast(conv, v_map):
+    """``conv(v_map)`` through :class:`_DepthwiseConvCL` where it applies (float32, no autocast, square kernel)."""
+    if (torch.is_grad_enabled() and v_map.dtype == torch.float32 and not torch.is_autocast_enabled(v_map.device.type)
+            and conv.kernel_size[0] == conv.kernel_size[1]):
+        return _DepthwiseConvCL.apply(v_map, conv.weight, conv.bias)
+    return conv(v_map)
+
+
 def _check_positive_int(value, name):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f'{name} must be a positive int, got {value!r}')
@@ -218,7 +258,8 @@ class BiLevelRoutingAttention(nn.Module):
             else:
                 # channels-last map: the depthwise conv is several times faster on it (oneDNN), same maths
                 v_map = rearrange(v, 'n (j i) (h w) c -> n (j h) (i w) c', j=j, i=i, h=h, w=w).permute(0, 3, 1, 2)
-            out = out + rearrange(self.lepe(v_map), 'n c (j h) (i w) -> n (j i) (h w) c', j=j, i=i)
+            lepe = self.lepe(v_map) if self.impl == 'gather' else _lepe_fast(self.lepe, v_map)
+            out = out + rearrange(lepe, 'n c (j h) (i w) -> n (j i) (h w) c', j=j, i=i)
         out = self.proj(out)
         out = rearrange(out, 'n (j i) (h w) c -> n c (j h) (i w)', j=j, i=i, h=h, w=w)
         if pad_b or pad_r:
