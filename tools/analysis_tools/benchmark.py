@@ -599,6 +599,17 @@ def main(argv=None):
         case.update(base)
         impls = list(args.compare) if args.compare else [args.impl]
         cases = [(case, impls)]
+    meta = dict(machine=platform.machine(), processor=platform.processor(), python=platform.python_version(),
+                torch=torch.__version__, threads=torch.get_num_threads() if not args.threads else args.threads,
+                cpu_count=os.cpu_count(), cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                warmup=args.warmup, repeats=args.repeats, date=time.strftime('%Y-%m-%d %H:%M'))
+
+    def dump(records):
+        if args.out:  # rewritten after every case, so a long suite that is stopped keeps what it measured
+            os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+            with open(args.out, 'w') as f:
+                json.dump(dict(meta=meta, records=records), f, indent=1)
+
     records = []
     for case, impls in cases:
         case.setdefault('device', args.device)
@@ -616,19 +627,14 @@ def main(argv=None):
                 raise
             print(f'   error: {type(e).__name__}: {e}', flush=True)
             records.append(dict(case=case, results={}, error=f'{type(e).__name__}: {e}'))
+            dump(records)
             continue
         records.append(dict(case=case, results=results))
+        dump(records)
         print(table([records[-1]]), flush=True)
     ok = [r for r in records if r['results']]
     print('\n' + table(ok))
     if args.out:
-        meta = dict(machine=platform.machine(), processor=platform.processor(), python=platform.python_version(),
-                    torch=torch.__version__, threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
-                    cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                    warmup=args.warmup, repeats=args.repeats, date=time.strftime('%Y-%m-%d %H:%M'))
-        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-        with open(args.out, 'w') as f:
-            json.dump(dict(meta=meta, records=records), f, indent=1)
         print(f'wrote {args.out}')
         if args.suite:
             for path in plot_sweeps(args.out, args.figures):
