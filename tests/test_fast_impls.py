@@ -274,3 +274,24 @@ def test_cloformer_fast_path_matches_official_fixture():
         assert len(outs) == len(expected) == 4
         for s, (ours, theirs) in enumerate(zip(outs, expected)):
             assert_close_to_reference(ours, theirs, f'input {i} output {s} (fast)')
+
+
+def test_bra_fast_path_recomputes_instead_of_keeping_routed_copies_at_large_topk():
+    """From topk = BRA_RECOMPUTE_TOPK on, no routed K/V copy survives the forward; gradients are unchanged."""
+    from mmsparse.ops.routing_attention import BRA_RECOMPUTE_TOPK
+    torch.manual_seed(0)
+    n, p, t, c, heads, topk = 2, 16, 20, 32, 2, 8
+    assert topk >= BRA_RECOMPUTE_TOPK
+    q, k, v = (torch.randn(n, p, t, c, requires_grad=True) for _ in range(3))
+    fast = saved_bytes(lambda: BRA_IMPLS['sdpa'](q, k, v, topk, heads, c ** -0.5))
+    # q, k, v themselves and the int64 region index; the routed copies would add 2 * topk * |k|
+    assert fast <= 3 * q.numel() * 4 + n * p * topk * 8, fast
+    for impl in ('gather', 'sdpa'):
+        for leaf in (q, k, v):
+            leaf.grad = None
+        out, _ = BRA_IMPLS[impl](q, k, v, topk, heads, c ** -0.5)
+        out.square().sum().backward()
+        if impl == 'gather':
+            ref = [leaf.grad.clone() for leaf in (q, k, v)]
+    for name, a, b in zip('qkv', (q.grad, k.grad, v.grad), ref):
+        assert max_diff(a, b) < ATOL, name

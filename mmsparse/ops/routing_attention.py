@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from torch.utils.checkpoint import checkpoint
 
 from mmsparse.registry import MODELS
 
@@ -70,20 +71,10 @@ def bra_gather(q, k, v, topk, num_heads, scale):
     return out, idx
 
 
-def bra_sdpa(q, k, v, topk, num_heads, scale):
-    """Fast BRA token attention, same contract and routing as :func:`bra_gather`.
-
-    The routed K/V regions are fetched with one ``index_select`` over the flattened ``(N*P)`` region axis, the
-    head split is a strided view, and :func:`torch.nn.functional.scaled_dot_product_attention` computes the
-    attention without materialising the ``(T x topk*T)`` logits of every region in fp32 (flash kernels on CPU
-    and GPU). The backward of ``index_select`` is an ``index_add`` into a K/V-sized buffer, never a dense
-    scatter over a regions x regions x tokens x C tensor.
-    """
+def _routed_attention(q, k, v, flat, topk, num_heads, scale):
+    """Gather the routed K/V regions (``flat``: row indices into the N*P region axis) and attend; (N*P, T, C_v)."""
     n, p, t, c_qk = q.shape
     c_v = v.shape[-1]
-    idx = _route(q, k, topk, scale)
-    # region r of sample b lives at row b*P + r of the flattened region axis
-    flat = (idx + torch.arange(n, device=idx.device).view(n, 1, 1) * p).reshape(-1)
     d_qk, d_v = c_qk // num_heads, c_v // num_heads
     # (N*P*topk, T, m, d) gathered rows viewed as (N*P, topk*T, m, d): contiguous, then heads as a strided view
     k_sel = k.reshape(n * p, t, num_heads, d_qk).index_select(0, flat)
@@ -92,7 +83,36 @@ def bra_sdpa(q, k, v, topk, num_heads, scale):
     v_h = v_sel.view(n * p, topk * t, num_heads, d_v).transpose(1, 2)
     q_h = q.reshape(n * p, t, num_heads, d_qk).transpose(1, 2)
     out = F.scaled_dot_product_attention(q_h, k_h, v_h, scale=scale)  # (N*P, m, T, d_v)
-    return out.transpose(1, 2).reshape(n, p, t, c_v), idx
+    return out.transpose(1, 2).reshape(n, p, t, c_v)
+
+
+#: from this top-k on, :func:`bra_sdpa` recomputes the K/V gather and the attention in the backward instead of
+#: keeping the routed copies (2*topk K/V-sized tensors per layer) alive between forward and backward
+BRA_RECOMPUTE_TOPK = 4
+
+
+def bra_sdpa(q, k, v, topk, num_heads, scale):
+    """Fast BRA token attention, same contract and routing as :func:`bra_gather`.
+
+    The routed K/V regions are fetched with one ``index_select`` over the flattened ``(N*P)`` region axis, the
+    head split is a strided view, and :func:`torch.nn.functional.scaled_dot_product_attention` computes the
+    attention without materialising the ``(T x topk*T)`` logits of every region in fp32 (flash kernels on CPU
+    and GPU). The backward of ``index_select`` is an ``index_add`` into a K/V-sized buffer, never a dense
+    scatter over a regions x regions x tokens x C tensor. For ``topk >= BRA_RECOMPUTE_TOPK`` under autograd,
+    the gather and the attention are recomputed in the backward (activation checkpointing of this step
+    only), so a layer keeps q, k, v between forward and backward instead of ``topk`` copies of k and v:
+    BiFormer's stage 3 (``topk=16``) would otherwise hold 32 K/V-sized copies per block.
+    """
+    n, p = q.shape[:2]
+    idx = _route(q, k, topk, scale)
+    # region r of sample b lives at row b*P + r of the flattened region axis
+    flat = (idx + torch.arange(n, device=idx.device).view(n, 1, 1) * p).reshape(-1)
+    if topk >= BRA_RECOMPUTE_TOPK and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad
+                                                                    or v.requires_grad):
+        out = checkpoint(_routed_attention, q, k, v, flat, topk, num_heads, scale, use_reentrant=False)
+    else:
+        out = _routed_attention(q, k, v, flat, topk, num_heads, scale)
+    return out, idx
 
 
 #: name -> token-attention algorithm for :class:`BiLevelRoutingAttention` (contract in the module docstring)
