@@ -31,7 +31,9 @@ def parse_args():
 
 def enable_visualization(cfg, task, show_dir):
     default = 'DetVisualizationHook' if task == 'mmdet' else 'SegVisualizationHook'
-    hook = cfg.default_hooks.setdefault('visualization', dict(type=default))
+    if 'visualization' not in cfg.default_hooks:
+        cfg.default_hooks['visualization'] = dict(type=default)
+    hook = cfg.default_hooks['visualization']  # ConfigDict stores a converted copy: edit the stored one
     hook['draw'] = True
     if task == 'mmdet':
         hook['test_out_dir'] = show_dir
