@@ -459,7 +459,7 @@ def table(records):
             mr = (r['peak_mem_bytes'] / base['peak_mem_bytes']
                   if r.get('peak_mem_bytes') and base.get('peak_mem_bytes') else None)
             mem = fmt_bytes(r.get('peak_mem_bytes')) if not r.get('mem_error') else 'error'
-            ips = f'{r["images_per_s"]:.2f}' if 'images_per_s' in r else ''
+            ips = f'{r["images_per_s"]:.2f}' if r.get('images_per_s') else ''
             gf = f'{r["flops"] / 1e9:.1f}' if r.get('flops') else 'n/a'
             lines.append(f'| {case_label(rec["case"])} | {impl} | {r["time_median_s"] * 1e3:.1f} ms | {ips} | '
                          f'{mem} | {r["params"] / 1e6:.2f} M | {gf} | {tr:.2f}x | '
