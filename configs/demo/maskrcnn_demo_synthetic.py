@@ -1,5 +1,5 @@
 """Demo: Mask R-CNN with a reduced BiFormer ("nano": widths 32-256, one block per stage but two in stage 3),
-trained from scratch for 300 iterations on the embedded synthetic COCO-format data. Minutes on a 2-core CPU.
+trained from scratch for 1000 iterations on the embedded synthetic COCO-format data. Minutes on a 2-core CPU.
 
     python tools/train.py configs/demo/maskrcnn_demo_synthetic.py
 """
@@ -24,7 +24,7 @@ model = dict(
         bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=4),
         mask_roi_extractor=dict(out_channels=64),
         mask_head=dict(in_channels=64, conv_out_channels=64, num_classes=4)))
-max_iters = 300
+max_iters = 1000
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
