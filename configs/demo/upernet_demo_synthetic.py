@@ -17,14 +17,8 @@ model = dict(
         n_win=4,
         topks=(1, 2, 4, -2),
         drop_path_rate=0.),
-    # background covers ~85% of the pixels: weight it down so a model trained from scratch for a few hundred
-    # iterations does not settle on predicting background everywhere
-    decode_head=dict(in_channels=widths, channels=64, num_classes=5, norm_cfg=norm_cfg,
-                     loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0,
-                                      class_weight=[0.2, 1.0, 1.0, 1.0, 1.0])),
-    auxiliary_head=dict(in_channels=widths[2], channels=32, num_classes=5, norm_cfg=norm_cfg,
-                        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4,
-                                         class_weight=[0.2, 1.0, 1.0, 1.0, 1.0])))
+    decode_head=dict(in_channels=widths, channels=64, num_classes=5, norm_cfg=norm_cfg),
+    auxiliary_head=dict(in_channels=widths[2], channels=32, num_classes=5, norm_cfg=norm_cfg))
 max_iters = 600
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
