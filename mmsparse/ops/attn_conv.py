@@ -41,6 +41,8 @@ from einops import rearrange
 
 from mmsparse.registry import MODELS
 
+from ._checks import check_positive_int
+
 __all__ = ['AttnConv', 'ATTN_CONV_IMPLS', 'GLOBAL_ATTENTION_IMPLS', 'global_attention_reference',
            'global_attention_sdpa']
 
@@ -93,11 +95,6 @@ def _identity(t):
     return t
 
 
-def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f'{name} must be a positive int, got {value!r}')
-
-
 @MODELS.register_module()
 class AttnConv(nn.Module):
     """CloFormer's AttnConv mixer: local convolutional-attention groups plus a pooled global group.
@@ -125,8 +122,8 @@ class AttnConv(nn.Module):
     def __init__(self, dim, num_heads, group_split, kernel_sizes, window_size=7, attn_drop=0., proj_drop=0.,
                  qkv_bias=True, attn_impl='sdpa', impl='fast'):
         super().__init__()
-        _check_positive_int(dim, 'dim')
-        _check_positive_int(num_heads, 'num_heads')
+        check_positive_int(dim, 'dim')
+        check_positive_int(num_heads, 'num_heads')
         if dim % num_heads:
             raise ValueError(f'dim={dim} must be divisible by num_heads={num_heads}')
         group_split, kernel_sizes = list(group_split), list(kernel_sizes)
@@ -138,10 +135,10 @@ class AttnConv(nn.Module):
             raise ValueError(f'group_split needs one entry per kernel size plus one for the global group: '
                              f'len(group_split)={len(group_split)}, len(kernel_sizes)={len(kernel_sizes)}')
         for ks in kernel_sizes:
-            _check_positive_int(ks, 'kernel_sizes entries')
+            check_positive_int(ks, 'kernel_sizes entries')
             if ks % 2 == 0:
                 raise ValueError(f'kernel_sizes entries must be odd (same-size depthwise conv), got {kernel_sizes}')
-        _check_positive_int(window_size, 'window_size')
+        check_positive_int(window_size, 'window_size')
         if attn_impl not in GLOBAL_ATTENTION_IMPLS:
             raise ValueError(f'attn_impl={attn_impl!r} is not known; choose one of {sorted(GLOBAL_ATTENTION_IMPLS)}')
         if impl not in ATTN_CONV_IMPLS:

@@ -24,6 +24,8 @@ from torch.utils.checkpoint import checkpoint
 
 from mmsparse.registry import MODELS
 
+from ._checks import check_positive_int
+
 __all__ = ['BiLevelRoutingAttention', 'GlobalAttentionLePE', 'BRA_IMPLS', 'DEFAULT_BRA_IMPL', 'bra_gather',
            'bra_sdpa']
 
@@ -161,11 +163,6 @@ def _lepe_fast(conv, v_map):
     return conv(v_map)
 
 
-def _check_positive_int(value, name):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f'{name} must be a positive int, got {value!r}')
-
-
 def _check_side_dwconv(side_dwconv):
     if not isinstance(side_dwconv, int) or side_dwconv < 0 or (side_dwconv > 0 and side_dwconv % 2 == 0):
         raise ValueError(f'side_dwconv must be 0 (no LePE) or an odd positive kernel size, got {side_dwconv!r}')
@@ -222,7 +219,7 @@ class BiLevelRoutingAttention(nn.Module):
         qk_dim = dim if qk_dim is None else qk_dim
         for value, name in ((dim, 'dim'), (num_heads, 'num_heads'), (n_win, 'n_win'), (topk, 'topk'),
                             (qk_dim, 'qk_dim')):
-            _check_positive_int(value, name)
+            check_positive_int(value, name)
         if dim % num_heads or qk_dim % num_heads:
             raise ValueError(f'num_heads={num_heads} must divide dim={dim} and qk_dim={qk_dim}')
         if topk > n_win * n_win:
@@ -309,8 +306,8 @@ class GlobalAttentionLePE(nn.Module):
 
     def __init__(self, dim, num_heads=8, qkv_bias=False, qk_scale=None, side_dwconv=5):
         super().__init__()
-        _check_positive_int(dim, 'dim')
-        _check_positive_int(num_heads, 'num_heads')
+        check_positive_int(dim, 'dim')
+        check_positive_int(num_heads, 'num_heads')
         if dim % num_heads:
             raise ValueError(f'num_heads={num_heads} must divide dim={dim}')
         _check_side_dwconv(side_dwconv)

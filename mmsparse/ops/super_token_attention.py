@@ -209,7 +209,6 @@ def sta_fast(x, stoken_size, n_iter, scale, refine):
     if pad_b or pad_r:
         x = F.pad(x, (0, pad_r, 0, pad_b))
     hh, ww = x.shape[2] // h, x.shape[3] // w
-    m, n = hh * ww, h * w
 
     with torch.autocast(x.device.type, enabled=False):
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
