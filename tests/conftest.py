@@ -35,3 +35,20 @@ def assert_close_to_reference(ours, ref, name='output', max_abs=1e-4, max_rel_l2
 def _deterministic_threads():
     torch.manual_seed(0)
     yield
+
+
+def assert_same_outputs_and_grads(model_a, model_b, x):
+    """Train-mode forward + backward of two models with equal weights give equal outputs and gradients
+    (used for ``with_cp``: checkpointing must not change the numbers)."""
+    results = []
+    for model in (model_a, model_b):
+        model.train()
+        outs = model(x)
+        sum(o.square().mean() for o in outs).backward()
+        results.append(([o.detach() for o in outs], {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (o1, g1), (o2, g2) = results
+    for a, b in zip(o1, o2):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert g1.keys() == g2.keys()
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -15,7 +15,7 @@ from mmsparse.converters import (UnmappedKeysError, convert, convert_checkpoint,
 from mmsparse.models.backbones.biformer import BiFormer
 from mmsparse.ops.routing_attention import BiLevelRoutingAttention
 from mmsparse.registry import MODELS
-from tests.conftest import REPO, assert_close_to_reference, load_fixture
+from tests.conftest import REPO, assert_close_to_reference, load_fixture, assert_same_outputs_and_grads
 from tests.test_routing_attention import assert_same_routing, padded_regions
 
 KEYS_DIR = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'keys'
@@ -239,19 +239,7 @@ def test_with_cp_same_outputs_and_gradients():
     plain = BiFormer(**REDUCED)
     cp = BiFormer(**REDUCED, with_cp=True)
     cp.load_state_dict(plain.state_dict())
-    x = torch.randn(2, 3, 72, 60)
-    results = []
-    for model in (plain, cp):
-        model.train()
-        outs = model(x)
-        sum(o.square().mean() for o in outs).backward()
-        results.append(([o.detach() for o in outs], {n: p.grad.clone() for n, p in model.named_parameters()}))
-    (o1, g1), (o2, g2) = results
-    for a, b in zip(o1, o2):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert g1.keys() == g2.keys()
-    for n in g1:
-        torch.testing.assert_close(g1[n], g2[n], rtol=1e-4, atol=1e-6, msg=n)
+    assert_same_outputs_and_grads(plain, cp, torch.randn(2, 3, 72, 60))
 
 
 def test_frozen_stages():

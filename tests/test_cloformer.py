@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mmsparse.converters import UnmappedKeysError, convert, model_from_official
 from mmsparse.models import CloFormer
 from mmsparse.registry import MODELS
-from tests.conftest import REPO, assert_close_to_reference, load_fixture
+from tests.conftest import REPO, assert_close_to_reference, load_fixture, assert_same_outputs_and_grads
 
 FIXTURE = 'cloformer_reduced.pt'
 KEYS = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'keys'
@@ -101,19 +101,7 @@ def test_with_cp_same_outputs_and_gradients():
     plain = CloFormer(REDUCED, drop_path_rate=0.0)
     ckpt = CloFormer(REDUCED, drop_path_rate=0.0, with_cp=True)
     ckpt.load_state_dict(plain.state_dict())
-    x = torch.randn(2, 3, 64, 64)
-    results = []
-    for model in (plain, ckpt):
-        model.train()
-        outs = model(x)
-        sum(o.square().mean() for o in outs).backward()
-        results.append(([o.detach() for o in outs], {n: p.grad.clone() for n, p in model.named_parameters()}))
-    (o1, g1), (o2, g2) = results
-    for a, b in zip(o1, o2):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-    assert g1.keys() == g2.keys()
-    for name in g1:
-        torch.testing.assert_close(g1[name], g2[name], atol=1e-6, rtol=1e-4, msg=name)
+    assert_same_outputs_and_grads(plain, ckpt, torch.randn(2, 3, 64, 64))
 
 
 def test_frozen_stages():
