@@ -16,7 +16,7 @@ from mmsparse.models.backbones.biformer import BiFormer
 from mmsparse.ops.routing_attention import BiLevelRoutingAttention
 from mmsparse.registry import MODELS
 from tests.conftest import REPO, assert_close_to_reference, load_fixture, assert_same_outputs_and_grads
-from tests.test_routing_attention import assert_same_routing, padded_regions
+from tests.test_ops.test_routing_attention import assert_same_routing, padded_regions
 
 KEYS_DIR = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'keys'
 REDUCED = dict(arch=dict(embed_dims=[32, 64, 128, 256], depths=[1, 1, 2, 1]), n_win=4, topks=[1, 2, 4, -2])
@@ -154,7 +154,7 @@ def test_cli_round_trip_and_pretrained_init(tmp_path):
 
     ref = model_from_official('BiFormer', fx['config'], fx['state_dict'])
     # the reference BRA, as model_from_official builds, so the outputs must be bit-identical
-    model = BiFormer(**REDUCED, out_norm_cfg=None, attn_impl='gather',
+    model = BiFormer(**REDUCED, out_norm_cfg=None, impl='reference',
                      init_cfg=dict(type='Pretrained', checkpoint=str(dst), prefix='backbone.'))
     model.init_weights()
     model.eval()
@@ -383,3 +383,22 @@ def test_init_weights_follows_official_init():
     assert torch.count_nonzero(block.mlp.fc2.bias) == 0
     assert torch.equal(block.norm1.weight, torch.ones(128)) and torch.equal(model.out_norms['2'].bias,
                                                                            torch.zeros(128))
+
+
+# ------------------------------------------------------------------- fast vs reference implementation
+
+@pytest.mark.parametrize('name, cls, key', [('biformer_reduced_cls_autopad.pt', 'BiFormer', 'stages'),
+                                            ('biformer_mm_reduced_autopad.pt', 'BiFormer_mm', 'dense_outs')])
+def test_biformer_fast_path_matches_official_fixture(name, cls, key):
+    fx = load_fixture(name)
+    model = model_from_official(cls, fx['config'], fx['state_dict']).eval()
+    bras = [m for m in model.modules() if isinstance(m, BiLevelRoutingAttention)]
+    assert bras and all(m.impl == 'reference' for m in bras)
+    for m in bras:
+        m.impl = 'fast'
+    for i, (x, ref) in enumerate(zip(fx['inputs'], fx['outputs'])):
+        with torch.no_grad():
+            outs = model(x)
+        assert len(outs) == len(ref[key]) == 4
+        for s, (ours, theirs) in enumerate(zip(outs, ref[key])):
+            assert_close_to_reference(ours, theirs, f'{name} input {i} {key}[{s}] (sdpa)')

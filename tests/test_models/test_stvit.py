@@ -89,7 +89,7 @@ def test_cli_round_trip_and_pretrained_init(tmp_path):
     cfg = fx['config']
     model = STViT(arch=dict(embed_dims=cfg['embed_dim'], depths=cfg['depths'], num_heads=cfg['num_heads']),
                   stoken_size=cfg['stoken_size'], layer_scale=cfg['layerscale'], out_norm_cfg=None,
-                  sta_impl='reference',  # as model_from_official builds: bit-identical outputs expected
+                  impl='reference',  # as model_from_official builds: bit-identical outputs expected
                   init_cfg=dict(type='Pretrained', checkpoint=str(dst), prefix='backbone.'))
     model.init_weights()
     model.eval()
@@ -322,3 +322,21 @@ def test_config_smoke(path, tmp_path):
     if 'ade20k' in path.name:
         assert 'mIoU' in metrics
     # (mmdet's CocoMetric returns {} when a one-iteration model predicts no box above the score threshold)
+
+
+# ------------------------------------------------------------------- fast vs reference implementation
+
+@pytest.mark.parametrize('name', ['stvit_reduced_layerscale.pt', 'stvit_reduced_nolayerscale.pt'])
+def test_stvit_fast_path_matches_official_fixture(name):
+    from mmsparse.ops.super_token_attention import SuperTokenAttention
+    fx = load_fixture(name)
+    model = model_from_official('STViT', fx['config'], fx['state_dict']).eval()
+    stas = [m for m in model.modules() if isinstance(m, SuperTokenAttention) and not m.is_global]
+    assert stas and all(m.impl == 'reference' for m in stas)
+    for m in stas:
+        m.impl = 'fast'
+    for i, (x, ref) in enumerate(zip(fx['inputs'], fx['outputs'])):
+        with torch.no_grad():
+            outs = model(x)
+        for s, (ours, theirs) in enumerate(zip(outs, ref['stages'])):
+            assert_close_to_reference(ours, theirs, f'{name} input {i} stages[{s}] (fast)')

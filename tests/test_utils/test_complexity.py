@@ -44,7 +44,7 @@ def test_operator_paths_count_the_same():
     """The 'sdpa' and explicit-matmul implementations of an operator get the same count."""
     x = torch.randn(1, 32, 12, 10)
     torch.manual_seed(0)
-    fused = TokenMHSA(32, 4, attn_impl='sdpa')
+    fused = TokenMHSA(32, 4, impl='fast')
     math = TokenMHSA(32, 4, attn_impl='math')
     math.load_state_dict(fused.state_dict())
     a, b = flop_count(fused, x), flop_count(math, x)
@@ -52,7 +52,7 @@ def test_operator_paths_count_the_same():
     attention = 4 * n * n * (8 + 8)
     convs = n * 32 * 96 + n * 32 * 32  # qkv and proj 1x1
     assert a['flops'] == b['flops'] == attention + convs
-    fused = AttnConv(32, 4, [2, 2], [3], window_size=2, attn_impl='sdpa')
+    fused = AttnConv(32, 4, [2, 2], [3], window_size=2, impl='fast')
     ref = AttnConv(32, 4, [2, 2], [3], window_size=2, attn_impl='reference')
     ref.load_state_dict(fused.state_dict())
     assert flop_count(fused, x)['flops'] == flop_count(ref, x)['flops']

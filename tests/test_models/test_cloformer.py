@@ -278,3 +278,22 @@ def test_config_smoke_train_and_test(path, tmp_path):
     if 'ade20k' in path.name:
         assert 'mIoU' in metrics
     # (mmdet's CocoMetric returns {} when a one-iteration model predicts no box above threshold)
+
+
+# ------------------------------------------------------------------- fast vs reference implementation
+
+def test_cloformer_fast_path_matches_official_fixture():
+    from mmsparse.ops.attn_conv import AttnConv
+    fx = load_fixture('cloformer_reduced.pt')
+    model = model_from_official(fx['official_class'], fx['config'], fx['state_dict']).eval()
+    mixers = [m for m in model.modules() if isinstance(m, AttnConv)]
+    assert mixers and all(m.impl == 'reference' for m in mixers)
+    for m in mixers:
+        m.impl = 'fast'
+    for i, (x, ref) in enumerate(zip(fx['inputs'], fx['outputs'])):
+        with torch.no_grad():
+            outs = model(x)
+        expected = list(ref['dense_taps']) + [ref['stages'][3]]  # taps of stages 1-3, then stage 4's output
+        assert len(outs) == len(expected) == 4
+        for s, (ours, theirs) in enumerate(zip(outs, expected)):
+            assert_close_to_reference(ours, theirs, f'input {i} output {s} (fast)')
