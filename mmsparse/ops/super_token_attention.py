@@ -257,6 +257,7 @@ class TokenMHSA(nn.Module):
             raise ValueError(f'num_heads={num_heads} must divide embed_dims={embed_dims}')
         self.impl = check_impl(impl, type(self).__name__)
         self.num_heads = num_heads
+        self.embed_dims = embed_dims
         self.head_dims = embed_dims // num_heads
         self.scale = qk_scale if qk_scale is not None else self.head_dims ** -0.5
         self.qkv = nn.Conv2d(embed_dims, embed_dims * 3, 1, bias=qkv_bias)

@@ -128,6 +128,24 @@ def _shown(keys, limit=20):
     return ', '.join(keys[:limit]) + (f' ... ({len(keys) - limit} more)' if len(keys) > limit else '')
 
 
+def _convert_foreign_keys(module, sd):
+    """A state dict none of whose keys is the module's: the authors' keys (``official_converter``) or, when
+    those do not apply, an older mmsparse layout (``upgrade_state_dict``)."""
+    converter = getattr(module, 'official_converter', None)
+    upgrade = getattr(module, 'upgrade_state_dict', None)
+    if converter is not None:
+        try:
+            return converter(sd)
+        except (KeyError, ValueError) as err:  # UnmappedKeysError is a KeyError
+            if upgrade is None:
+                raise
+            upgraded = upgrade(sd)
+            if not set(upgraded) & set(module.state_dict()):
+                raise err
+            return upgraded
+    return upgrade(sd) if upgrade is not None else sd
+
+
 def load_pretrained(module, checkpoint, prefix=None, logger=None, allow_partial=False):
     """Load pretrained weights into ``module`` and say exactly what did and did not load.
 
@@ -138,7 +156,9 @@ def load_pretrained(module, checkpoint, prefix=None, logger=None, allow_partial=
 
     By default every parameter and buffer of ``module`` must be loaded with the right shape (BatchNorm's
     ``num_batches_tracked`` counters excepted, which carry no weights) and nothing may be left over; otherwise
-    a ``RuntimeError`` lists the missing, unexpected and mis-shaped keys. ``allow_partial=True`` loads what
+    a ``RuntimeError`` lists the missing, unexpected and mis-shaped keys. The one exception are the keys the
+    module names in ``dense_only_keys()`` (a backbone's per-output norms, which classification checkpoints
+    cannot hold): they keep their initialisation, and the log says so. ``allow_partial=True`` loads what
     matches and warns with the same lists instead. Returns ``(missing, unexpected, mismatched)``.
     """
     from collections import OrderedDict
@@ -155,20 +175,18 @@ def load_pretrained(module, checkpoint, prefix=None, logger=None, allow_partial=
             raise KeyError(f'no key of {name} starts with prefix {prefix!r}; its top-level prefixes are '
                            f'{_shown(tops, 10)}')
         sd = stripped
-    upgrade = getattr(module, 'upgrade_state_dict', None)
-    if upgrade is not None:
-        sd = upgrade(sd)
     own = module.state_dict()
-    converter = getattr(module, 'official_converter', None)
-    if converter is not None and not set(sd) & set(own):
-        sd = converter(sd)  # the authors' raw keys
+    if not set(sd) & set(own):
+        sd = _convert_foreign_keys(module, sd)
     counted = [k for k in own if not k.endswith('num_batches_tracked')]
+    dense_only = set(module.dense_only_keys()) if hasattr(module, 'dense_only_keys') else set()
     mismatched = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in counted if k not in sd or k in mismatched]
+    fresh = [k for k in counted if k in dense_only and k not in sd]
+    missing = [k for k in counted if (k not in sd and k not in dense_only) or k in mismatched]
     unexpected = [k for k in sd if k not in own]
     loadable = OrderedDict((k, v) for k, v in sd.items() if k in own and k not in mismatched)
     module.load_state_dict(loadable, strict=False)
-    loaded = len(counted) - len(missing)
+    loaded = len(counted) - len(missing) - len(fresh)
     lines = [f'{len(keys)} {title} key(s): {_shown(keys)}'
              for title, keys in (('missing', missing), ('unexpected', unexpected),
                                  ('shape-mismatched', [f'{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}'
@@ -178,6 +196,9 @@ def load_pretrained(module, checkpoint, prefix=None, logger=None, allow_partial=
                            'tensors; ' + '; '.join(lines) + '. Pass allow_partial=True (in an init_cfg: '
                            "dict(type='Pretrained', ..., allow_partial=True)) to load a partial checkpoint.")
     print_log(f'Loaded {loaded}/{len(counted)} tensors of {type(module).__name__} from {name}', logger=logger)
+    if fresh:
+        print_log(f'{len(fresh)} dense output-norm tensor(s) not in the checkpoint keep their initialisation: '
+                  f'{_shown(fresh)}', logger=logger)
     for line in lines:
         print_log(line, logger=logger, level=30)
     return missing, unexpected, mismatched

@@ -8,6 +8,7 @@ from mmengine.registry import DefaultScope
 
 import mmsparse  # noqa: F401  (registers everything)
 from mmsparse.models.plugins import SparseAttnBlock
+from tests.conftest import REPO
 from mmsparse.ops import AttnConv, BiLevelRoutingAttention, SuperTokenAttention
 
 ATTN = {
@@ -210,7 +211,7 @@ def test_plugged_resnet_learns_attention():
 
 
 # ----------------------------------------------------------------------------------------------- configs
-CONFIG_DIR = __import__('pathlib').Path(__file__).resolve().parents[1] / 'configs' / 'plugins'
+CONFIG_DIR = REPO / 'configs' / 'plugins'
 CONFIGS = sorted(CONFIG_DIR.glob('*.py'))
 #: config -> (operator class, number of SparseAttnBlocks in the built model, where they are)
 EXPECTED = {

@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from mmsparse.testing import model_from_official
 from mmsparse.ops import AttnConv
 from mmsparse.ops._checks import IMPLS
-from mmsparse.registry import MODELS
 from tests.conftest import assert_close_to_reference, assert_impls_agree, load_fixture
 
 FIXTURE = 'cloformer_efficient_attention_d64.pt'
@@ -80,6 +79,22 @@ def test_border_pixels_influence_the_global_keys():
     with torch.no_grad():
         diff = (m(x2) - m(x)).abs()
     assert diff[..., 0, 0].max() > 1e-4  # a far query sees it through the keys
+
+
+def test_attention_dropout_only_in_training():
+    torch.manual_seed(0)
+    m = AttnConv(32, 4, [2, 2], [5], window_size=2, attn_drop=0.5)
+    plain = AttnConv(32, 4, [2, 2], [5], window_size=2)
+    plain.load_state_dict(m.state_dict())
+    x = torch.randn(1, 32, 8, 8)
+    torch.manual_seed(0)
+    y1 = m(x)
+    torch.manual_seed(1)
+    y2 = m(x)
+    assert not torch.allclose(y1, y2)  # different dropout masks in training
+    m.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), plain(x))  # evaluation ignores attn_drop
 
 
 @pytest.mark.parametrize('kwargs, match', [

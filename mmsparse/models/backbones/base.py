@@ -110,6 +110,10 @@ class SparseBackbone(BaseModule):
         for i in self.out_indices:
             self.add_module(f'norm{i}', build_norm_layer(out_norm_cfg, channels[i])[1])
 
+    def dense_only_keys(self):
+        """State-dict keys of the output norms: dense-task layers that classification checkpoints lack."""
+        return [k for k in self.state_dict() if k.split('.')[0] in {f'norm{i}' for i in self.out_indices}]
+
     def out_norm(self, i, x):
         norm = getattr(self, f'norm{i}', None)
         return x if norm is None else norm(x)
