@@ -9,6 +9,7 @@ import os.path as osp
 import sys
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-for _path, _first in ((REPO, True), (osp.join(REPO, 'tools'), False)):
-    if _path not in sys.path:  # mmsparse from this checkout; tools/_common.py appended (tools/test.py shadows)
-        sys.path.insert(0, _path) if _first else sys.path.append(_path)
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)  # mmsparse from this checkout
+if osp.join(REPO, 'tools') not in sys.path:
+    sys.path.append(osp.join(REPO, 'tools'))  # for _common; appended, as tools/test.py must not shadow anything
