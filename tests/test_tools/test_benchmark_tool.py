@@ -204,7 +204,7 @@ def test_set_impl(pkg):
         cases.set_impl(torch.nn.Linear(2, 2), 'sdpa')
     assert cases.set_impl(torch.nn.Linear(2, 2), 'fast') == 0
     sta = cases.build(dict(kind='layer', name='sta', shape=[1, 8, 8, 8], mode='fwd'), 'reference').module
-    assert sta.impl == 'reference' and cases.set_impl(sta, 'fast') == 1 and sta.impl == 'fast'
+    assert sta.impl == 'reference' and cases.set_impl(sta, 'fast') == 2 and sta.impl == sta.refine.impl == 'fast'
 
 
 # -------------------------------------------------------------------------------------------- cases, CLI

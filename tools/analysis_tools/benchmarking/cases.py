@@ -21,9 +21,10 @@ import os.path as osp
 import torch
 import yaml
 
+from mmsparse.ops._checks import IMPLS
+from mmsparse.ops._checks import check_impl as _check_impl
 from . import REPO
 
-IMPLS = ('reference', 'fast')
 MODES = ('fwd', 'fwdbwd', 'train')
 KINDS = ('layer', 'backbone', 'config')
 SUITE_DIR = osp.join(REPO, 'tools/analysis_tools/suites')
@@ -92,8 +93,9 @@ def check_case(case):
 
 
 def check_impl(impl):
-    if impl is not None and impl not in IMPLS:
-        raise ValueError(f'impl={impl!r} is not known; choose one of {list(IMPLS)}')
+    """``None`` (as built) or one of :data:`IMPLS`; the operators' own check gives the error."""
+    if impl is not None:
+        _check_impl(impl, 'benchmark')
 
 
 def build(case, impl=None, device='cpu'):
