@@ -247,41 +247,6 @@ def test_convert_checkpoint_layout():
     assert set(out['state_dict']) == {'backbone.' + k for k in model.state_dict()}
 
 
-def test_super_token_association_tool(tmp_path):
-    import cv2
-    import numpy as np
-    yy, xx = np.mgrid[0:70, 0:90]
-    image = np.stack([xx * 2, yy * 3, (xx + yy) % 256], -1).astype(np.uint8)
-    src, dst = tmp_path / 'img.png', tmp_path / 'overlay.png'
-    cv2.imwrite(str(src), image)
-    tool = 'tools/visualization/super_token_association.py'
-    proc = subprocess.run([sys.executable, tool, str(src), str(dst), '--arch', 'small', '--stage', '1'],
-                          cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    out = cv2.imread(str(dst))
-    assert out.shape == image.shape and not np.array_equal(out, image)
-    proc = subprocess.run([sys.executable, tool, str(src), str(dst), '--stage', '2'], cwd=REPO,
-                          capture_output=True, text=True)
-    assert proc.returncode != 0 and 'global attention' in proc.stderr
-
-
-def test_assignment_labels_follow_the_grid():
-    """With 8x8 super tokens at stage 0, a 256x384 image (64x96 features) has an 8x12 super-token grid."""
-    sys.path.insert(0, str(REPO / 'tools' / 'visualization'))
-    try:
-        from super_token_association import stage_assignment
-    finally:
-        sys.path.pop(0)
-    import numpy as np
-    model = tiny(stoken_size=[8, 4, 1, 1]).eval()
-    labels = stage_assignment(model, np.random.default_rng(0).integers(0, 255, (256, 384, 3), np.uint8), 0)
-    assert labels.shape == (64, 96)
-    assert labels.min() >= -1 and labels.max() < 8 * 12
-    # the argmax is one of the 9 neighbours, so its grid row is within one of the pixel's own cell row
-    own = (np.arange(64)[:, None] // 8) * 12 + np.arange(96)[None] // 8
-    assert np.abs(labels // 12 - own // 12).max() <= 1
-
-
 CONFIGS = sorted((REPO / 'configs' / 'stvit').glob('*_stvit_*.py'))
 
 

@@ -75,8 +75,9 @@ def run(args):
     weights = (f'weights: {osp.basename(args.checkpoint)}' if args.checkpoint
                else 'RANDOM WEIGHTS (no --checkpoint): the maps show the mechanism, not a trained model')
     os.makedirs(args.out_dir, exist_ok=True)
-    report = dict(config=args.config, image=args.image, checkpoint=args.checkpoint, input_hw=list(img.shape[:2]),
-                  points=[list(p) for p in points], skipped={str(k): v for k, v in skipped.items()}, stages=[])
+    report = dict(config=args.config, image=args.image, checkpoint=args.checkpoint, weights=weights,
+                  input_hw=list(img.shape[:2]), points=[list(p) for p in points],
+                  skipped={str(k): v for k, v in skipped.items()}, stages=[])
     pictures, titles = [], []
     for sm in maps:
         title = f'{type(backbone).__name__} stage {sm.stage} (stride {sm.stride}, block {sm.block}: {sm.name})'
