@@ -24,7 +24,7 @@ from mmengine.config import DictAction
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='mmdet / mmseg config (default_scope picks the inferencer)')
     parser.add_argument('checkpoint', help='checkpoint of that model (tools/train.py output)')
@@ -35,7 +35,7 @@ def parse_args(argv=None):
     parser.add_argument('--device', default=None, help='e.g. cpu, cuda:0 (default: cuda when available)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries, as in tools/test.py')
-    return parser.parse_args(argv)
+    return parser
 
 
 def expand_inputs(inputs):
@@ -135,12 +135,12 @@ def run(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         run(args)
     except (FileNotFoundError, ValueError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 2
+        parser.error(str(err))  # usage and the message on stderr, exit status 2
     return 0
 
 

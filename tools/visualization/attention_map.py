@@ -35,7 +35,7 @@ def parse_point(text):
     return x, y
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='config whose model.backbone holds mmsparse attention operators')
     parser.add_argument('image', help='input image')
@@ -48,7 +48,7 @@ def parse_args(argv=None):
     parser.add_argument('--size', type=int, default=448,
                         help='longer side of the network input, rounded to multiples of 32 (default 448)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the random weights and the colours')
-    return parser.parse_args(argv)
+    return parser
 
 
 def run(args):
@@ -102,13 +102,13 @@ def run(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
     try:
         run(args)
     except (FileNotFoundError, ValueError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 2
+        parser.error(str(err))  # usage and the message on stderr, exit status 2
     return 0
 
 
