@@ -198,14 +198,14 @@ def text_strip(lines, width, line_px=18, fontsize=10, bg=(255, 255, 255)):
     return np.ascontiguousarray(rgb[:height, :width, ::-1])
 
 
-def compose(panels, captions, title_lines, gap=8):
+def compose(panels, captions, title_lines, gap=8, min_width=720):
     """Panels side by side, each under its caption (lines split at newlines), under a title strip.
 
     Returns:
         tuple: the canvas (BGR uint8) and the panel boxes ``[(x0, y0, x1, y1), ...]`` on it.
     """
     height = max(p.shape[0] for p in panels)
-    width = sum(p.shape[1] for p in panels) + gap * (len(panels) + 1)
+    width = max(min_width, sum(p.shape[1] for p in panels) + gap * (len(panels) + 1))  # room for the title
     title = text_strip(title_lines, width, fontsize=11)
     lines = [c.split('\n') for c in captions]
     cap_h = 16 * max(len(c) for c in lines) + 8
@@ -223,12 +223,16 @@ def compose(panels, captions, title_lines, gap=8):
     return canvas, boxes
 
 
-def contact_sheet(images, titles, suptitle, out_path, width_in=14):
-    """All stage pictures (BGR arrays) stacked in one matplotlib figure, saved to ``out_path``."""
+def contact_sheet(images, titles, suptitle, out_path, dpi=100):
+    """All stage pictures (BGR arrays) stacked in one matplotlib figure, saved to ``out_path``.
+
+    The figure is as wide as the widest picture (at ``dpi``), so the pictures keep about their own resolution.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    width_in = max(img.shape[1] for img in images) / dpi + 0.4
     ratios = [img.shape[0] / img.shape[1] for img in images]
-    fig = Figure(figsize=(width_in, width_in * sum(ratios) + 0.6 + 0.3 * len(images)), dpi=100)
+    fig = Figure(figsize=(width_in, width_in * sum(ratios) + 0.6 + 0.3 * len(images)), dpi=dpi)
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(images), 1, gridspec_kw=dict(height_ratios=ratios), squeeze=False)[:, 0]
     for ax, img, title in zip(axes, images, titles):

@@ -12,12 +12,11 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 def _register_scope(scope):
-    """Register the downstream package's modules (what its inferencers do) and make it the default scope."""
-    from mmengine.registry import init_default_scope
+    """Register the downstream package's modules (what its inferencers do); the scope is set only while
+    building (see :func:`load_backbone`), so the caller's default scope is left as it was."""
     if scope in ('mmdet', 'mmseg'):
         import importlib
         importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
-    init_default_scope(scope)
 
 
 def load_backbone(config, checkpoint=None, cfg_options=None):
@@ -55,9 +54,12 @@ def load_backbone(config, checkpoint=None, cfg_options=None):
     init_cfg = backbone_cfg.get('init_cfg')
     if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
         backbone_cfg['init_cfg'] = None  # weights come from --checkpoint, or are random
-    _register_scope(cfg.get('default_scope') or 'mmdet')
-    from mmengine.registry import MODELS
-    backbone = MODELS.build(backbone_cfg)
+    scope = cfg.get('default_scope') or 'mmdet'
+    _register_scope(scope)
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import MODELS, DefaultScope
+    with DefaultScope.overwrite_default_scope(scope):
+        backbone = revert_sync_batchnorm(MODELS.build(backbone_cfg))  # segmentation configs use SyncBN
     if not any(isinstance(m, OPERATOR_TYPES) for m in backbone.modules()):
         names = ', '.join(t.__name__ for t in OPERATOR_TYPES)
         raise ValueError(f'{config}: model.backbone ({backbone_cfg.get("type")}) holds none of mmsparse\'s '
@@ -131,7 +133,8 @@ def preprocess(img, cfg=None):
 
 def default_points(img, n_salient=2, margin=0.1):
     """Query points ``[(x, y), ...]``: the image centre, then the strongest edge of the ``n_salient`` most
-    textured quadrants (gradient magnitude of the blurred grey image, ``margin`` of each side excluded)."""
+    textured quadrants (gradient magnitude of the blurred grey image; a ``margin`` of the size along the
+    borders and around the centre lines is excluded, so the points are apart)."""
     import cv2
     hgt, wdt = img.shape[:2]
     points = [(wdt // 2, hgt // 2)]
@@ -139,8 +142,9 @@ def default_points(img, n_salient=2, margin=0.1):
     mag = np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
     my, mx = int(hgt * margin), int(wdt * margin)
     best = []
-    for y0, y1 in ((my, hgt // 2), (hgt // 2, hgt - my)):
-        for x0, x1 in ((mx, wdt // 2), (wdt // 2, wdt - mx)):
+    # quadrants without the outer margin and without a band of the same width around the centre lines
+    for y0, y1 in ((my, hgt // 2 - my), (hgt // 2 + my, hgt - my)):
+        for x0, x1 in ((mx, wdt // 2 - mx), (wdt // 2 + mx, wdt - mx)):
             patch = mag[y0:y1, x0:x1]
             if patch.size == 0:
                 continue

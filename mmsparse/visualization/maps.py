@@ -71,7 +71,8 @@ def _biformer(call, img, points):
         att = A.bra_token_attention(op, call.x, call.routing_idx, fyx)
         sm.panels.append(D.draw_routing(img, att, op.n_win, call.stride, point))
         sm.captions.append(f'query ({point[0]}, {point[1]}): region {att["region"]} (cyan)\n'
-                           f'top-{op.topk} routed: {att["routed"]} (yellow)')
+                           + (f'top-{op.topk} routed: {att["routed"]} (yellow)' if op.topk <= 6
+                              else f'top-{op.topk} routed regions (yellow)'))
         sm.meta.append(dict(kind='bra', point=list(point), feature_yx=list(fyx), region=att['region'],
                             routed=att['routed'], n_win=op.n_win, region_hw=list(att['layout'][2:])))
     return sm

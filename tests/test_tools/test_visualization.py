@@ -268,17 +268,31 @@ def test_tool_draws_the_routing_the_operator_returns(configs, tmp_path):
             assert_only_routed_regions_drawn(canvas[y0:y1, x0:x1], img, panel, stage['stride'])
 
 
-def test_tool_reports_bad_inputs(configs, tmp_path):
+def load_tool():
+    """The command-line module, imported in-process (its main() exits through argparse on bad input)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('attention_map_tool', REPO / TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tool_reports_bad_inputs(configs, tmp_path, capsys):
     proc = run_tool(configs['biformer'], tmp_path / 'missing.jpg', '--out-dir', tmp_path)
     assert proc.returncode == 2 and 'no such file' in proc.stderr and 'missing.jpg' in proc.stderr
-    proc = run_tool(configs['resnet'], photograph(), '--out-dir', tmp_path)
-    assert proc.returncode == 2 and 'none of mmsparse' in proc.stderr and 'ResNet' in proc.stderr
-    proc = run_tool(configs['biformer'], photograph(), '--out-dir', tmp_path, '--points', '600,10')
-    assert proc.returncode == 2 and 'outside the image' in proc.stderr and '512x600' in proc.stderr
-    proc = run_tool(configs['biformer'], photograph(), '--out-dir', tmp_path, '--stages', 7)
-    assert proc.returncode == 2 and 'stages [7]' in proc.stderr
+    tool = load_tool()
     not_image = tmp_path / 'notes.jpg'
     not_image.write_text('not an image')
-    proc = run_tool(configs['biformer'], not_image, '--out-dir', tmp_path)
-    assert proc.returncode == 2 and 'cannot decode' in proc.stderr
+    for args, message in [
+        ((configs['resnet'], photograph()), ['none of mmsparse', 'ResNet']),
+        ((configs['biformer'], photograph(), '--points', '600,10'), ['outside the image', '512x600']),
+        ((configs['biformer'], photograph(), '--points', '1;2'), ['X,Y']),
+        ((configs['biformer'], photograph(), '--stages', '7'), ['stages [7]']),
+        ((configs['biformer'], str(not_image)), ['cannot decode']),
+        ((str(tmp_path / 'none.py'), photograph()), ['config: no such file']),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            tool.main([*args, '--out-dir', str(tmp_path), '--size', '96'])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and all(m in err for m in message), (args, err)
     assert not list(Path(tmp_path).glob('*.png'))

@@ -83,7 +83,7 @@ def run(args):
         title = f'{type(backbone).__name__} stage {sm.stage} (stride {sm.stride}, block {sm.block}: {sm.name})'
         canvas, boxes = compose(sm.panels, sm.captions, [title, sm.summary, weights])
         path = osp.join(args.out_dir, f'stage{sm.stage}.png')
-        if not cv2.imwrite(path, canvas):
+        if not cv2.imwrite(path, canvas, [cv2.IMWRITE_PNG_COMPRESSION, 9]):
             raise OSError(f'cannot write {path}')
         pictures.append(canvas)
         titles.append(f'stage {sm.stage}: {sm.summary}')
