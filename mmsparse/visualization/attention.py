@@ -31,7 +31,7 @@ from einops import rearrange
 from mmsparse.ops import AttnConv, BiLevelRoutingAttention, GlobalAttentionLePE, SuperTokenAttention
 
 __all__ = ['OPERATOR_TYPES', 'OperatorCall', 'capture_operator_inputs', 'family_of', 'feature_point',
-           'bra_layout', 'bra_token_attention', 'sta_association', 'attnconv_global_attention',
+           'bra_channels', 'bra_layout', 'bra_token_attention', 'sta_association', 'attnconv_global_attention',
            'attnconv_local_weights']
 
 #: the operator classes :func:`capture_operator_inputs` records
@@ -130,6 +130,13 @@ def feature_point(point_xy, image_hw, feat_hw):
 
 
 # --------------------------------------------------------------------------------------------------- BiFormer
+def bra_channels(op):
+    """``(qk_dim, v_dim)`` of a BRA operator, read from its ``qkv`` / ``proj`` layers (not from attribute names,
+    which the embed_dims renaming may change): ``qkv`` outputs ``[q | k | v]``, ``proj`` maps v to the output."""
+    v_dim = op.proj.in_features
+    return (op.qkv.out_features - v_dim) // 2, v_dim
+
+
 def bra_layout(op, feat_hw):
     """Region geometry of a BRA operator on an (h, w) map: ``(Hp, Wp, rh, rw)`` (padded map, region size)."""
     n = op.n_win
@@ -167,7 +174,8 @@ def bra_token_attention(op, x, routing_idx, query_yx):
         raise ValueError(f'query {query_yx} is outside the {h}x{w} feature map')
     xp = F.pad(x, (0, wp - w, 0, hp - h))
     tokens = rearrange(xp, 'n c (j h) (i w) -> n (j i) (h w) c', j=n, i=n)
-    q, k, _ = op.qkv(tokens).split([op.qk_dim, op.qk_dim, op.dim], dim=-1)
+    qk_dim, v_dim = bra_channels(op)
+    q, k, _ = op.qkv(tokens).split([qk_dim, qk_dim, v_dim], dim=-1)
     region = (fy // rh) * n + fx // rw
     token = (fy % rh) * rw + fx % rw
     routed = routing_idx[region].long()

@@ -18,8 +18,8 @@ from einops import rearrange
 
 from mmsparse.ops import AttnConv, BiLevelRoutingAttention, SuperTokenAttention
 from mmsparse.visualization import (attention_maps, attnconv_global_attention, attnconv_local_weights,
-                                    bra_token_attention, capture_operator_inputs, load_backbone, preprocess,
-                                    read_image, resize_for_model, sta_association)
+                                    bra_channels, bra_token_attention, capture_operator_inputs, load_backbone,
+                                    preprocess, read_image, resize_for_model, sta_association)
 from mmsparse.visualization.drawing import region_box
 from tests.conftest import REPO
 
@@ -139,13 +139,14 @@ def test_bra_token_attention_reproduces_the_operator_output(configs):
             hp, wp, rh, rw = att0['layout']
             xp = F.pad(call.x, (0, wp - w, 0, hp - h))
             tokens = rearrange(xp, 'n c (j h) (i w) -> n (j i) (h w) c', j=n, i=n)
-            v = op.qkv(tokens)[..., 2 * op.qk_dim:]
+            qk_dim, v_dim = bra_channels(op)
+            v = op.qkv(tokens)[..., 2 * qk_dim:]
             lepe = op.lepe(rearrange(v, 'n (j i) (h w) c -> n c (j h) (i w)', j=n, h=rh, w=rw))
             attn_out = seen['in'] - rearrange(lepe, 'n c (j h) (i w) -> n (j i) (h w) c', j=n, i=n)
         for fy, fx in [(0, 0), (h // 2, w // 3), (h - 1, w - 1), (h // 3, w - 2)]:
             att = bra_token_attention(op, call.x, call.routing_idx, (fy, fx))
             assert att['routed'] == call.routing_idx[att['region']].tolist()
-            v_sel = v[0, att['routed']].reshape(-1, op.num_heads, op.dim // op.num_heads)
+            v_sel = v[0, att['routed']].reshape(-1, op.num_heads, v_dim // op.num_heads)
             ours = torch.einsum('ms,smd->md', att['per_head'], v_sel).reshape(-1)
             token = (fy % rh) * rw + fx % rw
             torch.testing.assert_close(ours, attn_out[0, att['region'], token], rtol=1e-4, atol=1e-5)
