@@ -12,10 +12,29 @@ import warnings
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import Registry
 
-MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmsparse', locations=['mmsparse.models'])
+MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmsparse', locations=['mmsparse.ops', 'mmsparse.models'])
 
 #: scopes whose model registry receives our plain names, in the order they are tried
 DOWNSTREAM_SCOPES = ('mmdet', 'mmseg')
+
+
+def register_in_root(name):
+    """Class decorator: also register the class under ``name`` in mmengine's *root* ``MODELS``.
+
+    For the few modules that third-party builders look up without a scope: mmcv's ``build_norm_layer`` (our
+    ``'LN2d'``) and ``build_plugin_layer`` (``SparseAttnBlock`` in a ResNet built from plain Python). Re-importing
+    the same class is fine; a different class already holding ``name`` is an error, never silently replaced.
+    """
+
+    def wrap(cls):
+        existing = MMENGINE_MODELS.module_dict.get(name)
+        if existing is not None and (existing.__module__, existing.__qualname__) != (cls.__module__,
+                                                                                      cls.__qualname__):
+            raise KeyError(f'mmengine\'s root MODELS already holds another {name!r} ({existing.__module__})')
+        MMENGINE_MODELS.register_module(name=name, module=cls, force=True)
+        return cls
+
+    return wrap
 
 
 def _downstream_registry(scope):

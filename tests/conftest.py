@@ -52,3 +52,40 @@ def assert_same_outputs_and_grads(model_a, model_b, x):
     assert g1.keys() == g2.keys()
     for name in g1:
         torch.testing.assert_close(g1[name], g2[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+# -------------------------------------------------- fast vs reference: outputs and every gradient
+
+ATOL = 1e-4
+
+
+def max_diff(a, b):
+    return (a - b).abs().max().item()
+
+
+def clone_params(module):
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def run_fwd_bwd(module, x, seed=0):
+    """Output, input gradient and parameter gradients for a fixed random cotangent."""
+    module.zero_grad()
+    x = x.detach().clone().requires_grad_()
+    out = module(x)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+    out.backward(g)
+    return out.detach(), x.grad, clone_params(module)
+
+
+def assert_impls_agree(module, x):
+    """``module.impl = 'fast'`` gives the output and every gradient of ``module.impl = 'reference'`` (< ATOL)."""
+    module.impl = 'reference'
+    ref = run_fwd_bwd(module, x)
+    module.impl = 'fast'
+    fast = run_fwd_bwd(module, x)
+    assert max_diff(fast[0], ref[0]) < ATOL, f'output differs by {max_diff(fast[0], ref[0]):.3g}'
+    assert max_diff(fast[1], ref[1]) < ATOL, f'input grad differs by {max_diff(fast[1], ref[1]):.3g}'
+    assert ref[2].keys() == fast[2].keys()
+    for name in ref[2]:
+        d = max_diff(fast[2][name], ref[2][name])
+        assert d < ATOL, f'grad of {name} differs by {d:.3g}'

@@ -7,10 +7,14 @@ schedulers, hooks) stays as the config says, so this checks that the config itse
 """
 import copy
 import os.path as osp
+import sys
 
 from mmengine.config import Config
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if osp.join(REPO, 'tools') not in sys.path:
+    sys.path.append(osp.join(REPO, 'tools'))  # appended: tools/test.py must not shadow anything
+from _common import drop_pretrained  # noqa: E402  (tools/_common.py, shared with the tools)
 SYNTHETIC = {
     'instance': osp.join(REPO, 'configs/_base_/datasets/synthetic_coco_instance.py'),
     'detection': osp.join(REPO, 'configs/_base_/datasets/synthetic_coco_detection.py'),
@@ -23,15 +27,6 @@ def data_kind(cfg):
         return 'semantic'
     roi_head = cfg.model.get('roi_head') or {}
     return 'instance' if roi_head.get('mask_head') else 'detection'
-
-
-def drop_pretrained(model_cfg):
-    backbone = model_cfg.get('backbone') or {}
-    init_cfg = backbone.get('init_cfg')
-    if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
-        backbone['init_cfg'] = None
-    if 'pretrained' in model_cfg:
-        model_cfg['pretrained'] = None
 
 
 def smoke_config(config_path, work_dir, data_root, img_scale=(128, 96)):

@@ -1,18 +1,50 @@
-"""Conversion of the authors' checkpoints and configurations to mmsparse modules.
+"""The authors' checkpoints -> mmsparse: pure key maps, one module per family, no model imports.
 
-- :func:`convert` maps an official state dict (classification ``{'model': ...}`` files too) to mmsparse
-  backbone keys, dropping classification-only keys and raising on anything it cannot map.
-- :func:`model_from_official` builds the mmsparse module equivalent to one of the authors' classes from the
-  authors' constructor keyword arguments, and loads an official state dict into it.
-- :func:`load_pretrained` is what a backbone's ``init_cfg=dict(type='Pretrained')`` runs.
-
-One module per family (``biformer.py``, ``cloformer.py``, ``stvit.py``) defines ``convert_state_dict`` and
-``OFFICIAL_CLASSES``; this package only dispatches and shares the unwrapping and reporting.
+Each family module provides ``convert_state_dict(sd)`` (the authors' backbone keys -> mmsparse keys, raising
+:class:`UnmappedKeysError` on anything unknown) and ``upgrade_state_dict(sd)`` (an older mmsparse layout ->
+the current one). BiFormer also converts whole detection / segmentation checkpoints
+(``convert_dense_state_dict``). Each backbone names its functions directly (``official_converter``,
+``upgrade_state_dict``); this package only offers them by family name to the command-line converter.
 """
-from .common import (FAMILIES, UnmappedKeysError, convert, convert_checkpoint, family_of_class,
-                     load_checkpoint_file, load_pretrained, model_from_official, unwrap_state_dict)
+from collections import OrderedDict
 
-__all__ = [
-    'FAMILIES', 'UnmappedKeysError', 'convert', 'convert_checkpoint', 'family_of_class', 'load_checkpoint_file',
-    'load_pretrained', 'model_from_official', 'unwrap_state_dict'
-]
+from mmsparse.utils.checkpoint import unwrap_state_dict
+
+from . import biformer, cloformer, stvit
+from .common import UnmappedKeysError
+
+#: family name -> its converter module (the names ``tools/model_converters/official2mmsparse.py`` accepts)
+FAMILIES = {'biformer': biformer, 'cloformer': cloformer, 'stvit': stvit}
+
+__all__ = ['FAMILIES', 'UnmappedKeysError', 'family_module', 'convert', 'convert_checkpoint']
+
+
+def family_module(family):
+    """The converter module of ``family`` (raises naming the accepted families)."""
+    fam = str(family).lower()
+    if fam not in FAMILIES:
+        raise ValueError(f'family={family!r} is not supported; choose one of {sorted(FAMILIES)}')
+    return FAMILIES[fam]
+
+
+def convert(family, state_dict, use_ema=False):
+    """Map the authors' ``family`` state dict (or checkpoint dict) to mmsparse backbone keys."""
+    return family_module(family).convert_state_dict(unwrap_state_dict(state_dict, use_ema=use_ema))
+
+
+def convert_checkpoint(family, ckpt, use_ema=False):
+    """Convert an official checkpoint to an mmengine ``{'state_dict': ...}`` dict of tensors.
+
+    Classification checkpoints become backbone weights under ``backbone.``; official detection /
+    segmentation checkpoints (keys starting with ``backbone.``) become whole-model checkpoints when the family
+    has a dense converter.
+    """
+    sd = unwrap_state_dict(ckpt, use_ema=use_ema)
+    mod = family_module(family)
+    if any(k.startswith('backbone.') for k in sd):
+        if not hasattr(mod, 'convert_dense_state_dict'):
+            raise ValueError(f'{family}: no converter for full detection / segmentation checkpoints')
+        out = mod.convert_dense_state_dict(sd)
+    else:
+        out = OrderedDict(('backbone.' + k, v) for k, v in mod.convert_state_dict(sd).items())
+    return {'state_dict': out, 'meta': {'converted_from': str(family), 'mmsparse_converter': 2}}

@@ -1,15 +1,17 @@
-"""CloFormer: official (qhfan/CloFormer ``9181f69``) state dicts and constructors -> mmsparse.
+"""CloFormer: official (qhfan/CloFormer ``9181f69``) state dicts -> :class:`mmsparse.models.CloFormer` keys.
 
-mmsparse's :class:`~mmsparse.models.CloFormer` keeps the authors' module names, so backbone keys map to
-themselves; the work here is validating them (anything unknown raises) and dropping the classification head
-(``norm.*``, ``head.*``). The authors released no checkpoints yet; this targets what their code saves.
+mmsparse's CloFormer keeps the authors' names inside a block; only the containers follow the mmsparse skeleton:
+``patch_embed.`` -> ``stem.`` and ``layers.i.blocks.j.`` -> ``stages.i.blocks.j.``. Every key is validated
+(anything unknown raises) and the classification head (``norm.*``, ``head.*``) is dropped. The authors
+released no checkpoints yet; this targets what their code saves. The first mmsparse layout used the authors'
+container names, so :func:`upgrade_state_dict` is the same renaming applied leniently.
 """
 import re
 from collections import OrderedDict
 
-from .common import UnmappedKeysError
+from .common import UnmappedKeysError, rename_by_rules
 
-__all__ = ['convert_state_dict', 'OFFICIAL_CLASSES']
+__all__ = ['convert_state_dict', 'convert_attention_state_dict', 'upgrade_state_dict']
 
 _BN = r'(weight|bias|running_mean|running_var|num_batches_tracked)'
 _WB = r'(weight|bias)'
@@ -44,44 +46,21 @@ def _map(state_dict, keep, drop=None):
     return out
 
 
+_CONTAINERS = [(re.compile(r'^patch_embed\.(.+)$'), r'stem.\1'),
+               (re.compile(r'^layers\.(\d+)\.blocks\.(.+)$'), r'stages.\1.blocks.\2')]
+
+
 def convert_state_dict(state_dict):
     """Official ``CloFormer`` keys -> mmsparse ``CloFormer`` backbone keys (classification head dropped)."""
-    return _map(state_dict, _BACKBONE_KEYS, _CLASSIFICATION_KEYS)
+    checked = _map(state_dict, _BACKBONE_KEYS, _CLASSIFICATION_KEYS)
+    return OrderedDict((rename_by_rules(k, _CONTAINERS), v) for k, v in checked.items())
 
 
-def _convert_attention(state_dict):
+def upgrade_state_dict(state_dict):
+    """A state dict of the first mmsparse ``CloFormer`` layout -> the current keys (others unchanged)."""
+    return OrderedDict((rename_by_rules(k, _CONTAINERS) or k, v) for k, v in state_dict.items())
+
+
+def convert_attention_state_dict(state_dict):
+    """Official ``EfficientAttention`` keys -> :class:`mmsparse.ops.AttnConv` keys (the same names, checked)."""
     return _map(state_dict, _ATTN_KEYS)
-
-
-def _build_cloformer(kwargs):
-    """The backbone equal to ``CloFormer(**kwargs)`` up to its raw taps (no output norms, no head)."""
-    from mmsparse.models.backbones.cloformer import CloFormer
-    kw = dict(dict(in_chans=3, attn_drop=0., mlp_drop=0., qkv_bias=True, drop_path_rate=0.1,
-                   use_checkpoint=False), **kwargs)
-    num_stages = len(kw['depths'])
-    per_stage = {k: kw[k] if isinstance(kw[k], (list, tuple)) else [kw[k]] * num_stages
-                 for k in ('mlp_kernel_sizes', 'mlp_ratios')}
-    arch = dict(embed_dims=kw['embed_dims'], depths=kw['depths'], num_heads=kw['num_heads'],
-                group_splits=kw['group_splits'], kernel_sizes=kw['kernel_sizes'],
-                window_sizes=kw['window_sizes'], **per_stage)
-    model = CloFormer(arch=arch, in_channels=kw['in_chans'], drop_path_rate=kw['drop_path_rate'],
-                      attn_drop_rate=kw['attn_drop'], drop_rate=kw['mlp_drop'], qkv_bias=kw['qkv_bias'],
-                      with_cp=kw['use_checkpoint'],
-                      out_norm_cfg=None, mixer_impl='reference')  # the reference: for parity checks
-    return model, convert_state_dict
-
-
-def _build_attention(kwargs):
-    """The :class:`~mmsparse.ops.AttnConv` equal to ``EfficientAttention(**kwargs)``."""
-    from mmsparse.ops.attn_conv import AttnConv
-    kw = dict(dict(window_size=7, attn_drop=0., proj_drop=0., qkv_bias=True), **kwargs)
-    module = AttnConv(kw['dim'], kw['num_heads'], kw['group_split'], kw['kernel_sizes'], kw['window_size'],
-                      attn_drop=kw['attn_drop'], proj_drop=kw['proj_drop'], qkv_bias=kw['qkv_bias'],
-                      impl='reference')
-    return module, _convert_attention
-
-
-OFFICIAL_CLASSES = {
-    'CloFormer': _build_cloformer,
-    'EfficientAttention': _build_attention,
-}

@@ -12,7 +12,7 @@ official                                       mmsparse
 ``layers.i.blocks.j.norm2.*``                  ``stages.i.blocks.j.norm2.*``
 ``layers.i.blocks.j.mlp2.{fc1,fc2}.*``         ``stages.i.blocks.j.ffn.{fc1,fc2}.*``
 ``layers.i.blocks.j.mlp2.conv.conv.*``         ``stages.i.blocks.j.ffn.dwconv.*``
-``layers.i.blocks.j.gamma_{1,2}``              ``stages.i.blocks.j.gamma{1,2}``
+``layers.i.blocks.j.gamma_{1,2}`` (1, C, 1, 1)  ``stages.i.blocks.j.gamma{1,2}.gamma`` (C, 1, 1)
 ``layers.i.blocks.j.attn.{unfold,fold}.weights``  dropped after checking they are ``eye(9)``
 ``proj.*``, ``norm.*``, ``head.*``             dropped (classification only)
 =============================================  =========================================
@@ -26,7 +26,7 @@ import torch
 
 from .common import UnmappedKeysError
 
-__all__ = ['convert_state_dict', 'convert_attention_state_dict', 'OFFICIAL_CLASSES', 'EYE_KERNELS']
+__all__ = ['convert_state_dict', 'convert_attention_state_dict', 'upgrade_state_dict', 'EYE_KERNELS']
 
 FAMILY = 'stvit'
 #: the authors' frozen unfold/fold constant: nine one-hot 3×3 kernels, (9, 1, 3, 3)
@@ -42,7 +42,7 @@ _BLOCK = [
     (r'norm2\.(weight|bias|running_mean|running_var|num_batches_tracked)$', r'norm2.\1'),
     (r'mlp2\.(fc1|fc2)\.(weight|bias)$', r'ffn.\1.\2'),
     (r'mlp2\.conv\.conv\.(weight|bias)$', r'ffn.dwconv.\1'),
-    (r'gamma_([12])$', r'gamma\1'),
+    (r'gamma_([12])$', r'gamma\1.gamma'),
 ]
 _BN = r'(weight|bias|running_mean|running_var|num_batches_tracked)'
 
@@ -97,9 +97,20 @@ def convert_state_dict(state_dict):
         if new is None:
             unknown.append(key)
         else:
-            out[new] = value
+            out[new] = value.reshape(-1, 1, 1) if new.endswith('.gamma') else value
     if unknown:
         raise UnmappedKeysError(FAMILY, unknown)
+    return out
+
+
+def upgrade_state_dict(state_dict):
+    """A state dict of the first mmsparse ``STViT`` layout (layer scales as bare ``gamma1`` / ``gamma2``
+    parameters of shape (1, C, 1, 1)) -> the current keys; other keys unchanged."""
+    out = OrderedDict()
+    for key, value in state_dict.items():
+        if re.search(r'\.gamma[12]$', key):
+            key, value = key + '.gamma', value.reshape(-1, 1, 1)
+        out[key] = value
     return out
 
 
@@ -117,54 +128,3 @@ def convert_attention_state_dict(state_dict):
     if unknown:
         raise UnmappedKeysError(FAMILY, unknown)
     return out
-
-
-_STVIT_DEFAULTS = dict(
-    in_chans=3, num_classes=1000, embed_dim=[96, 192, 384, 768], depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
-    n_iter=[1, 1, 1, 1], stoken_size=[8, 4, 2, 1], mlp_ratio=4., qkv_bias=True, qk_scale=None, drop_rate=0.,
-    attn_drop_rate=0., drop_path_rate=0.1, projection=None, freeze_bn=False, use_checkpoint=False,
-    checkpoint_num=[0, 0, 0, 0], layerscale=[False, False, False, False], init_values=1e-6)
-# only affect the classification head, training or nothing at all
-_STVIT_IGNORED = ('num_classes', 'projection', 'freeze_bn', 'use_checkpoint', 'checkpoint_num')
-
-_STA_DEFAULTS = dict(stoken_size=[8, 8], n_iter=1, refine=True, refine_attention=True, num_heads=8,
-                     qkv_bias=False, qk_scale=None, attn_drop=0., proj_drop=0.)
-
-
-def _merge(defaults, kwargs, cls):
-    unknown = sorted(set(kwargs) - set(defaults))
-    if unknown:
-        raise ValueError(f'{cls}: unsupported constructor argument(s) {unknown}; known: {sorted(defaults)}')
-    return {**defaults, **kwargs}
-
-
-def build_stvit(official_kwargs):
-    """``STViT(**official_kwargs)`` -> (our :class:`STViT` with ``out_norm_cfg=None``, converter)."""
-    from mmsparse.models.backbones.stvit import STViT
-    kw = _merge(_STVIT_DEFAULTS, official_kwargs, 'STViT')
-    model = STViT(
-        arch=dict(embed_dims=list(kw['embed_dim']), depths=list(kw['depths']), num_heads=list(kw['num_heads'])),
-        in_channels=kw['in_chans'], stoken_size=list(kw['stoken_size']), n_iter=list(kw['n_iter']),
-        mlp_ratio=kw['mlp_ratio'], qkv_bias=kw['qkv_bias'], qk_scale=kw['qk_scale'], drop_rate=kw['drop_rate'],
-        attn_drop_rate=kw['attn_drop_rate'], drop_path_rate=kw['drop_path_rate'],
-        layer_scale=[bool(v) for v in kw['layerscale']], layer_scale_init_value=kw['init_values'],
-        out_norm_cfg=None, sta_impl='reference')  # the reference: model_from_official serves parity checks
-    return model, convert_state_dict
-
-
-def build_stoken_attention(official_kwargs):
-    """``StokenAttention(**official_kwargs)`` -> (:class:`SuperTokenAttention`, converter)."""
-    from mmsparse.ops.super_token_attention import SuperTokenAttention
-    kw = _merge(dict(dim=None, **_STA_DEFAULTS), official_kwargs, 'StokenAttention')
-    if kw['dim'] is None:
-        raise ValueError('StokenAttention: the "dim" argument is required')
-    if not (kw['refine'] and kw['refine_attention']):
-        raise ValueError('StokenAttention: only refine=True, refine_attention=True (what every STViT model '
-                         f'uses) is supported, got refine={kw["refine"]}, refine_attention={kw["refine_attention"]}')
-    module = SuperTokenAttention(kw['dim'], kw['num_heads'], tuple(kw['stoken_size']), kw['n_iter'],
-                                 qkv_bias=kw['qkv_bias'], qk_scale=kw['qk_scale'], attn_drop=kw['attn_drop'],
-                                 proj_drop=kw['proj_drop'], impl='reference')
-    return module, convert_attention_state_dict
-
-
-OFFICIAL_CLASSES = {'STViT': build_stvit, 'StokenAttention': build_stoken_attention}

@@ -1,6 +1,8 @@
-"""All mmsparse models; importing this module registers them in :data:`mmsparse.registry.MODELS`."""
-from . import layers  # noqa: F401  (registers LayerNorm2d as a norm layer)
+"""All mmsparse models; importing this module registers them in :data:`mmsparse.registry.MODELS`.
+
+The attention operators live in :mod:`mmsparse.ops` (one public path per name); they register themselves there.
+"""
+from . import layers  # noqa: F401  (registers LayerNorm2d as norm type 'LN2d')
 from .backbones import *  # noqa: F401,F403
 from .necks import *  # noqa: F401,F403
 from .plugins import *  # noqa: F401,F403
-from ..ops import *  # noqa: F401,F403

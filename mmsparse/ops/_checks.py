@@ -1,7 +1,38 @@
-"""Argument checks shared by the operators."""
+"""Argument and input checks shared by every mmsparse module (operators, blocks, backbones, necks).
+
+Each raises an error that names the argument and the accepted values, so a bad config fails at build time
+instead of deep inside PyTorch.
+"""
+
+#: the two implementations every operator and backbone offers (``impl`` argument)
+IMPLS = ('reference', 'fast')
+#: the implementation used unless told otherwise
+DEFAULT_IMPL = 'fast'
+
+
+def check_impl(impl, owner):
+    """Return ``impl`` if it is one of :data:`IMPLS`, else raise ``ValueError`` naming ``owner``."""
+    if impl not in IMPLS:
+        raise ValueError(f'{owner}: impl={impl!r} is not known; choose one of {list(IMPLS)}')
+    return impl
 
 
 def check_positive_int(value, name):
     """Raise ``ValueError`` naming ``name`` unless ``value`` is an int >= 1 (bools rejected)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f'{name} must be a positive int, got {value!r}')
+    return value
+
+
+def check_rate(value, name):
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a number in [0, 1) (drop / drop-path rates)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f'{name} must be a float in [0, 1), got {value!r}')
+    return float(value)
+
+
+def check_nchw(x, channels, owner):
+    """Raise ``ValueError`` unless ``x`` is a 4-D (N, channels, H, W) tensor (``channels=None``: any C)."""
+    if x.dim() != 4 or (channels is not None and x.shape[1] != channels):
+        expected = f'(N, {channels}, H, W)' if channels is not None else '(N, C, H, W)'
+        raise ValueError(f'{owner} expects an NCHW tensor {expected}, got shape {tuple(x.shape)}')

@@ -24,15 +24,12 @@ key, nothing else sees padding (the local convs and the queries run on the true 
 ``window_size`` the result is the authors' exactly. Where the authors' code silently drops border rows we keep
 them (deliberately different: their result there is a truncation, not a definition).
 
-Implementations. The global attention (the only part with a real cost choice) goes through
-:data:`GLOBAL_ATTENTION_IMPLS`: ``'reference'`` writes the authors' maths out (explicit logits, softmax,
-product), ``'sdpa'`` calls :func:`torch.nn.functional.scaled_dot_product_attention` and never materialises the
-(HW x keys) logits on backends with fused kernels. Both take and return the same tensors; tests compare them.
-
-The module as a whole has two paths (``impl``, :data:`ATTN_CONV_IMPLS`): ``'reference'`` runs the layers one by
-one in NCHW as the authors do; ``'fast'`` (default) computes every 1x1 projection of the input (all local
-q|k|v and the global q) with one fused convolution, and runs the branches in channels-last memory, where the
-depthwise convolutions are several times faster on CPU (oneDNN). Same parameters, same maths.
+Implementations (``impl``). ``'reference'`` runs the layers one by one in NCHW as the authors do and writes the
+global attention out (explicit logits, softmax, product: :func:`global_attention_reference`). ``'fast'``
+(default) computes every 1x1 projection of the input (all local q|k|v and the global q) with one fused
+convolution, runs the branches in channels-last memory, where the depthwise convolutions are several times
+faster on CPU (oneDNN), and calls :func:`torch.nn.functional.scaled_dot_product_attention`, which never
+materialises the (HW x keys) logits on backends with fused kernels. Same parameters, same maths.
 """
 import torch
 import torch.nn as nn
@@ -41,10 +38,9 @@ from einops import rearrange
 
 from mmsparse.registry import MODELS
 
-from ._checks import check_positive_int
+from ._checks import DEFAULT_IMPL, check_impl, check_nchw, check_positive_int
 
-__all__ = ['AttnConv', 'ATTN_CONV_IMPLS', 'GLOBAL_ATTENTION_IMPLS', 'global_attention_reference',
-           'global_attention_sdpa']
+__all__ = ['AttnConv', 'GLOBAL_ATTENTION_IMPLS', 'global_attention_reference', 'global_attention_fast']
 
 
 def global_attention_reference(q, k, v, scale):
@@ -63,20 +59,13 @@ def global_attention_reference(q, k, v, scale):
     return attn.softmax(dim=-1) @ v
 
 
-def global_attention_sdpa(q, k, v, scale):
+def global_attention_fast(q, k, v, scale):
     """Same contract as :func:`global_attention_reference`, through PyTorch's fused SDPA kernels."""
     return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
-#: name -> function(q, k, v, scale) for the global branch; a faster kernel is added here under a new name
-GLOBAL_ATTENTION_IMPLS = {
-    'reference': global_attention_reference,
-    'sdpa': global_attention_sdpa,
-}
-
-
-#: whole-module paths of :class:`AttnConv` (see the module docstring)
-ATTN_CONV_IMPLS = ('reference', 'fast')
+#: ``impl`` -> function(q, k, v, scale) of the global branch
+GLOBAL_ATTENTION_IMPLS = {'reference': global_attention_reference, 'fast': global_attention_fast}
 
 
 class AttnMap(nn.Module):
@@ -100,8 +89,8 @@ class AttnConv(nn.Module):
     """CloFormer's AttnConv mixer: local convolutional-attention groups plus a pooled global group.
 
     Args:
-        dim (int): channels C of the input and output.
-        num_heads (int): heads; the head dim is ``d = dim // num_heads`` and the scale ``d ** -0.5``.
+        embed_dims (int): channels C of the input and output.
+        num_heads (int): heads; the head dim is ``d = embed_dims // num_heads`` and the scale ``d ** -0.5``.
         group_split (list[int]): heads per group, ``[local_1, ..., local_n, global]``, summing to ``num_heads``.
             A group with 0 heads is omitted (the authors' ablations).
         kernel_sizes (list[int]): depthwise kernel of each local group (odd), ``len(group_split) - 1`` entries.
@@ -110,22 +99,20 @@ class AttnConv(nn.Module):
         attn_drop (float): dropout on the local gates and the global attention weights. Default: 0.
         proj_drop (float): dropout after ``proj``. Default: 0.
         qkv_bias (bool): bias of the q/k/v projections. Default: True.
-        attn_impl (str): global-attention implementation, a key of :data:`GLOBAL_ATTENTION_IMPLS`
-            (``'reference'`` or ``'sdpa'``). Default: ``'sdpa'``.
-        impl (str): module path, ``'fast'`` (fused input projections, channels-last branches) or
-            ``'reference'`` (layer by layer, NCHW). Outputs agree to float rounding. Default: ``'fast'``.
+        impl (str): ``'fast'`` (fused input projections, channels-last branches, SDPA) or ``'reference'``
+            (layer by layer, NCHW, explicit softmax). Outputs agree to float rounding. Default: ``'fast'``.
 
     Shapes:
         input (B, C, H, W) with any H, W >= 1; output (B, C, H, W).
     """
 
-    def __init__(self, dim, num_heads, group_split, kernel_sizes, window_size=7, attn_drop=0., proj_drop=0.,
-                 qkv_bias=True, attn_impl='sdpa', impl='fast'):
+    def __init__(self, embed_dims, num_heads, group_split, kernel_sizes, window_size=7, attn_drop=0.,
+                 proj_drop=0., qkv_bias=True, impl=DEFAULT_IMPL):
         super().__init__()
-        check_positive_int(dim, 'dim')
+        check_positive_int(embed_dims, 'embed_dims')
         check_positive_int(num_heads, 'num_heads')
-        if dim % num_heads:
-            raise ValueError(f'dim={dim} must be divisible by num_heads={num_heads}')
+        if embed_dims % num_heads:
+            raise ValueError(f'embed_dims={embed_dims} must be divisible by num_heads={num_heads}')
         group_split, kernel_sizes = list(group_split), list(kernel_sizes)
         if any(isinstance(g, bool) or not isinstance(g, int) or g < 0 for g in group_split):
             raise ValueError(f'group_split must be non-negative ints, got {group_split!r}')
@@ -139,20 +126,15 @@ class AttnConv(nn.Module):
             if ks % 2 == 0:
                 raise ValueError(f'kernel_sizes entries must be odd (same-size depthwise conv), got {kernel_sizes}')
         check_positive_int(window_size, 'window_size')
-        if attn_impl not in GLOBAL_ATTENTION_IMPLS:
-            raise ValueError(f'attn_impl={attn_impl!r} is not known; choose one of {sorted(GLOBAL_ATTENTION_IMPLS)}')
-        if impl not in ATTN_CONV_IMPLS:
-            raise ValueError(f'impl={impl!r} is not known; choose one of {list(ATTN_CONV_IMPLS)}')
+        self.impl = check_impl(impl, type(self).__name__)
 
-        self.dim = dim
+        self.embed_dims = embed_dims
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.head_dim = embed_dims // num_heads
         self.scale = self.head_dim ** -0.5
         self.group_split = group_split
         self.kernel_sizes = kernel_sizes
         self.window_size = window_size
-        self.attn_impl = attn_impl
-        self.impl = impl
 
         # ModuleLists hold only the non-empty local groups, in order, as the authors' do (same keys)
         self.convs, self.act_blocks, self.qkvs = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
@@ -163,20 +145,19 @@ class AttnConv(nn.Module):
             # one depthwise conv over q|k|v == three separate depthwise convs
             self.convs.append(nn.Conv2d(3 * ch, 3 * ch, ks, 1, ks // 2, groups=3 * ch))
             self.act_blocks.append(AttnMap(ch))
-            self.qkvs.append(nn.Conv2d(dim, 3 * ch, 1, bias=qkv_bias))
+            self.qkvs.append(nn.Conv2d(embed_dims, 3 * ch, 1, bias=qkv_bias))
         self.global_heads = group_split[-1]
         if self.global_heads:
             ch = self.global_heads * self.head_dim
-            self.global_q = nn.Conv2d(dim, ch, 1, bias=qkv_bias)
-            self.global_kv = nn.Conv2d(dim, 2 * ch, 1, bias=qkv_bias)
+            self.global_q = nn.Conv2d(embed_dims, ch, 1, bias=qkv_bias)
+            self.global_kv = nn.Conv2d(embed_dims, 2 * ch, 1, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Conv2d(dim, dim, 1, bias=qkv_bias)
+        self.proj = nn.Conv2d(embed_dims, embed_dims, 1, bias=qkv_bias)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def extra_repr(self):
-        return (f'dim={self.dim}, num_heads={self.num_heads}, group_split={self.group_split}, '
-                f'kernel_sizes={self.kernel_sizes}, window_size={self.window_size}, attn_impl={self.attn_impl!r}, '
-                f'impl={self.impl!r}')
+        return (f'embed_dims={self.embed_dims}, num_heads={self.num_heads}, group_split={self.group_split}, '
+                f'kernel_sizes={self.kernel_sizes}, window_size={self.window_size}, impl={self.impl!r}')
 
     def _local(self, x, to_qkv, mixer, attn_map):
         q, k, v = mixer(to_qkv(x)).chunk(3, dim=1)
@@ -201,13 +182,12 @@ class AttnConv(nn.Module):
             attn = self.attn_drop(((self.scale * q) @ k.transpose(-1, -2)).softmax(dim=-1))
             out = attn @ v
         else:
-            out = GLOBAL_ATTENTION_IMPLS[self.attn_impl](q, k, v, self.scale)
+            out = GLOBAL_ATTENTION_IMPLS[self.impl](q, k, v, self.scale)
         return rearrange(out, 'b m (h w) d -> b (m d) h w', h=h, w=w)
 
     def forward_branches(self, x):
         """Concatenated branch outputs fed to ``proj``: (B, C, H, W), local groups first, global last."""
-        if x.dim() != 4 or x.shape[1] != self.dim:
-            raise ValueError(f'AttnConv expects x of shape (B, {self.dim}, H, W), got {tuple(x.shape)}')
+        check_nchw(x, self.embed_dims, type(self).__name__)
         if self.impl == 'fast':
             return self._forward_branches_fast(x)
         res = [self._local(x, to_qkv, mixer, attn_map)

@@ -7,10 +7,10 @@
 Both reproduce the authors' released implementation (``ops/bra_legacy.py`` and ``models/_common.py`` of
 rayleizhu/BiFormer), including its quirks (see the class docstrings).
 
-The token-attention algorithm of BRA is a pluggable function in :data:`BRA_IMPLS` (``impl`` argument), so a
-faster implementation can sit next to the reference ``'gather'`` one behind the same contract. Two are built in:
-``'gather'`` (the reference, verified against the authors' fixtures) and ``'sdpa'`` (the default: same routing,
-K/V regions fetched with ``index_select`` and fused attention, see :func:`bra_sdpa`).
+Both operators take ``impl='reference' | 'fast'``. For BRA the token-attention step is a function in
+:data:`BRA_IMPLS` behind one contract: ``'reference'`` (:func:`bra_reference`, the authors' gather, verified
+against their fixtures) and ``'fast'`` (the default, :func:`bra_fast`: same routing, K/V regions fetched with
+``index_select`` and fused attention, plus a cheaper LePE backward).
 
 ``fn(q, k, v, topk, num_heads, scale) -> (out, topk_idx)`` with ``q, k: (N, P, T, C_qk)``,
 ``v: (N, P, T, C_v)`` (``P`` regions in row-major order, ``T`` tokens per region, row-major inside the
@@ -24,10 +24,9 @@ from torch.utils.checkpoint import checkpoint
 
 from mmsparse.registry import MODELS
 
-from ._checks import check_positive_int
+from ._checks import DEFAULT_IMPL, check_impl, check_nchw, check_positive_int
 
-__all__ = ['BiLevelRoutingAttention', 'GlobalAttentionLePE', 'BRA_IMPLS', 'DEFAULT_BRA_IMPL', 'bra_gather',
-           'bra_sdpa']
+__all__ = ['BiLevelRoutingAttention', 'GlobalAttentionLePE', 'BRA_IMPLS', 'bra_reference', 'bra_fast']
 
 
 def _route(q, k, topk, scale):
@@ -55,7 +54,7 @@ def _gather_regions(t, idx):
     return torch.gather(src, 1, index).reshape(n, p, k * tok, c)
 
 
-def bra_gather(q, k, v, topk, num_heads, scale):
+def bra_reference(q, k, v, topk, num_heads, scale):
     """Reference BRA token attention: gather the K/V tokens of the top-k regions, then dense attention.
 
     Materialises ``topk`` copies of K and V per query region, exactly like the authors' code (memory heavy
@@ -88,13 +87,13 @@ def _routed_attention(q, k, v, flat, topk, num_heads, scale):
     return out.transpose(1, 2).reshape(n, p, t, c_v)
 
 
-#: from this top-k on, :func:`bra_sdpa` recomputes the K/V gather and the attention in the backward instead of
+#: from this top-k on, :func:`bra_fast` recomputes the K/V gather and the attention in the backward instead of
 #: keeping the routed copies (2*topk K/V-sized tensors per layer) alive between forward and backward
 BRA_RECOMPUTE_TOPK = 4
 
 
-def bra_sdpa(q, k, v, topk, num_heads, scale):
-    """Fast BRA token attention, same contract and routing as :func:`bra_gather`.
+def bra_fast(q, k, v, topk, num_heads, scale):
+    """Fast BRA token attention, same contract and routing as :func:`bra_reference`.
 
     The routed K/V regions are fetched with one ``index_select`` over the flattened ``(N*P)`` region axis, the
     head split is a strided view, and :func:`torch.nn.functional.scaled_dot_product_attention` computes the
@@ -117,10 +116,8 @@ def bra_sdpa(q, k, v, topk, num_heads, scale):
     return out, idx
 
 
-#: name -> token-attention algorithm for :class:`BiLevelRoutingAttention` (contract in the module docstring)
-BRA_IMPLS = {'gather': bra_gather, 'sdpa': bra_sdpa}
-#: the implementation layers use unless told otherwise (``'gather'`` is the reference for parity checks)
-DEFAULT_BRA_IMPL = 'sdpa'
+#: ``impl`` -> token-attention algorithm of :class:`BiLevelRoutingAttention` (contract in the module docstring)
+BRA_IMPLS = {'reference': bra_reference, 'fast': bra_fast}
 
 
 class _DepthwiseConvCL(torch.autograd.Function):
@@ -164,13 +161,16 @@ def _lepe_fast(conv, v_map):
 
 
 def _check_side_dwconv(side_dwconv):
-    if not isinstance(side_dwconv, int) or side_dwconv < 0 or (side_dwconv > 0 and side_dwconv % 2 == 0):
+    if (isinstance(side_dwconv, bool) or not isinstance(side_dwconv, int) or side_dwconv < 0
+            or (side_dwconv > 0 and side_dwconv % 2 == 0)):
         raise ValueError(f'side_dwconv must be 0 (no LePE) or an odd positive kernel size, got {side_dwconv!r}')
 
 
-def _check_nchw(x, dim, name):
-    if x.dim() != 4 or x.shape[1] != dim:
-        raise ValueError(f'{name} expects an NCHW tensor with {dim} channels, got shape {tuple(x.shape)}')
+def _lepe_conv(channels, side_dwconv):
+    """The LePE depthwise conv (``None`` when ``side_dwconv == 0``)."""
+    if side_dwconv == 0:
+        return None
+    return nn.Conv2d(channels, channels, side_dwconv, padding=side_dwconv // 2, groups=channels)
 
 
 @MODELS.register_module()
@@ -181,7 +181,7 @@ class BiLevelRoutingAttention(nn.Module):
 
     1. ``auto_pad``: zero-pad the input at the bottom/right to a multiple of ``n_win`` *before* the qkv
        projection, so padded tokens carry the projection biases. Nothing is masked; the output is cropped.
-    2. Split the map into ``n_win x n_win`` regions (row-major), project to q, k (``qk_dim``) and v (``dim``).
+    2. Split the map into ``n_win x n_win`` regions (row-major), project to q, k (``qk_dim``) and v (``embed_dims``).
     3. Route: region means of q and k (padded tokens included, detached), logits ``(q_r * s) @ k_r^T``,
        keep the ``topk`` best key regions per query region.
     4. Attend from every query token to all tokens of its top-k regions, per head (head-major channel
@@ -191,18 +191,17 @@ class BiLevelRoutingAttention(nn.Module):
     The scale ``s`` is ``qk_dim ** -0.5`` (the *full* qk_dim, not the head dim), as in the official code.
 
     Args:
-        dim (int): Input/output channels C (also the V channels).
-        num_heads (int): Number of heads; must divide ``dim`` and ``qk_dim``. Default: 8.
+        embed_dims (int): Input/output channels C (also the V channels).
+        num_heads (int): Number of heads; must divide ``embed_dims`` and ``qk_dim``. Default: 8.
         n_win (int): Regions per side. Default: 7.
         topk (int): Routed regions per query region, ``1 <= topk <= n_win**2``. Default: 4.
-        qk_dim (int, optional): Channels of q and k. Default: ``dim``.
+        qk_dim (int, optional): Channels of q and k. Default: ``embed_dims``.
         qk_scale (float, optional): Override of the scale ``qk_dim ** -0.5``. Default: None.
         side_dwconv (int): LePE kernel size; 0 disables it. Default: 5.
         auto_pad (bool): Pad inputs whose H/W do not divide by ``n_win``; otherwise such inputs raise.
             Default: False.
-        impl (str): Token-attention algorithm, a key of :data:`BRA_IMPLS`: ``'sdpa'`` (fast, default) or
-            ``'gather'`` (the reference, a line-by-line equivalent of the authors' maths). Both route
-            identically; outputs agree to float rounding. Default: :data:`DEFAULT_BRA_IMPL`.
+        impl (str): ``'fast'`` (default) or ``'reference'`` (a line-by-line equivalent of the authors' maths).
+            Both route identically; outputs agree to float rounding.
 
     Shapes:
         - input: (N, C, H, W), the normalised feature map.
@@ -213,44 +212,42 @@ class BiLevelRoutingAttention(nn.Module):
             region indices in ``routing_idx`` (for tests and inspection). Off by default.
     """
 
-    def __init__(self, dim, num_heads=8, n_win=7, topk=4, qk_dim=None, qk_scale=None, side_dwconv=5,
-                 auto_pad=False, impl=DEFAULT_BRA_IMPL):
+    def __init__(self, embed_dims, num_heads=8, n_win=7, topk=4, qk_dim=None, qk_scale=None, side_dwconv=5,
+                 auto_pad=False, impl=DEFAULT_IMPL):
         super().__init__()
-        qk_dim = dim if qk_dim is None else qk_dim
-        for value, name in ((dim, 'dim'), (num_heads, 'num_heads'), (n_win, 'n_win'), (topk, 'topk'),
-                            (qk_dim, 'qk_dim')):
+        qk_dim = embed_dims if qk_dim is None else qk_dim
+        for value, name in ((embed_dims, 'embed_dims'), (num_heads, 'num_heads'), (n_win, 'n_win'),
+                            (topk, 'topk'), (qk_dim, 'qk_dim')):
             check_positive_int(value, name)
-        if dim % num_heads or qk_dim % num_heads:
-            raise ValueError(f'num_heads={num_heads} must divide dim={dim} and qk_dim={qk_dim}')
+        if embed_dims % num_heads or qk_dim % num_heads:
+            raise ValueError(f'num_heads={num_heads} must divide embed_dims={embed_dims} and qk_dim={qk_dim}')
         if topk > n_win * n_win:
             raise ValueError(f'topk={topk} must be <= n_win**2 = {n_win * n_win} (the number of regions)')
         _check_side_dwconv(side_dwconv)
-        if impl not in BRA_IMPLS:
-            raise ValueError(f'impl={impl!r} is not a known BRA implementation; choose one of {sorted(BRA_IMPLS)}')
-        self.dim = dim
+        self.impl = check_impl(impl, type(self).__name__)
+        self.embed_dims = embed_dims
         self.qk_dim = qk_dim
         self.num_heads = num_heads
         self.n_win = n_win
         self.topk = topk
         self.scale = qk_scale or qk_dim ** -0.5
         self.auto_pad = bool(auto_pad)
-        self.impl = impl
 
         # one projection for q | k | v, in that channel order (the official layout)
-        self.qkv = nn.Linear(dim, 2 * qk_dim + dim)
-        self.lepe = (nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
-                     if side_dwconv > 0 else None)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = nn.Linear(embed_dims, 2 * qk_dim + embed_dims)
+        self.lepe = _lepe_conv(embed_dims, side_dwconv)
+        self.proj = nn.Linear(embed_dims, embed_dims)
 
         self.record_routing = False
         self.routing_idx = None
 
     def extra_repr(self):
-        return (f'dim={self.dim}, qk_dim={self.qk_dim}, num_heads={self.num_heads}, n_win={self.n_win}, '
+        return (f'embed_dims={self.embed_dims}, qk_dim={self.qk_dim}, num_heads={self.num_heads}, '
+                f'n_win={self.n_win}, '
                 f'topk={self.topk}, scale={self.scale:.6g}, auto_pad={self.auto_pad}, impl={self.impl!r}')
 
     def forward(self, x):
-        _check_nchw(x, self.dim, type(self).__name__)
+        check_nchw(x, self.embed_dims, type(self).__name__)
         _, _, h_in, w_in = x.shape
         pad_b = (self.n_win - h_in % self.n_win) % self.n_win
         pad_r = (self.n_win - w_in % self.n_win) % self.n_win
@@ -262,7 +259,7 @@ class BiLevelRoutingAttention(nn.Module):
         j = i = self.n_win
         tokens = rearrange(x, 'n c (j h) (i w) -> n (j i) (h w) c', j=j, i=i)
         h, w = x.shape[2] // j, x.shape[3] // i
-        q, k, v = self.qkv(tokens).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
+        q, k, v = self.qkv(tokens).split([self.qk_dim, self.qk_dim, self.embed_dims], dim=-1)
 
         out, idx = BRA_IMPLS[self.impl](q, k, v, self.topk, self.num_heads, self.scale)
         if self.record_routing:
@@ -270,12 +267,12 @@ class BiLevelRoutingAttention(nn.Module):
 
         if self.lepe is not None:
             # LePE runs over the whole padded V map (zero padding only outside it)
-            if self.impl == 'gather':
+            if self.impl == 'reference':
                 v_map = rearrange(v, 'n (j i) (h w) c -> n c (j h) (i w)', j=j, i=i, h=h, w=w)
             else:
                 # channels-last map: the depthwise conv is several times faster on it (oneDNN), same maths
                 v_map = rearrange(v, 'n (j i) (h w) c -> n (j h) (i w) c', j=j, i=i, h=h, w=w).permute(0, 3, 1, 2)
-            lepe = self.lepe(v_map) if self.impl == 'gather' else _lepe_fast(self.lepe, v_map)
+            lepe = self.lepe(v_map) if self.impl == 'reference' else _lepe_fast(self.lepe, v_map)
             out = out + rearrange(lepe, 'n c (j h) (i w) -> n (j i) (h w) c', j=j, i=i)
         out = self.proj(out)
         out = rearrange(out, 'n (j i) (h w) c -> n c (j h) (i w)', j=j, i=i, h=h, w=w)
@@ -293,41 +290,46 @@ class GlobalAttentionLePE(nn.Module):
     number of heads is fixed by the caller (the official stage 4 always uses 8, whatever ``head_dim``).
 
     Args:
-        dim (int): Input/output channels C.
-        num_heads (int): Number of heads; must divide ``dim``. Default: 8.
+        embed_dims (int): Input/output channels C.
+        num_heads (int): Number of heads; must divide ``embed_dims``. Default: 8.
         qkv_bias (bool): Bias in the qkv projection. Default: False.
-        qk_scale (float, optional): Override of ``(dim // num_heads) ** -0.5``. Default: None.
+        qk_scale (float, optional): Override of ``(embed_dims // num_heads) ** -0.5``. Default: None.
         side_dwconv (int): LePE kernel size; 0 disables it. Default: 5.
+        impl (str): ``'fast'`` (default: fused ``scaled_dot_product_attention``) or ``'reference'`` (explicit
+            logits and softmax, as the authors write it). Same values up to float rounding.
 
     Shapes:
         - input: (N, C, H, W) (already normalised), any H, W.
         - output: (N, C, H, W).
     """
 
-    def __init__(self, dim, num_heads=8, qkv_bias=False, qk_scale=None, side_dwconv=5):
+    def __init__(self, embed_dims, num_heads=8, qkv_bias=False, qk_scale=None, side_dwconv=5, impl=DEFAULT_IMPL):
         super().__init__()
-        check_positive_int(dim, 'dim')
+        check_positive_int(embed_dims, 'embed_dims')
         check_positive_int(num_heads, 'num_heads')
-        if dim % num_heads:
-            raise ValueError(f'num_heads={num_heads} must divide dim={dim}')
+        if embed_dims % num_heads:
+            raise ValueError(f'num_heads={num_heads} must divide embed_dims={embed_dims}')
         _check_side_dwconv(side_dwconv)
-        self.dim = dim
+        self.impl = check_impl(impl, type(self).__name__)
+        self.embed_dims = embed_dims
         self.num_heads = num_heads
-        self.scale = qk_scale or (dim // num_heads) ** -0.5
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.lepe = (nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
-                     if side_dwconv > 0 else None)
-        self.proj = nn.Linear(dim, dim)
+        self.scale = qk_scale or (embed_dims // num_heads) ** -0.5
+        self.qkv = nn.Linear(embed_dims, 3 * embed_dims, bias=qkv_bias)
+        self.lepe = _lepe_conv(embed_dims, side_dwconv)
+        self.proj = nn.Linear(embed_dims, embed_dims)
 
     def extra_repr(self):
-        return f'dim={self.dim}, num_heads={self.num_heads}, scale={self.scale:.6g}'
+        return f'embed_dims={self.embed_dims}, num_heads={self.num_heads}, scale={self.scale:.6g}, impl={self.impl!r}'
 
     def forward(self, x):
-        _check_nchw(x, self.dim, type(self).__name__)
+        check_nchw(x, self.embed_dims, type(self).__name__)
         _, _, h, w = x.shape
         tokens = rearrange(x, 'n c h w -> n (h w) c')
         q, k, v = rearrange(self.qkv(tokens), 'n t (three m d) -> three n m t d', three=3, m=self.num_heads)
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        if self.impl == 'reference':
+            out = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         out = rearrange(out, 'n m t d -> n t (m d)')
         if self.lepe is not None:
             out = out + rearrange(self.lepe(x), 'n c h w -> n (h w) c')

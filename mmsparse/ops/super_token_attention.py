@@ -9,13 +9,12 @@ The operator has three steps (spec ``stvit.md`` §2.5):
 
 A super-token size of 1 makes STA plain global MHSA over all pixels.
 
-Implementation contract. Steps 1 and 3 are pure functions of tensors, kept in an implementation table
-(:data:`STA_IMPLS`). Each entry is ``fn(x, stoken_size, n_iter, scale, refine) -> (out, extras)`` with ``x``
-already normalised, ``refine`` a callable on ``(B, C, hh, ww)`` maps, ``out`` of ``x``'s shape and ``extras`` a
-dict holding ``stoken_refine_in``, ``stoken_refine_out`` and ``association`` (see
-:func:`sta_reference`). A faster kernel registers another entry with :func:`register_sta_impl` and is selected
-with ``SuperTokenAttention(impl=...)``; the tests compare every entry against the authors' fixtures. Two are
-built in: ``'reference'`` and ``'fast'`` (the default, :func:`sta_fast`).
+Implementation contract. Steps 1 and 3 are pure functions of tensors, one per ``impl`` in :data:`STA_IMPLS`:
+``fn(x, stoken_size, n_iter, scale, refine) -> (out, extras)`` with ``x`` already normalised, ``refine`` a
+callable on ``(B, C, hh, ww)`` maps, ``out`` of ``x``'s shape and ``extras`` a dict holding
+``stoken_refine_in``, ``stoken_refine_out`` and ``association`` (see :func:`sta_reference`). ``'reference'``
+(:func:`sta_reference`) and ``'fast'`` (the default, :func:`sta_fast`); the tests compare both against the
+authors' fixtures. The refinement MHSA follows the same ``impl`` (explicit softmax vs fused SDPA).
 
 The reference entry keeps the authors' numerics, quirks included: affinity scale from the full channel width,
 association under ``no_grad``, zero padding (after the norm, unmasked), an unmasked 9-way softmax with
@@ -32,26 +31,13 @@ from einops import rearrange
 
 from mmsparse.registry import MODELS
 
-__all__ = ['TokenMHSA', 'SuperTokenAttention', 'STA_IMPLS', 'DEFAULT_STA_IMPL', 'register_sta_impl',
-           'sta_reference', 'sta_fast', 'neighbour_gather', 'neighbour_scatter']
+from ._checks import DEFAULT_IMPL, check_impl, check_nchw, check_positive_int
 
-#: name -> implementation of super-token sampling + upsampling (see the module docstring for the contract)
-STA_IMPLS = {}
+__all__ = ['TokenMHSA', 'SuperTokenAttention', 'STA_IMPLS',
+           'sta_reference', 'sta_fast', 'neighbour_gather', 'neighbour_scatter']
 
 #: the authors' epsilon in the normalisation of the aggregated super tokens
 STA_EPS = 1e-12
-
-
-def register_sta_impl(name):
-    """Decorator adding a super-token attention implementation to :data:`STA_IMPLS` under ``name``."""
-
-    def wrap(fn):
-        if name in STA_IMPLS:
-            raise KeyError(f'a super-token attention implementation named {name!r} already exists')
-        STA_IMPLS[name] = fn
-        return fn
-
-    return wrap
 
 
 def _pair(value, name):
@@ -88,7 +74,6 @@ def _aggregate(pixels, assoc, den, grid):
     return num / (den + STA_EPS)
 
 
-@register_sta_impl('reference')
 def sta_reference(x, stoken_size, n_iter, scale, refine):
     """Super-token sampling, ``refine`` and upsampling, written with tensor ops (the authors' numerics).
 
@@ -190,7 +175,6 @@ class _ContiguousGrad(torch.autograd.Function):
         return grad.contiguous()
 
 
-@register_sta_impl('fast')
 def sta_fast(x, stoken_size, n_iter, scale, refine):
     """Same contract and maths as :func:`sta_reference`, laid out for speed.
 
@@ -237,8 +221,8 @@ def sta_fast(x, stoken_size, n_iter, scale, refine):
     return out, dict(stoken_refine_in=tokens, stoken_refine_out=refined, association=assoc_t.transpose(-1, -2))
 
 
-#: the implementation :class:`SuperTokenAttention` uses unless told otherwise
-DEFAULT_STA_IMPL = 'fast'
+#: ``impl`` -> super-token sampling + upsampling (see the module docstring for the contract)
+STA_IMPLS = {'reference': sta_reference, 'fast': sta_fast}
 
 
 @MODELS.register_module()
@@ -256,28 +240,26 @@ class TokenMHSA(nn.Module):
         qk_scale (float | None): logit scale; ``None`` means ``d ** -0.5``.
         attn_drop (float): dropout on the attention weights.
         proj_drop (float): dropout after the output projection.
-        attn_impl (str): ``'sdpa'`` (:func:`torch.nn.functional.scaled_dot_product_attention`, which picks a
-            memory-efficient kernel where one exists) or ``'math'`` (the explicit matrix). Same values up to
-            float rounding.
+        impl (str): ``'fast'`` (:func:`torch.nn.functional.scaled_dot_product_attention`, which picks a
+            memory-efficient kernel where one exists) or ``'reference'`` (the explicit matrix). Same values up
+            to float rounding.
 
     Shapes:
         (B, C, H, W) -> (B, C, H, W).
     """
 
-    ATTN_IMPLS = ('sdpa', 'math')
-
     def __init__(self, embed_dims, num_heads, qkv_bias=True, qk_scale=None, attn_drop=0., proj_drop=0.,
-                 attn_impl='sdpa'):
+                 impl=DEFAULT_IMPL):
         super().__init__()
-        if not isinstance(num_heads, int) or num_heads <= 0 or embed_dims % num_heads:
-            raise ValueError(f'num_heads must be a positive int dividing embed_dims={embed_dims}, '
-                             f'got {num_heads!r}')
-        if attn_impl not in self.ATTN_IMPLS:
-            raise ValueError(f'attn_impl must be one of {self.ATTN_IMPLS}, got {attn_impl!r}')
+        check_positive_int(embed_dims, 'embed_dims')
+        check_positive_int(num_heads, 'num_heads')
+        if embed_dims % num_heads:
+            raise ValueError(f'num_heads={num_heads} must divide embed_dims={embed_dims}')
+        self.impl = check_impl(impl, type(self).__name__)
         self.num_heads = num_heads
+        self.embed_dims = embed_dims
         self.head_dims = embed_dims // num_heads
         self.scale = qk_scale if qk_scale is not None else self.head_dims ** -0.5
-        self.attn_impl = attn_impl
         self.qkv = nn.Conv2d(embed_dims, embed_dims * 3, 1, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Conv2d(embed_dims, embed_dims, 1)
@@ -288,7 +270,7 @@ class TokenMHSA(nn.Module):
         # per-head interleaved layout: (m, [q|k|v], d)
         q, k, v = rearrange(self.qkv(x), 'b (m t d) hh ww -> t b m (hh ww) d', m=self.num_heads, t=3)
         p = self.attn_drop.p if self.training else 0.
-        if self.attn_impl == 'sdpa':
+        if self.impl == 'fast':
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale)
         else:
             attn = self.attn_drop((q @ k.transpose(-1, -2) * self.scale).softmax(-1))
@@ -312,9 +294,8 @@ class SuperTokenAttention(nn.Module):
         qk_scale (float | None): MHSA logit scale (default head_dim ** -0.5). The association scale is always
             ``C ** -0.5``, from the full channel width, as in the authors' code.
         attn_drop (float), proj_drop (float): dropout rates of the MHSA.
-        impl (str): key of :data:`STA_IMPLS` doing sampling + upsampling: ``'fast'`` (default) or
-            ``'reference'`` (the authors' numerics written with unfold/fold); they agree to float rounding.
-        attn_impl (str): ``'sdpa'`` or ``'math'`` for the MHSA (see :class:`TokenMHSA`).
+        impl (str): ``'fast'`` (default) or ``'reference'`` (the authors' numerics written with unfold/fold,
+            explicit-softmax MHSA); they agree to float rounding.
 
     Shapes:
         (B, C, H, W) -> (B, C, H, W).
@@ -324,21 +305,27 @@ class SuperTokenAttention(nn.Module):
     """
 
     def __init__(self, embed_dims, num_heads, stoken_size=8, n_iter=1, qkv_bias=True, qk_scale=None,
-                 attn_drop=0., proj_drop=0., impl=DEFAULT_STA_IMPL, attn_impl='sdpa'):
+                 attn_drop=0., proj_drop=0., impl=DEFAULT_IMPL):
         super().__init__()
-        if not isinstance(embed_dims, int) or embed_dims <= 0:
-            raise ValueError(f'embed_dims must be a positive int, got {embed_dims!r}')
+        check_positive_int(embed_dims, 'embed_dims')
         self.stoken_size = _pair(stoken_size, 'stoken_size')
-        if not isinstance(n_iter, int) or isinstance(n_iter, bool) or n_iter < 1:
-            raise ValueError(f'n_iter must be an int >= 1, got {n_iter!r}')
-        if impl not in STA_IMPLS:
-            raise ValueError(f'impl must be one of {sorted(STA_IMPLS)}, got {impl!r}')
+        check_positive_int(n_iter, 'n_iter')
         self.embed_dims = embed_dims
         self.n_iter = n_iter
-        self.impl = impl
+        self._impl = check_impl(impl, type(self).__name__)
         self.scale = embed_dims ** -0.5  # association scale: full width, not head_dim (authors' choice)
         self.refine = TokenMHSA(embed_dims, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
-                                attn_drop=attn_drop, proj_drop=proj_drop, attn_impl=attn_impl)
+                                attn_drop=attn_drop, proj_drop=proj_drop, impl=impl)
+
+    @property
+    def impl(self):
+        """``'reference'`` or ``'fast'``; setting it also switches the refinement MHSA."""
+        return self._impl
+
+    @impl.setter
+    def impl(self, value):
+        self._impl = check_impl(value, type(self).__name__)
+        self.refine.impl = self._impl
 
     @property
     def is_global(self):
@@ -346,8 +333,7 @@ class SuperTokenAttention(nn.Module):
         return self.stoken_size == (1, 1)
 
     def _check(self, x):
-        if x.dim() != 4 or x.shape[1] != self.embed_dims:
-            raise ValueError(f'x must be (B, {self.embed_dims}, H, W), got shape {tuple(x.shape)}')
+        check_nchw(x, self.embed_dims, type(self).__name__)
 
     def forward_with_intermediates(self, x):
         """Return ``(out, extras)``; ``extras`` holds ``stoken_refine_in``, ``stoken_refine_out`` and

@@ -58,3 +58,147 @@ def allow_mmengine_checkpoint_objects():
         return
     torch.serialization.add_safe_globals(mmengine_checkpoint_globals())
     _DONE = True
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading checkpoint files and loading pretrained backbones: the one torch.load policy of mmsparse
+
+
+class CheckpointFileError(ValueError):
+    """A file that cannot be read as a checkpoint (not a torch file, truncated, or pickling code)."""
+
+
+def load_checkpoint_file(path, map_location='cpu'):
+    """Load a checkpoint file without executing arbitrary pickled code.
+
+    ``weights_only=True`` is always used; besides what :func:`allow_mmengine_checkpoint_objects` allows, the
+    authors' training checkpoints pickle an ``argparse.Namespace`` (``args``), and that one class is allowed
+    too. URLs (``http(s)://``, ``s3://``, ``open-mmlab://`` ...) go through mmengine's loaders. A file that
+    is missing or is not a checkpoint raises an error naming the file and what was expected.
+    """
+    import argparse
+    import os.path as osp
+
+    from mmengine.runner.checkpoint import CheckpointLoader
+    path = str(path)
+    if '://' in path:
+        return CheckpointLoader.load_checkpoint(path, map_location=map_location)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'checkpoint file {path!r} does not exist')
+    allow_mmengine_checkpoint_objects()
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for truncated / foreign / unsafe files
+        raise CheckpointFileError(
+            f'{path!r} is not a readable checkpoint: expected a file written by torch.save holding a state dict '
+            f'(or {{"state_dict": ...}} / {{"model": ...}}) of tensors; torch.load said: '
+            f'{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""}') from err
+
+
+def unwrap_state_dict(ckpt, use_ema=False):
+    """Return the state dict inside an official / mmengine checkpoint, with a leading ``module.`` stripped.
+
+    Accepts ``{'model': sd}`` (``{'model_ema': sd}`` with ``use_ema``), ``{'state_dict': sd}`` or a raw
+    state dict. Every value must be a tensor.
+    """
+    import re
+    from collections import OrderedDict
+    if not isinstance(ckpt, dict):
+        raise TypeError(f'expected a checkpoint dict, got {type(ckpt).__name__}')
+    keys = ['model_ema', 'model', 'state_dict'] if use_ema else ['model', 'state_dict']
+    if use_ema and 'model_ema' not in ckpt:
+        raise KeyError(f'use_ema=True but the checkpoint has no "model_ema" entry (it has {sorted(ckpt)[:10]})')
+    sd = ckpt
+    for key in keys:
+        if key in ckpt and isinstance(ckpt[key], dict):
+            sd = ckpt[key]
+            break
+    out = OrderedDict()
+    for k, v in sd.items():
+        if not torch.is_tensor(v):
+            raise TypeError(f'state dict entry {k!r} is a {type(v).__name__}, not a tensor; '
+                            'pass the model weights, not a whole training checkpoint')
+        out[re.sub(r'^module\.', '', k)] = v
+    return out
+
+
+def _shown(keys, limit=20):
+    keys = list(keys)
+    return ', '.join(keys[:limit]) + (f' ... ({len(keys) - limit} more)' if len(keys) > limit else '')
+
+
+def _convert_foreign_keys(module, sd):
+    """A state dict none of whose keys is the module's: the authors' keys (``official_converter``) or, when
+    those do not apply, an older mmsparse layout (``upgrade_state_dict``)."""
+    converter = getattr(module, 'official_converter', None)
+    upgrade = getattr(module, 'upgrade_state_dict', None)
+    if converter is not None:
+        try:
+            return converter(sd)
+        except (KeyError, ValueError) as err:  # UnmappedKeysError is a KeyError
+            if upgrade is None:
+                raise
+            upgraded = upgrade(sd)
+            if not set(upgraded) & set(module.state_dict()):
+                raise err
+            return upgraded
+    return upgrade(sd) if upgrade is not None else sd
+
+
+def load_pretrained(module, checkpoint, prefix=None, logger=None, allow_partial=False):
+    """Load pretrained weights into ``module`` and say exactly what did and did not load.
+
+    ``checkpoint`` is a path/URL or an already loaded dict: an mmsparse-converted file, a full mmdet/mmseg
+    checkpoint (with ``prefix='backbone.'``), an older mmsparse layout (upgraded through the module's
+    ``upgrade_state_dict``) or the authors' raw file, converted on the fly with the module's
+    ``official_converter`` when none of its keys is one of the module's.
+
+    By default every parameter and buffer of ``module`` must be loaded with the right shape (BatchNorm's
+    ``num_batches_tracked`` counters excepted, which carry no weights) and nothing may be left over; otherwise
+    a ``RuntimeError`` lists the missing, unexpected and mis-shaped keys. The one exception are the keys the
+    module names in ``dense_only_keys()`` (a backbone's per-output norms, which classification checkpoints
+    cannot hold): they keep their initialisation, and the log says so. ``allow_partial=True`` loads what
+    matches and warns with the same lists instead. Returns ``(missing, unexpected, mismatched)``.
+    """
+    from collections import OrderedDict
+
+    from mmengine.logging import print_log
+    name = str(checkpoint) if isinstance(checkpoint, str) else '<state dict>'
+    ckpt = load_checkpoint_file(checkpoint) if isinstance(checkpoint, str) else checkpoint
+    sd = unwrap_state_dict(ckpt)
+    if prefix:
+        prefix = prefix if prefix.endswith('.') else prefix + '.'
+        stripped = OrderedDict((k[len(prefix):], v) for k, v in sd.items() if k.startswith(prefix))
+        if not stripped:
+            tops = sorted({k.split('.')[0] + '.' for k in sd})
+            raise KeyError(f'no key of {name} starts with prefix {prefix!r}; its top-level prefixes are '
+                           f'{_shown(tops, 10)}')
+        sd = stripped
+    own = module.state_dict()
+    if not set(sd) & set(own):
+        sd = _convert_foreign_keys(module, sd)
+    counted = [k for k in own if not k.endswith('num_batches_tracked')]
+    dense_only = set(module.dense_only_keys()) if hasattr(module, 'dense_only_keys') else set()
+    mismatched = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    fresh = [k for k in counted if k in dense_only and k not in sd]
+    missing = [k for k in counted if (k not in sd and k not in dense_only) or k in mismatched]
+    unexpected = [k for k in sd if k not in own]
+    loadable = OrderedDict((k, v) for k, v in sd.items() if k in own and k not in mismatched)
+    module.load_state_dict(loadable, strict=False)
+    loaded = len(counted) - len(missing) - len(fresh)
+    lines = [f'{len(keys)} {title} key(s): {_shown(keys)}'
+             for title, keys in (('missing', missing), ('unexpected', unexpected),
+                                 ('shape-mismatched', [f'{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}'
+                                                       for k in mismatched])) if keys]
+    if lines and not allow_partial:
+        raise RuntimeError(f'{name} does not fit {type(module).__name__}: loaded {loaded}/{len(counted)} '
+                           'tensors; ' + '; '.join(lines) + '. Pass allow_partial=True (in an init_cfg: '
+                           "dict(type='Pretrained', ..., allow_partial=True)) to load a partial checkpoint.")
+    print_log(f'Loaded {loaded}/{len(counted)} tensors of {type(module).__name__} from {name}', logger=logger)
+    if fresh:
+        print_log(f'{len(fresh)} dense output-norm tensor(s) not in the checkpoint keep their initialisation: '
+                  f'{_shown(fresh)}', logger=logger)
+    for line in lines:
+        print_log(line, logger=logger, level=30)
+    return missing, unexpected, mismatched

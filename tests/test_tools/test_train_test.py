@@ -2,7 +2,7 @@
 clear errors for missing data, and the torch>=2.6 checkpoint-loading policy."""
 import io
 import os
-import os.path as osp
+
 import pickle
 import subprocess
 import sys

@@ -20,6 +20,8 @@ import torch.nn as nn
 from mmengine.config import Config, DictAction
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+sys.path.append(osp.dirname(osp.dirname(osp.abspath(__file__))))  # tools/, for _common
+from _common import drop_pretrained, fake_data_sample  # noqa: E402
 
 
 def parse_args():
@@ -44,38 +46,22 @@ class TensorForward(nn.Module):
         return self.model._forward(x, self.data_samples)
 
 
-def _data_samples(scope, h, w):
-    """Metainfo a two-stage detector's RPN needs in ``_forward``; segmentors and one-stage heads need none."""
-    if scope != 'mmdet':
-        return None
-    from mmdet.structures import DetDataSample
-    meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), batch_input_shape=(h, w),
-                scale_factor=(1., 1.))
-    return [DetDataSample(metainfo=meta)]
-
-
-def _drop_pretrained(model_cfg):
-    if model_cfg.get('pretrained'):
-        model_cfg.pretrained = None
-    for cfg in (model_cfg, model_cfg.get('backbone') or {}):
-        if (cfg.get('init_cfg') or {}).get('type') == 'Pretrained':
-            cfg['init_cfg'] = None
-
-
 def build_measured(cfg, shape):
     """``(module, input, description)`` for the model of ``cfg`` at image size ``shape``."""
     from mmengine.registry import init_default_scope
     scope = cfg.get('default_scope', 'mmdet')
     init_default_scope(scope)
     registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
-    _drop_pretrained(cfg.model)
+    drop_pretrained(cfg.model)
     model = registry.build(cfg.model)
     h, w = shape
     divisor = (cfg.model.get('data_preprocessor') or {}).get('pad_size_divisor', 1)
     h, w = math.ceil(h / divisor) * divisor, math.ceil(w / divisor) * divisor
     x = torch.randn(1, 3, h, w)
     if hasattr(model, '_forward') and hasattr(model, 'backbone'):
-        return TensorForward(model, _data_samples(scope, h, w)), x, 'model._forward'
+        # the metainfo a two-stage detector's RPN needs in ``_forward``; segmentors and one-stage heads need none
+        samples = [fake_data_sample(scope, h, w, with_gt=False)] if scope == 'mmdet' else None
+        return TensorForward(model, samples), x, 'model._forward'
     return model, x, 'backbone'
 
 

@@ -9,16 +9,18 @@ segmentation checkpoints (keys ``backbone.*``) become whole mmdet 3.x / mmseg 1.
 The source is read with ``weights_only=True``; the output holds tensors and plain values only.
 """
 import argparse
+import os
 import os.path as osp
 
 import torch
 
-from mmsparse.converters import FAMILIES, convert_checkpoint, load_checkpoint_file
+from mmsparse.converters import FAMILIES, convert_checkpoint
+from mmsparse.utils.checkpoint import load_checkpoint_file
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description='Convert an official checkpoint to mmsparse keys')
-    parser.add_argument('family', choices=FAMILIES, help='model family')
+    parser.add_argument('family', choices=sorted(FAMILIES), help='model family')
     parser.add_argument('src', help='official checkpoint file')
     parser.add_argument('dst', help='output file')
     parser.add_argument('--ema', action='store_true', help='convert the "model_ema" weights')
@@ -31,6 +33,8 @@ def main():
         raise SystemExit(f'src: no such file: {args.src}')
     ckpt = load_checkpoint_file(args.src)
     out = convert_checkpoint(args.family, ckpt, use_ema=args.ema)
+    if osp.dirname(args.dst):
+        os.makedirs(osp.dirname(args.dst), exist_ok=True)  # e.g. checkpoints/ on a fresh clone
     torch.save(out, args.dst)
     n = sum(v.numel() for v in out['state_dict'].values())
     print(f'wrote {len(out["state_dict"])} tensors ({n:,} values) to {args.dst}')

@@ -1,3 +1,5 @@
-from .biformer import *  # noqa: F401,F403
-from .cloformer import *  # noqa: F401,F403
-from .stvit import *  # noqa: F401,F403
+from .biformer import BiFormer, BiFormerBlock
+from .cloformer import CloFormer
+from .stvit import STViT, STViTBlock
+
+__all__ = ['BiFormer', 'BiFormerBlock', 'CloFormer', 'STViT', 'STViTBlock']

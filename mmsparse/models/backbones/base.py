@@ -1,16 +1,31 @@
-"""What the three backbones share: arch resolution, stage freezing, ``norm_eval``, ``with_cp`` and
-loud pretrained loading. Each backbone keeps its own layers; this class only holds the OpenMMLab plumbing.
+"""The skeleton the three backbones share (the mmpretrain layout) and its OpenMMLab plumbing.
+
+Every backbone is ``stem`` -> ``stages[0..3]`` (``stages[i].downsample`` where stage ``i`` starts with one,
+then ``stages[i].blocks``) with an optional output norm ``norm{i}`` per returned stage. This class holds what
+does not depend on the family: ``arch`` resolution, ``out_indices``, output norms (``out_norm_cfg=None``: none
+at all), ``frozen_stages``, ``norm_eval``, ``with_cp``, ``impl``, loud pretrained loading (dict or list
+``init_cfg``) and the upgrade of checkpoints written by older mmsparse layouts.
 """
 import copy
 
+import torch
 import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mmsparse.ops._checks import DEFAULT_IMPL, check_impl
+from mmsparse.utils.checkpoint import load_pretrained
 
-def resolve_arch(arch, arch_zoo, aliases, required_keys, name='arch'):
-    """Return a copy of the arch dict for ``arch`` (a zoo name, an alias, or a dict with ``required_keys``)."""
+__all__ = ['SparseBackbone', 'BackboneStage', 'resolve_arch', 'check_out_indices']
+
+
+def resolve_arch(arch, arch_zoo, aliases, required_keys, optional_keys=(), name='arch'):
+    """Return a copy of the arch dict for ``arch`` (a zoo name, an alias, or a dict).
+
+    A dict must hold every key of ``required_keys`` and nothing outside ``required_keys + optional_keys``.
+    """
     if isinstance(arch, str):
         key = aliases.get(arch.lower(), arch.lower())
         if key not in arch_zoo:
@@ -21,43 +36,93 @@ def resolve_arch(arch, arch_zoo, aliases, required_keys, name='arch'):
         missing = set(required_keys) - set(arch)
         if missing:
             raise ValueError(f'{name} dict is missing the keys {sorted(missing)}; it needs {sorted(required_keys)}')
-        return copy.deepcopy(arch)
+        unknown = set(arch) - set(required_keys) - set(optional_keys)
+        if unknown:
+            raise ValueError(f'{name} dict has unknown keys {sorted(unknown)}; accepted keys are '
+                             f'{sorted(set(required_keys) | set(optional_keys))}')
+        return copy.deepcopy(dict(arch))
     raise TypeError(f'{name} must be a variant name (str) or a dict, got {type(arch).__name__}')
 
 
 def check_out_indices(out_indices, num_stages):
     """Normalise ``out_indices`` (int or sequence, negative allowed) to a sorted tuple of stage indices."""
-    if isinstance(out_indices, int):
+    if isinstance(out_indices, int) and not isinstance(out_indices, bool):
         out_indices = [out_indices]
     if not isinstance(out_indices, (list, tuple)) or not out_indices:
         raise TypeError(f'out_indices must be an int or a non-empty sequence of ints, got {out_indices!r}')
     result = []
     for idx in out_indices:
-        if not isinstance(idx, int) or not -num_stages <= idx < num_stages:
+        if isinstance(idx, bool) or not isinstance(idx, int) or not -num_stages <= idx < num_stages:
             raise ValueError(f'out_indices entries must be ints in [-{num_stages}, {num_stages - 1}], '
                              f'got {out_indices!r}')
         result.append(idx % num_stages)
     return tuple(sorted(set(result)))
 
 
-class SparseBackbone(BaseModule):
-    """Base class for the mmsparse backbones.
+def _split_pretrained(init_cfg):
+    """``init_cfg`` (None, dict or list of dicts) -> (the Pretrained entry or None, the other entries or None)."""
+    cfgs = [] if init_cfg is None else list(init_cfg) if isinstance(init_cfg, (list, tuple)) else [init_cfg]
+    pretrained = [c for c in cfgs if isinstance(c, dict) and c.get('type') == 'Pretrained']
+    if len(pretrained) > 1:
+        raise ValueError(f'init_cfg has {len(pretrained)} Pretrained entries; give one checkpoint')
+    others = [c for c in cfgs if c not in pretrained]
+    return (pretrained[0] if pretrained else None), (others or None)
 
-    Subclasses set ``self.num_stages``, ``self.frozen_stages``, ``self.norm_eval``, ``self.with_cp`` and
-    implement :meth:`stage_modules` (the modules to freeze for stage ``i``; ``i = -1`` is the stem).
-    ``frozen_stages = k`` freezes the stem and stages ``0 .. k-1`` (``-1``: nothing).
+
+class SparseBackbone(BaseModule):
+    """Base class of the mmsparse backbones.
+
+    A subclass calls :meth:`setup_skeleton` in ``__init__`` before building its modules, builds ``stem`` and
+    ``stages``, then calls :meth:`build_out_norms` and :meth:`_freeze_stages`. It names its key maps as class
+    attributes: ``official_converter`` (the authors' keys -> ours) and ``upgrade_state_dict`` (an older
+    mmsparse layout -> the current one), both plain functions of a state dict.
+
+    ``frozen_stages = k`` freezes the stem and stages ``0 .. k-1`` with their output norms (``-1``: nothing).
     """
 
-    #: family name used by :mod:`mmsparse.converters` to convert official checkpoints on the fly
-    converter_family = None
+    #: version 2: the ``stem`` / ``stages[i]`` / ``norm{i}`` layout; older checkpoints are upgraded on load
+    _version = 2
+    num_stages = 4
+    official_converter = None
+    upgrade_state_dict = None
+
+    def setup_skeleton(self, out_indices, frozen_stages, norm_eval, with_cp, impl):
+        self.out_indices = check_out_indices(out_indices, self.num_stages)
+        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) \
+                or not -1 <= frozen_stages <= self.num_stages:
+            raise ValueError(f'frozen_stages must be an int in [-1, {self.num_stages}] (-1: nothing frozen), '
+                             f'got {frozen_stages!r}')
+        for value, name in ((norm_eval, 'norm_eval'), (with_cp, 'with_cp')):
+            if not isinstance(value, bool):
+                raise TypeError(f'{name} must be True or False, got {value!r}')
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+        self.impl = check_impl(impl, type(self).__name__)
+
+    def build_out_norms(self, out_norm_cfg, channels):
+        """Add ``norm{i}`` for each ``i`` in ``out_indices``; ``out_norm_cfg=None`` adds none."""
+        if out_norm_cfg is None:
+            return
+        if not isinstance(out_norm_cfg, dict) or 'type' not in out_norm_cfg:
+            raise TypeError(f'out_norm_cfg must be None or a dict with a "type" (e.g. dict(type="LN2d")), '
+                            f'got {out_norm_cfg!r}')
+        for i in self.out_indices:
+            self.add_module(f'norm{i}', build_norm_layer(out_norm_cfg, channels[i])[1])
+
+    def dense_only_keys(self):
+        """State-dict keys of the output norms: dense-task layers that classification checkpoints lack."""
+        return [k for k in self.state_dict() if k.split('.')[0] in {f'norm{i}' for i in self.out_indices}]
+
+    def out_norm(self, i, x):
+        norm = getattr(self, f'norm{i}', None)
+        return x if norm is None else norm(x)
 
     def stage_modules(self, i):
-        raise NotImplementedError
-
-    def check_frozen_stages(self, frozen_stages):
-        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= self.num_stages:
-            raise ValueError(f'frozen_stages must be an int in [-1, {self.num_stages}], got {frozen_stages!r}')
-        return frozen_stages
+        """Modules frozen with stage ``i`` (``-1``: the stem)."""
+        if i == -1:
+            return [self.stem]
+        return [self.stages[i], getattr(self, f'norm{i}', None)]
 
     def _freeze_stages(self):
         for i in range(-1, self.frozen_stages):
@@ -78,31 +143,69 @@ class SparseBackbone(BaseModule):
         return self
 
     def run_block(self, block, *args):
-        """Run ``block`` with gradient checkpointing when ``with_cp`` is set and gradients are needed."""
-        if self.with_cp and self.training and any(getattr(a, 'requires_grad', False) for a in args):
+        """Run ``block``, with gradient checkpointing when ``with_cp`` is set and the block trains.
+
+        A block whose inputs need no gradient (the first trainable block after frozen stages) is checkpointed
+        too: the non-reentrant checkpoint recomputes it for its own parameters' gradients.
+        """
+        if self.with_cp and self.training and torch.is_grad_enabled() and (
+                any(getattr(a, 'requires_grad', False) for a in args)
+                or any(p.requires_grad for p in block.parameters())):
             return cp.checkpoint(block, *args, use_reentrant=False)
         return block(*args)
 
-    def init_weights(self):
-        """Initialise, then load an ``init_cfg=dict(type='Pretrained', ...)`` loudly.
+    def init_default_weights(self):
+        """The family's own initialisation, run when no Pretrained checkpoint is given (none by default)."""
 
-        A Pretrained init_cfg is handled by :func:`mmsparse.converters.load_pretrained`, which also accepts
-        the authors' raw checkpoints, reports how many keys matched, and raises when almost nothing did
-        (mmengine's own loader would only warn).
+    def init_weights(self):
+        """Initialise, then load a Pretrained ``init_cfg`` entry (dict or inside a list) last and loudly.
+
+        The other init_cfg entries and the family's default initialisation run first, so they can never
+        overwrite loaded weights. The checkpoint goes through :func:`mmsparse.utils.checkpoint.load_pretrained`
+        (raw official files are converted on the fly; every key must load unless the entry sets
+        ``allow_partial=True``).
         """
         init_cfg = self.init_cfg
-        pretrained = isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained'
-        if not pretrained:
-            super().init_weights()
-            return
-        from mmsparse.converters import load_pretrained
-        self.init_cfg = None
+        pretrained, others = _split_pretrained(init_cfg)
+        self.init_cfg = others
         try:
             super().init_weights()
         finally:
             self.init_cfg = init_cfg
-        load_pretrained(self, init_cfg['checkpoint'], prefix=init_cfg.get('prefix'),
-                        family=self.converter_family, logger=MMLogger.get_current_instance())
+        if others is None:  # an explicit init_cfg replaces the family's default initialisation
+            self.init_default_weights()
+        if pretrained is None:
+            return
+        unknown = set(pretrained) - {'type', 'checkpoint', 'prefix', 'map_location', 'allow_partial'}
+        if unknown or 'checkpoint' not in pretrained:
+            raise ValueError(f'init_cfg Pretrained entry {pretrained!r}: needs "checkpoint" and accepts "prefix", '
+                             f'"map_location", "allow_partial"; unknown keys {sorted(unknown)}')
+        load_pretrained(self, pretrained['checkpoint'], prefix=pretrained.get('prefix'),
+                        logger=MMLogger.get_current_instance(), allow_partial=pretrained.get('allow_partial', False))
         self._is_init = True
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        # checkpoints of the version-1 layout (no version recorded in older raw files either): upgrade the keys
+        version = local_metadata.get('version', None)
+        if (version is None or version < self._version) and self.upgrade_state_dict is not None:
+            own = {k: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(prefix)]}
+            upgraded = type(self).upgrade_state_dict({k[len(prefix):]: v for k, v in own.items()})
+            state_dict.update({prefix + k: v for k, v in upgraded.items()})
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
+
+class BackboneStage(torch.nn.Module):
+    """One stage of the skeleton: an optional ``downsample`` (absent in a stage that starts at the previous
+    stage's resolution) followed by ``blocks`` (a ModuleList). The backbone runs it, block by block, so that
+    ``with_cp`` can checkpoint each block.
+    """
+
+    def __init__(self, blocks, downsample=None):
+        super().__init__()
+        if downsample is not None:
+            self.downsample = downsample
+        self.blocks = torch.nn.ModuleList(blocks)
+
+    def run_downsample(self, x):
+        downsample = getattr(self, 'downsample', None)
+        return x if downsample is None else downsample(x)

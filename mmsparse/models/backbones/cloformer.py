@@ -9,8 +9,10 @@ next stage, so the authors downsample at the end of a stage. Dense outputs are t
 after the attention residual and before the stride-2 FFN / shortcut (the authors' successor FAT does the same);
 stage 4 emits its output. Channels are the stage widths, strides 4/8/16/32 (ceil division for odd sizes).
 
-Module names equal the authors' (``patch_embed.conv1.conv.0``, ``layers.i.blocks.j.attn.qkvs.0`` ...), so an
-official state dict loads after dropping the classification keys; the per-output norms are ``norm0..norm3``.
+Containers follow the mmsparse skeleton (``stem``, ``stages.i.blocks.j``, output norms ``norm{i}``); inside them
+the names equal the authors' (``stem.conv1.conv.0``, ``stages.i.blocks.j.attn.qkvs.0`` ...), so
+``mmsparse.converters.cloformer`` only renames the containers. CloFormer has no separate downsampling layer: the
+last block of stages 0-2 carries the stride (see :class:`EfficientBlock`), so no ``stages[i].downsample`` exists.
 Any input size runs: every conv is 'same' or stride-2-with-ceil, and the only size-sensitive op (the global
 branch's pooling) pads internally, see :mod:`mmsparse.ops.attn_conv`. Nothing pads the network input, so the
 GroupNorm statistics are those of the true map.
@@ -20,9 +22,12 @@ import torch.nn as nn
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 
-from mmsparse.ops.attn_conv import AttnConv
+from mmsparse.converters import cloformer as cloformer_keys
+from mmsparse.models.layers import per_stage
+from mmsparse.ops import AttnConv
+from mmsparse.ops._checks import DEFAULT_IMPL, check_nchw, check_positive_int, check_rate
 from mmsparse.registry import MODELS
-from .base import SparseBackbone, check_out_indices, resolve_arch
+from .base import BackboneStage, SparseBackbone, resolve_arch
 
 __all__ = ['CloFormer']
 
@@ -66,8 +71,9 @@ class ConvStem(nn.Module):
         return self.layernorm(self.conv5(x))
 
 
-class ConvFFN(nn.Module):
-    """PW (C -> hidden) -> GELU -> DW k x k with the block's stride -> dropout -> PW (hidden -> out) -> dropout."""
+class CloFormerFFN(nn.Module):
+    """CloFormer's strided conv-FFN: PW (C -> hidden) -> GELU -> DW k x k with the block's stride -> dropout ->
+    PW (hidden -> out) -> dropout."""
 
     def __init__(self, in_channels, hidden_channels, out_channels, kernel_size, stride, drop=0.):
         super().__init__()
@@ -90,44 +96,50 @@ class EfficientBlock(nn.Module):
     FFN's depthwise conv carries the stride; with ``stride=1`` the shortcut is the identity.
 
     Args:
-        dim (int): input channels C.
-        out_channels (int): output channels (must equal ``dim`` when ``stride=1``).
+        embed_dims (int): input channels C.
+        out_channels (int): output channels (must equal ``embed_dims`` when ``stride=1``).
         num_heads, group_split, kernel_sizes, window_size: see :class:`~mmsparse.ops.AttnConv`.
-        mlp_kernel_size (int): kernel of the FFN depthwise conv and of the stride-2 shortcut conv.
-        mlp_ratio (float): FFN hidden width = ``int(dim * mlp_ratio)``.
+        mlp_kernel_size (int): kernel of the FFN depthwise conv and of the stride-2 shortcut conv (odd).
+        mlp_ratio (float): FFN hidden width = ``int(embed_dims * mlp_ratio)``.
         stride (int): 1 or 2.
         drop_path (float): stochastic-depth rate of both residual branches.
         attn_drop, drop (float): AttnConv dropout and FFN / projection dropout.
         qkv_bias (bool): biases of AttnConv's projections.
         norm_cfg (dict): norm of the stride-2 shortcut.
-        attn_impl (str): global-attention implementation of AttnConv.
-        mixer_impl (str): AttnConv path, ``'fast'`` or ``'reference'`` (see :class:`~mmsparse.ops.AttnConv`).
+        impl (str): AttnConv path, ``'fast'`` or ``'reference'`` (see :class:`~mmsparse.ops.AttnConv`).
 
     Shapes:
         input (B, C, H, W) -> ``(mid, out)``: mid (B, C, H, W), out (B, out_channels, ceil(H/s), ceil(W/s)).
     """
 
-    def __init__(self, dim, out_channels, num_heads, group_split, kernel_sizes, window_size, mlp_kernel_size,
-                 mlp_ratio, stride, drop_path=0., attn_drop=0., drop=0., qkv_bias=True,
-                 norm_cfg=dict(type='BN'), attn_impl='sdpa', mixer_impl='fast'):
+    def __init__(self, embed_dims, out_channels, num_heads, group_split, kernel_sizes, window_size,
+                 mlp_kernel_size, mlp_ratio, stride, drop_path=0., attn_drop=0., drop=0., qkv_bias=True,
+                 norm_cfg=dict(type='BN'), impl=DEFAULT_IMPL):
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f'stride must be 1 or 2, got {stride!r}')
-        if stride == 1 and out_channels != dim:
-            raise ValueError(f'a stride-1 block keeps its width: out_channels={out_channels} != dim={dim}')
+        if stride == 1 and out_channels != embed_dims:
+            raise ValueError(f'a stride-1 block keeps its width: out_channels={out_channels} != '
+                             f'embed_dims={embed_dims}')
+        check_positive_int(mlp_kernel_size, 'mlp_kernel_sizes entries')
+        if mlp_kernel_size % 2 == 0:
+            raise ValueError(f'mlp_kernel_sizes entries must be odd (same-size depthwise conv), got {mlp_kernel_size}')
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
+            raise ValueError(f'mlp_ratios entries must be positive numbers, got {mlp_ratio!r}')
         self.stride = stride
-        self.norm1 = _gn(dim)
-        self.attn = AttnConv(dim, num_heads, group_split, kernel_sizes, window_size, attn_drop=attn_drop,
-                             proj_drop=drop, qkv_bias=qkv_bias, attn_impl=attn_impl, impl=mixer_impl)
+        self.norm1 = _gn(embed_dims)
+        self.attn = AttnConv(embed_dims, num_heads, group_split, kernel_sizes, window_size, attn_drop=attn_drop,
+                             proj_drop=drop, qkv_bias=qkv_bias, impl=impl)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = _gn(dim)
-        self.mlp = ConvFFN(dim, int(dim * mlp_ratio), out_channels, mlp_kernel_size, stride, drop)
+        self.norm2 = _gn(embed_dims)
+        self.mlp = CloFormerFFN(embed_dims, int(embed_dims * mlp_ratio), out_channels, mlp_kernel_size, stride,
+                                drop)
         if stride == 2:
             self.downsample = nn.Sequential(
                 # dense (groups=1) conv, as in the authors' code -- not depthwise
-                nn.Conv2d(dim, dim, mlp_kernel_size, 2, mlp_kernel_size // 2),
-                build_norm_layer(norm_cfg, dim)[1],
-                nn.Conv2d(dim, out_channels, 1))
+                nn.Conv2d(embed_dims, embed_dims, mlp_kernel_size, 2, mlp_kernel_size // 2),
+                build_norm_layer(norm_cfg, embed_dims)[1],
+                nn.Conv2d(embed_dims, out_channels, 1))
         else:
             self.downsample = nn.Identity()
 
@@ -135,14 +147,6 @@ class EfficientBlock(nn.Module):
         mid = x + self.drop_path(self.attn(self.norm1(x)))
         out = self.downsample(mid) + self.drop_path(self.mlp(self.norm2(mid)))
         return mid, out
-
-
-class CloStage(nn.Module):
-    """One stage: a ModuleList ``blocks`` (kept as a module so the keys read ``layers.i.blocks.j``)."""
-
-    def __init__(self, blocks):
-        super().__init__()
-        self.blocks = nn.ModuleList(blocks)
 
 
 @MODELS.register_module()
@@ -167,12 +171,11 @@ class CloFormer(SparseBackbone):
         with_cp (bool): gradient checkpointing per block. Default: False.
         norm_cfg (dict): norm of the stem convs and stride-2 shortcuts (the authors hard-code SyncBN; set
             ``dict(type='SyncBN')`` in multi-GPU configs). Default: ``dict(type='BN')``.
-        out_norm_cfg (dict | None): norm applied to each output (``norm{i}``). The default
+        out_norm_cfg (dict | None): norm applied to each output (``norm{i}``; ``None``: no norm). The default
             ``dict(type='GN', num_groups=1)`` is the GroupNorm(1, C) used everywhere else in CloFormer (and by
             the authors' successor FAT for its dense outputs); ``None`` returns the raw taps.
-        attn_impl (str): global-attention implementation, ``'sdpa'`` or ``'reference'``. Default: ``'sdpa'``.
-        mixer_impl (str): AttnConv path, ``'fast'`` (fused projections, channels-last) or ``'reference'``.
-            Default: ``'fast'``.
+        impl (str): AttnConv path, ``'fast'`` (fused projections, channels-last, SDPA) or ``'reference'``
+            (the authors' layer-by-layer maths). Default: ``'fast'``.
         init_cfg (dict | list[dict] | None): e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``;
             raw official files are converted on the fly.
 
@@ -181,7 +184,8 @@ class CloFormer(SparseBackbone):
         ``(ceil(H / 2**(i+2)), ceil(W / 2**(i+2)))`` (exactly the strided-conv sizes).
     """
 
-    converter_family = 'cloformer'
+    official_converter = staticmethod(cloformer_keys.convert_state_dict)
+    upgrade_state_dict = staticmethod(cloformer_keys.upgrade_state_dict)
 
     arch_zoo = {
         'xxs': dict(embed_dims=[32, 64, 128, 256], depths=[2, 2, 6, 2], num_heads=[4, 4, 8, 16],
@@ -201,72 +205,56 @@ class CloFormer(SparseBackbone):
 
     def __init__(self, arch='xxs', in_channels=3, drop_path_rate=0., attn_drop_rate=0., drop_rate=0.,
                  qkv_bias=True, out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False, with_cp=False,
-                 norm_cfg=dict(type='BN'), out_norm_cfg=dict(type='GN', num_groups=1), attn_impl='sdpa',
-                 mixer_impl='fast', init_cfg=None):
+                 norm_cfg=dict(type='BN'), out_norm_cfg=dict(type='GN', num_groups=1), impl=DEFAULT_IMPL,
+                 init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         arch = resolve_arch(arch, self.arch_zoo, self.arch_aliases, self.arch_keys)
-        lengths = {key: len(arch[key]) for key in self.arch_keys}
-        if len(set(lengths.values())) != 1:
-            raise ValueError(f'every arch list needs one entry per stage, got the lengths {lengths}')
-        num_stages = lengths['depths']
-        if not 0 <= drop_path_rate < 1:
-            raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
+        n = self.num_stages
+        for key in self.arch_keys:
+            arch[key] = per_stage(arch[key], f'arch["{key}"]', n, (int, float, list, tuple))
+        for key in ('embed_dims', 'depths', 'num_heads', 'window_sizes'):
+            for v in arch[key]:
+                check_positive_int(v, f'arch["{key}"] entries')
+        self.setup_skeleton(out_indices, frozen_stages, norm_eval, with_cp, impl)
+        check_positive_int(in_channels, 'in_channels')
+        drop_path_rate = check_rate(drop_path_rate, 'drop_path_rate')
+        attn_drop_rate = check_rate(attn_drop_rate, 'attn_drop_rate')
+        drop_rate = check_rate(drop_rate, 'drop_rate')
         if not isinstance(norm_cfg, dict) or 'type' not in norm_cfg:
             raise TypeError(f'norm_cfg must be a dict with a "type" (e.g. dict(type="BN")), got {norm_cfg!r}')
-        if out_norm_cfg is not None and (not isinstance(out_norm_cfg, dict) or 'type' not in out_norm_cfg):
-            raise TypeError(f'out_norm_cfg must be None or a dict with a "type", got {out_norm_cfg!r}')
         self.arch = arch
         self.embed_dims = list(arch['embed_dims'])
-        self.num_stages = num_stages
-        self.out_indices = check_out_indices(out_indices, num_stages)
-        self.frozen_stages = self.check_frozen_stages(frozen_stages)
-        self.norm_eval = norm_eval
-        self.with_cp = with_cp
 
-        self.patch_embed = ConvStem(in_channels, self.embed_dims[0], norm_cfg)
+        self.stem = ConvStem(in_channels, self.embed_dims[0], norm_cfg)
         dpr = torch.linspace(0, drop_path_rate, sum(arch['depths'])).tolist()
-        self.layers = nn.ModuleList()
+        self.stages = nn.ModuleList()
         cursor = 0
         for i, depth in enumerate(arch['depths']):
             dim = self.embed_dims[i]
-            last = i == num_stages - 1
             blocks = []
             for j in range(depth):
-                final = j == depth - 1
-                stride = 2 if final and not last else 1
+                # the last block of every stage but the last halves the resolution and widens to the next stage
+                stride = 2 if j == depth - 1 and i < n - 1 else 1
                 out_channels = self.embed_dims[i + 1] if stride == 2 else dim
                 blocks.append(EfficientBlock(
                     dim, out_channels, arch['num_heads'][i], arch['group_splits'][i], arch['kernel_sizes'][i],
                     arch['window_sizes'][i], arch['mlp_kernel_sizes'][i], arch['mlp_ratios'][i], stride,
                     drop_path=dpr[cursor + j], attn_drop=attn_drop_rate, drop=drop_rate, qkv_bias=qkv_bias,
-                    norm_cfg=norm_cfg,
-                    attn_impl=attn_impl, mixer_impl=mixer_impl))
+                    norm_cfg=norm_cfg, impl=impl))
             cursor += depth
-            self.layers.append(CloStage(blocks))
-
-        self.out_norm_cfg = out_norm_cfg
-        for i in self.out_indices:
-            norm = build_norm_layer(out_norm_cfg, self.embed_dims[i])[1] if out_norm_cfg else nn.Identity()
-            self.add_module(f'norm{i}', norm)
-
+            self.stages.append(BackboneStage(blocks))
+        self.build_out_norms(out_norm_cfg, self.embed_dims)
         self._freeze_stages()
-
-    def stage_modules(self, i):
-        if i == -1:
-            return [self.patch_embed]
-        return [self.layers[i], getattr(self, f'norm{i}', None)]
 
     def forward(self, x):
         """x: (B, in_channels, H, W) -> tuple of (B, embed_dims[i], ceil(H/2^(i+2)), ceil(W/2^(i+2)))."""
-        if x.dim() != 4:
-            raise ValueError(f'CloFormer expects an NCHW tensor, got shape {tuple(x.shape)}')
-        x = self.patch_embed(x)
+        check_nchw(x, None, type(self).__name__)
+        x = self.stem(x)
         outs = []
-        for i, stage in enumerate(self.layers):
+        for i, stage in enumerate(self.stages):
             for blk in stage.blocks:
                 mid, x = self.run_block(blk, x)
             if i in self.out_indices:
-                # stages 1-3: full-resolution feature inside the stride-2 block; stage 4: its output
-                tap = x if i == self.num_stages - 1 else mid
-                outs.append(getattr(self, f'norm{i}')(tap))
+                # stages 0-2: full-resolution feature inside the stride-2 block; stage 3: its output
+                outs.append(self.out_norm(i, x if i == self.num_stages - 1 else mid))
         return tuple(outs)

@@ -1,7 +1,7 @@
 """STViT backbone (Huang et al., "Vision Transformer with Super Token Sampling", CVPR 2023) for dense tasks.
 
 Numerically the authors' ``STViT`` (hhb072/STViT ``models/stvit.py``) without its classification head; the
-module tree is reorganised in mmpretrain style (``stem``, ``stages.i.{downsample,blocks}``) and
+module tree follows the mmsparse skeleton (``stem``, ``stages.i.{downsample,blocks}``, ``norm{i}``) and
 ``mmsparse.converters.stvit`` maps the official keys onto it.
 """
 from collections import OrderedDict
@@ -11,11 +11,14 @@ import torch.nn as nn
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 
-from mmsparse.ops.super_token_attention import DEFAULT_STA_IMPL, SuperTokenAttention
+from mmsparse.converters import stvit as stvit_keys
+from mmsparse.models.layers import LayerScale2d, per_stage
+from mmsparse.ops import SuperTokenAttention
+from mmsparse.ops._checks import DEFAULT_IMPL, check_nchw, check_positive_int, check_rate
 from mmsparse.registry import MODELS
-from .base import SparseBackbone, check_out_indices, resolve_arch
+from .base import BackboneStage, SparseBackbone, resolve_arch
 
-__all__ = ['STViT', 'STViTBlock', 'STViTStage']
+__all__ = ['STViT', 'STViTBlock']
 
 
 def _conv_act_norm(in_channels, out_channels, stride, norm_cfg):
@@ -26,7 +29,7 @@ def _conv_act_norm(in_channels, out_channels, stride, norm_cfg):
         norm=build_norm_layer(norm_cfg, out_channels)[1]))
 
 
-class ConvFFN(nn.Module):
+class STViTFFN(nn.Module):
     """The authors' ``Mlp``: 1×1 conv -> GELU -> dropout -> ``h + DW3×3(h)`` -> 1×1 conv -> dropout.
 
     Shapes: (B, C, H, W) -> (B, C, H, W).
@@ -62,10 +65,10 @@ class STViTBlock(nn.Module):
         qkv_bias (bool), qk_scale (float | None): MHSA settings.
         drop (float): dropout in the FFN. attn_drop (float): attention dropout.
         drop_path (float): stochastic-depth rate.
-        layer_scale (bool): learnable per-channel scales γ1, γ2 of shape (1, C, 1, 1).
+        layer_scale (bool): learnable per-channel scales γ1, γ2 (:class:`LayerScale2d`).
         layer_scale_init_value (float): their initial value.
         norm_cfg (dict): the FFN pre-norm (the authors use BatchNorm).
-        attn_impl (str), sta_impl (str): implementations, see :class:`SuperTokenAttention`.
+        impl (str): ``'fast'`` or ``'reference'``, see :class:`SuperTokenAttention`.
 
     Shapes:
         (B, C, H, W) -> (B, C, H, W).
@@ -73,40 +76,22 @@ class STViTBlock(nn.Module):
 
     def __init__(self, embed_dims, num_heads, stoken_size, n_iter=1, mlp_ratio=4., qkv_bias=True,
                  qk_scale=None, drop=0., attn_drop=0., drop_path=0., layer_scale=False,
-                 layer_scale_init_value=1e-6, norm_cfg=dict(type='BN'), attn_impl='sdpa',
-                 sta_impl=DEFAULT_STA_IMPL):
+                 layer_scale_init_value=1e-6, norm_cfg=dict(type='BN'), impl=DEFAULT_IMPL):
         super().__init__()
         self.cpe = nn.Conv2d(embed_dims, embed_dims, 3, 1, 1, groups=embed_dims)
         self.norm1 = build_norm_layer(dict(type='LN2d', eps=1e-6), embed_dims)[1]
         self.attn = SuperTokenAttention(embed_dims, num_heads, stoken_size, n_iter, qkv_bias=qkv_bias,
-                                        qk_scale=qk_scale, attn_drop=attn_drop, impl=sta_impl,
-                                        attn_impl=attn_impl)
+                                        qk_scale=qk_scale, attn_drop=attn_drop, impl=impl)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
-        self.ffn = ConvFFN(embed_dims, int(embed_dims * mlp_ratio), drop)
-        self.layer_scale = layer_scale
-        if layer_scale:
-            self.gamma1 = nn.Parameter(torch.full((1, embed_dims, 1, 1), float(layer_scale_init_value)))
-            self.gamma2 = nn.Parameter(torch.full((1, embed_dims, 1, 1), float(layer_scale_init_value)))
+        self.ffn = STViTFFN(embed_dims, int(embed_dims * mlp_ratio), drop)
+        self.gamma1 = LayerScale2d(embed_dims, layer_scale_init_value) if layer_scale else nn.Identity()
+        self.gamma2 = LayerScale2d(embed_dims, layer_scale_init_value) if layer_scale else nn.Identity()
 
     def forward(self, x):
         x = x + self.cpe(x)  # the CPE output is the residual stream for both branches
-        y = self.attn(self.norm1(x))
-        x = x + self.drop_path(self.gamma1 * y if self.layer_scale else y)
-        y = self.ffn(self.norm2(x))
-        return x + self.drop_path(self.gamma2 * y if self.layer_scale else y)
-
-
-class STViTStage(nn.Module):
-    """A stage: optional stride-2 downsampling (3×3 conv + norm, the authors' ``PatchMerging`` of the previous
-    stage) followed by ``blocks``. Shapes: (B, C_in, H, W) -> (B, C, ceil(H/2), ceil(W/2)) with downsampling,
-    else (B, C, H, W)."""
-
-    def __init__(self, blocks, downsample=None):
-        super().__init__()
-        if downsample is not None:
-            self.downsample = downsample
-        self.blocks = nn.ModuleList(blocks)
+        x = x + self.drop_path(self.gamma1(self.attn(self.norm1(x))))
+        return x + self.drop_path(self.gamma2(self.ffn(self.norm2(x))))
 
 
 @MODELS.register_module()
@@ -142,9 +127,8 @@ class STViT(SparseBackbone):
             residual streams whose scale grows with depth, so, as for Swin / ConvNeXt / BiFormer's dense
             backbone, a freshly initialised LN per output gives the neck inputs of a comparable scale.
             ``None`` returns the raw features (equal to the authors' model).
-        attn_impl (str): ``'sdpa'`` (memory-efficient where available; needed for global attention at
-            detection scale) or ``'math'``.
-        sta_impl (str): super-token sampling implementation: ``'fast'`` (default) or ``'reference'``.
+        impl (str): ``'fast'`` (default; fused SDPA, memory-efficient where available, which global attention
+            at detection scale needs) or ``'reference'`` (the authors' numerics).
         init_cfg (dict | list | None): e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``;
             raw official checkpoints are converted on the fly.
 
@@ -161,34 +145,37 @@ class STViT(SparseBackbone):
                       layer_scale=[False, False, True, True]),
     }
     arch_aliases = {'s': 'small', 'b': 'base', 'l': 'large'}
-    converter_family = 'stvit'
-    num_stages = 4
+    official_converter = staticmethod(stvit_keys.convert_state_dict)
+    upgrade_state_dict = staticmethod(stvit_keys.upgrade_state_dict)
 
     def __init__(self, arch='small', in_channels=3, stoken_size=None, n_iter=1, mlp_ratio=4., qkv_bias=True,
                  qk_scale=None, drop_rate=0., attn_drop_rate=0., drop_path_rate=0., layer_scale=None,
                  layer_scale_init_value=1e-6, out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False,
                  with_cp=False, norm_cfg=dict(type='BN'), out_norm_cfg=dict(type='LN2d', eps=1e-6),
-                 attn_impl='sdpa', sta_impl=DEFAULT_STA_IMPL, init_cfg=None):
+                 impl=DEFAULT_IMPL, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
-        arch = resolve_arch(arch, self.arch_zoo, self.arch_aliases, ('embed_dims', 'depths', 'num_heads'))
+        self.setup_skeleton(out_indices, frozen_stages, norm_eval, with_cp, impl)
+        arch = resolve_arch(arch, self.arch_zoo, self.arch_aliases, ('embed_dims', 'depths', 'num_heads'),
+                            ('layer_scale', ))
         n = self.num_stages
-        dims, depths, heads = (self._per_stage(arch[k], k, int) for k in ('embed_dims', 'depths', 'num_heads'))
-        if any(d <= 0 for d in dims + depths + heads):
-            raise ValueError(f'arch embed_dims / depths / num_heads must be positive, got {arch!r}')
-        stoken_size = self._per_stage([8, 4, 1, 1] if stoken_size is None else stoken_size, 'stoken_size',
-                                      (int, tuple, list))
-        n_iter = self._per_stage(n_iter, 'n_iter', int)
+        dims, depths, heads = (per_stage(arch[k], f'arch["{k}"]', n, int) for k in ('embed_dims', 'depths',
+                                                                                      'num_heads'))
+        for key, values in (('embed_dims', dims), ('depths', depths), ('num_heads', heads)):
+            for v in values:
+                check_positive_int(v, f'arch["{key}"] entries')
+        stoken_size = per_stage([8, 4, 1, 1] if stoken_size is None else stoken_size, 'stoken_size', n,
+                                (int, tuple, list))
+        n_iter = per_stage(n_iter, 'n_iter', n, int)
         if layer_scale is None:
             layer_scale = arch.get('layer_scale', [False] * n)
-        layer_scale = self._per_stage(layer_scale, 'layer_scale', bool)
-        if not 0 <= drop_path_rate < 1:
-            raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
-
+        layer_scale = per_stage(layer_scale, 'layer_scale', n, bool)
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
+            raise ValueError(f'mlp_ratio must be a positive number, got {mlp_ratio!r}')
+        check_positive_int(in_channels, 'in_channels')
+        drop_path_rate = check_rate(drop_path_rate, 'drop_path_rate')
+        drop_rate = check_rate(drop_rate, 'drop_rate')
+        attn_drop_rate = check_rate(attn_drop_rate, 'attn_drop_rate')
         self.embed_dims = dims
-        self.out_indices = check_out_indices(out_indices, n)
-        self.frozen_stages = self.check_frozen_stages(frozen_stages)
-        self.norm_eval = norm_eval
-        self.with_cp = with_cp
 
         half = dims[0] // 2
         self.stem = nn.Sequential(
@@ -207,50 +194,24 @@ class STViT(SparseBackbone):
                 STViTBlock(dims[i], heads[i], stoken_size[i], n_iter[i], mlp_ratio, qkv_bias, qk_scale,
                            drop=drop_rate, attn_drop=attn_drop_rate, drop_path=rates[sum(depths[:i]) + j],
                            layer_scale=layer_scale[i], layer_scale_init_value=layer_scale_init_value,
-                           norm_cfg=norm_cfg, attn_impl=attn_impl, sta_impl=sta_impl) for j in range(depths[i])
+                           norm_cfg=norm_cfg, impl=impl) for j in range(depths[i])
             ]
-            self.stages.append(STViTStage(blocks, downsample))
-
-        self.out_norm_cfg = out_norm_cfg
-        for i in self.out_indices:
-            if out_norm_cfg is not None:
-                self.add_module(f'norm{i}', build_norm_layer(out_norm_cfg, dims[i])[1])
+            self.stages.append(BackboneStage(blocks, downsample))
+        self.build_out_norms(out_norm_cfg, dims)
         self._freeze_stages()
-
-    def _per_stage(self, value, name, types):
-        """Broadcast a scalar to the 4 stages, or check a 4-sequence; raise naming ``name`` otherwise."""
-        if isinstance(value, types) and not isinstance(value, (list, tuple)):
-            value = [value] * self.num_stages
-        if not isinstance(value, (list, tuple)) or len(value) != self.num_stages:
-            raise ValueError(f'{name} must be one value or a sequence of {self.num_stages}, got {value!r}')
-        bad = [v for v in value if not isinstance(v, types) or (types is int and isinstance(v, bool))]
-        if bad:
-            raise ValueError(f'{name} entries must be {types}, got {value!r}')
-        return list(value)
-
-    def stage_modules(self, i):
-        if i == -1:
-            return [self.stem]
-        return [self.stages[i], getattr(self, f'norm{i}', None)]
 
     def forward_stages(self, x):
         """The raw stage features (no output norms), all four, as a list."""
         x = self.stem_drop(self.stem(x))
         feats = []
         for stage in self.stages:
-            if hasattr(stage, 'downsample'):
-                x = stage.downsample(x)
+            x = stage.run_downsample(x)
             for block in stage.blocks:
                 x = self.run_block(block, x)
             feats.append(x)
         return feats
 
     def forward(self, x):
-        if x.dim() != 4:
-            raise ValueError(f'x must be an NCHW batch, got shape {tuple(x.shape)}')
+        check_nchw(x, None, type(self).__name__)
         feats = self.forward_stages(x)
-        outs = []
-        for i in self.out_indices:
-            norm = getattr(self, f'norm{i}', None)
-            outs.append(norm(feats[i]) if norm is not None else feats[i])
-        return tuple(outs)
+        return tuple(self.out_norm(i, feats[i]) for i in self.out_indices)

@@ -3,10 +3,21 @@ import copy
 
 from mmengine.model import BaseModule, ModuleDict
 
-from mmsparse.models.plugins import SparseAttnBlock
+from mmsparse.models.plugins import ATTN_TYPES, SparseAttnBlock
 from mmsparse.registry import MODELS
 
-__all__ = ['MultiLevelSparseAttn', 'build_level_blocks']
+__all__ = ['MultiLevelSparseAttn', 'LevelBlocks', 'build_level_blocks']
+
+
+class LevelBlocks(ModuleDict):
+    """``{str(level): SparseAttnBlock}``: the attention step both necks share.
+
+    A BaseModule container, so ``init_weights`` reaches the blocks and re-zeroes their layer scales.
+    """
+
+    def attend(self, feats):
+        """Apply the block of each level that has one; other levels pass through. Returns a list."""
+        return [self[str(i)](x) if str(i) in self else x for i, x in enumerate(feats)]
 
 
 def build_level_blocks(channels, attn_levels, attn_cfg, block_cfg, owner):
@@ -22,8 +33,7 @@ def build_level_blocks(channels, attn_levels, attn_cfg, block_cfg, owner):
         owner (str): class name used in error messages.
 
     Returns:
-        mmengine.model.ModuleDict: keyed by the level index as a string (a BaseModule container, so
-        ``init_weights`` reaches the blocks and re-zeroes their layer scales).
+        LevelBlocks: keyed by the level index as a string.
     """
     if isinstance(attn_levels, int) and not isinstance(attn_levels, bool):
         attn_levels = (attn_levels, )
@@ -37,7 +47,7 @@ def build_level_blocks(channels, attn_levels, attn_cfg, block_cfg, owner):
                          f'(the levels with attention), got {attn_levels!r}')
     if levels and attn_cfg is None:
         raise ValueError(f'{owner}: attn_levels={attn_levels!r} needs attn_cfg=dict(type=...), type one of '
-                         "'BiLevelRoutingAttention', 'AttnConv', 'SuperTokenAttention'")
+                         f'{sorted(ATTN_TYPES)}')
     if isinstance(attn_cfg, (list, tuple)):
         if len(attn_cfg) != len(levels):
             raise ValueError(f'{owner}: attn_cfg as a list needs one dict per attn_levels entry '
@@ -53,7 +63,7 @@ def build_level_blocks(channels, attn_levels, attn_cfg, block_cfg, owner):
     for key in ('in_channels', 'attn_cfg'):
         if key in block_cfg:
             raise ValueError(f'{owner}: block_cfg must not set {key!r}; the neck fills it in')
-    return ModuleDict({
+    return LevelBlocks({
         str(level): SparseAttnBlock(in_channels=channels[level], attn_cfg=cfg, **block_cfg)
         for level, cfg in zip(levels, per_level)
     })
@@ -92,5 +102,4 @@ class MultiLevelSparseAttn(BaseModule):
     def forward(self, inputs):
         if len(inputs) != len(self.in_channels):
             raise ValueError(f'MultiLevelSparseAttn expects {len(self.in_channels)} levels, got {len(inputs)}')
-        return tuple(self.attn_blocks[str(i)](x) if str(i) in self.attn_blocks else x
-                     for i, x in enumerate(inputs))
+        return tuple(self.attn_blocks.attend(inputs))

@@ -116,15 +116,12 @@ class SparseAttnFPN(BaseModule):
         self.attn_blocks = build_level_blocks([out_channels] * used, attn_levels, attn_cfg, block_cfg,
                                               'SparseAttnFPN')
 
-    def _attend(self, feats):
-        return [self.attn_blocks[str(i)](x) if str(i) in self.attn_blocks else x for i, x in enumerate(feats)]
-
     def forward(self, inputs):
         if len(inputs) != self.num_ins:
             raise ValueError(f'SparseAttnFPN expects {self.num_ins} input levels, got {len(inputs)}')
         laterals = [conv(inputs[self.start_level + i]) for i, conv in enumerate(self.lateral_convs)]
         if self.attn_position == 'lateral':
-            laterals = self._attend(laterals)
+            laterals = self.attn_blocks.attend(laterals)
         # top-down: each level receives the upsampled sum of the coarser ones
         for i in range(len(laterals) - 1, 0, -1):
             if 'scale_factor' in self.upsample_cfg:
@@ -135,7 +132,7 @@ class SparseAttnFPN(BaseModule):
         used = len(laterals)
         outs = [self.fpn_convs[i](laterals[i]) for i in range(used)]
         if self.attn_position == 'output':
-            outs = self._attend(outs)
+            outs = self.attn_blocks.attend(outs)
 
         if self.num_outs > used:
             if not self.add_extra_convs:

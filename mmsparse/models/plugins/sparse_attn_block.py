@@ -10,6 +10,9 @@ every plugin with mmcv's ``build_plugin_layer(cfg, in_channels=C, postfix=...)``
 registry of the current default scope and its parents. The class is therefore registered in mmsparse's
 registry (hence also in mmdet's and mmseg's, see :mod:`mmsparse.registry`) *and* in mmengine's root registry,
 so it is found under any scope, including none.
+
+Checkpoints of the first mmsparse layout (bare ``gamma1`` / ``gamma2`` parameters) load into the current one
+(:class:`~mmsparse.models.layers.LayerScale2d` modules, ``gamma1.gamma``).
 """
 import copy
 
@@ -18,20 +21,22 @@ import torch.nn as nn
 from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
-from mmengine.registry import MODELS as MMENGINE_MODELS
 
+from mmsparse.models.layers import LayerScale2d
 from mmsparse.ops import AttnConv, BiLevelRoutingAttention, SuperTokenAttention
-from mmsparse.registry import MODELS
+from mmsparse.ops._checks import check_nchw, check_positive_int, check_rate
+from mmsparse.registry import MODELS, register_in_root
 
-__all__ = ['SparseAttnBlock', 'ConvFFN', 'ATTN_TYPES', 'build_sparse_attention']
+__all__ = ['SparseAttnBlock', 'DWConvFFN', 'ATTN_TYPES', 'build_sparse_attention']
 
-#: accepted ``attn_cfg['type']`` -> (operator class, name of its channel argument, defaults filled when absent)
+#: accepted ``attn_cfg['type']`` -> (operator class, defaults filled when absent); every operator takes its
+#: channel count as ``embed_dims``, which the block fills in
 ATTN_TYPES = {
     # auto_pad: a plugin sees whatever map size the detector produces
-    'BiLevelRoutingAttention': (BiLevelRoutingAttention, 'dim', dict(num_heads=8, n_win=7, topk=4, auto_pad=True)),
+    'BiLevelRoutingAttention': (BiLevelRoutingAttention, dict(num_heads=8, n_win=7, topk=4, auto_pad=True)),
     # CloFormer's stage-3 split: half the heads local (7x7), half global over 2x2-pooled keys
-    'AttnConv': (AttnConv, 'dim', dict(num_heads=8, group_split=[4, 4], kernel_sizes=[7], window_size=2)),
-    'SuperTokenAttention': (SuperTokenAttention, 'embed_dims', dict(num_heads=8, stoken_size=4)),
+    'AttnConv': (AttnConv, dict(num_heads=8, group_split=[4, 4], kernel_sizes=[7], window_size=2)),
+    'SuperTokenAttention': (SuperTokenAttention, dict(num_heads=8, stoken_size=4)),
 }
 
 
@@ -41,7 +46,7 @@ def build_sparse_attention(attn_cfg, channels):
     Args:
         attn_cfg (dict): ``type`` is one of :data:`ATTN_TYPES` (an ``mmsparse.`` scope prefix is accepted);
             the other keys are the operator's constructor arguments. Missing ones take the defaults of
-            :data:`ATTN_TYPES`. A channel argument (``dim`` / ``embed_dims``), if given, must equal ``channels``.
+            :data:`ATTN_TYPES`. ``embed_dims``, if given, must equal ``channels``.
         channels (int): channels of the map the operator runs on.
 
     Returns:
@@ -57,17 +62,17 @@ def build_sparse_attention(attn_cfg, channels):
         name = name[len('mmsparse.'):]
     if name not in ATTN_TYPES:
         raise ValueError(f'attn_cfg type={name!r} is not supported; accepted types are {sorted(ATTN_TYPES)}')
-    cls, channel_key, defaults = ATTN_TYPES[name]
-    given = cfg.pop(channel_key, channels)
+    cls, defaults = ATTN_TYPES[name]
+    given = cfg.pop('embed_dims', channels)
     if given != channels:
-        raise ValueError(f'attn_cfg {channel_key}={given} does not match the block channels {channels}; '
+        raise ValueError(f'attn_cfg embed_dims={given} does not match the block channels {channels}; '
                          f'leave it out, the block fills it in')
     for key, value in defaults.items():
         cfg.setdefault(key, copy.deepcopy(value))
-    return cls(**{channel_key: channels}, **cfg)
+    return cls(embed_dims=channels, **cfg)
 
 
-class ConvFFN(nn.Module):
+class DWConvFFN(nn.Module):
     """Convolutional feed-forward: 1x1 expand, 3x3 depthwise, activation, 1x1 project.
 
     The depthwise conv gives the FFN the positional/local mixing that transformer FFNs on NCHW maps use in
@@ -93,11 +98,7 @@ class ConvFFN(nn.Module):
         return self.fc2(self.act(self.dwconv(self.fc1(x))))
 
 
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f'{name} must be a positive int, got {value!r}')
-
-
+@register_in_root('SparseAttnBlock')
 @MODELS.register_module()
 class SparseAttnBlock(BaseModule):
     """Pre-norm residual sparse-attention block, identity at initialisation (mmcv plugin, mmdet/mmseg layer).
@@ -138,19 +139,20 @@ class SparseAttnBlock(BaseModule):
     """
 
     _abbr_ = 'sparse_attn'
+    #: version 2: layer scales are LayerScale2d modules (``gamma1.gamma``)
+    _version = 2
 
     def __init__(self, in_channels, attn_cfg, embed_dims=None, ffn_ratio=0., norm_cfg=dict(type='LN2d', eps=1e-6),
                  act_cfg=dict(type='GELU'), layer_scale_init_value=0., drop_path_rate=0., init_cfg=None):
         super().__init__(init_cfg=init_cfg)
-        _positive_int(in_channels, 'in_channels')
+        check_positive_int(in_channels, 'in_channels')
         embed_dims = in_channels if embed_dims is None else embed_dims
-        _positive_int(embed_dims, 'embed_dims')
+        check_positive_int(embed_dims, 'embed_dims')
         if isinstance(ffn_ratio, bool) or not isinstance(ffn_ratio, (int, float)) or ffn_ratio < 0:
             raise ValueError(f'ffn_ratio must be a number >= 0 (0 disables the FFN), got {ffn_ratio!r}')
         if not isinstance(layer_scale_init_value, (int, float)) or isinstance(layer_scale_init_value, bool):
             raise ValueError(f'layer_scale_init_value must be a float, got {layer_scale_init_value!r}')
-        if not 0 <= drop_path_rate < 1:
-            raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
+        drop_path_rate = check_rate(drop_path_rate, 'drop_path_rate')
         self.in_channels = in_channels
         self.embed_dims = embed_dims
         self.layer_scale_init_value = float(layer_scale_init_value)
@@ -160,15 +162,15 @@ class SparseAttnBlock(BaseModule):
         self.proj_in = nn.Conv2d(in_channels, embed_dims, 1) if reduce else nn.Identity()
         self.attn = build_sparse_attention(attn_cfg, embed_dims)
         self.proj_out = nn.Conv2d(embed_dims, in_channels, 1) if reduce else nn.Identity()
-        self.gamma1 = nn.Parameter(torch.full((in_channels, 1, 1), self.layer_scale_init_value))
+        self.gamma1 = LayerScale2d(in_channels, self.layer_scale_init_value)
 
         hidden = int(round(in_channels * ffn_ratio))
         if ffn_ratio > 0 and hidden < 1:
             raise ValueError(f'ffn_ratio={ffn_ratio} gives no hidden channel for in_channels={in_channels}')
         if hidden:
             self.norm2 = build_norm_layer(norm_cfg, in_channels)[1]
-            self.ffn = ConvFFN(in_channels, hidden, act_cfg)
-            self.gamma2 = nn.Parameter(torch.full((in_channels, 1, 1), self.layer_scale_init_value))
+            self.ffn = DWConvFFN(in_channels, hidden, act_cfg)
+            self.gamma2 = LayerScale2d(in_channels, self.layer_scale_init_value)
         else:
             self.norm2 = self.ffn = self.gamma2 = None
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
@@ -177,23 +179,20 @@ class SparseAttnBlock(BaseModule):
         super().init_weights()
         # parents' initialisers (ResNet's Kaiming, FPN's Xavier) touch our convs; the layer scales decide
         # whether the block starts as the identity, so they get their value back last
-        with torch.no_grad():
-            for gamma in (self.gamma1, self.gamma2):
-                if gamma is not None:
-                    gamma.fill_(self.layer_scale_init_value)
+        for gamma in (self.gamma1, self.gamma2):
+            if gamma is not None:
+                gamma.reset_parameters()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        if (local_metadata.get('version') or 1) < self._version:
+            for name in ('gamma1', 'gamma2'):
+                if prefix + name in state_dict:
+                    state_dict[prefix + name + '.gamma'] = state_dict.pop(prefix + name)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
     def forward(self, x):
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f'SparseAttnBlock expects (N, {self.in_channels}, H, W), got {tuple(x.shape)}')
-        x = x + self.drop_path(self.gamma1 * self.proj_out(self.attn(self.proj_in(self.norm1(x)))))
+        check_nchw(x, self.in_channels, type(self).__name__)
+        x = x + self.drop_path(self.gamma1(self.proj_out(self.attn(self.proj_in(self.norm1(x))))))
         if self.ffn is not None:
-            x = x + self.drop_path(self.gamma2 * self.ffn(self.norm2(x)))
+            x = x + self.drop_path(self.gamma2(self.ffn(self.norm2(x))))
         return x
-
-
-# mmcv's build_plugin_layer searches the default scope's registry and its parents; the root registry makes
-# the block findable with no scope set (e.g. a ResNet built directly from Python)
-_existing = MMENGINE_MODELS.module_dict.get('SparseAttnBlock')
-if _existing is not None and (_existing.__module__, _existing.__qualname__) != (__name__, 'SparseAttnBlock'):
-    raise KeyError(f'mmengine\'s root MODELS already holds another "SparseAttnBlock" ({_existing.__module__})')
-MMENGINE_MODELS.register_module(name='SparseAttnBlock', module=SparseAttnBlock, force=True)

@@ -28,7 +28,7 @@ def _inputs(h=61, w=45, batch=2):
 def _switch_on(neck, value=0.5):
     with torch.no_grad():
         for block in neck.attn_blocks.values():
-            block.gamma1.fill_(value)
+            block.gamma1.gamma.fill_(value)
 
 
 FPN_VARIANTS = {
@@ -85,7 +85,7 @@ def test_identity_at_init_then_changes_expected_levels(kind, position):
     neck = SparseAttnFPN(IN_CHANNELS, 16, attn_levels=(1, ), attn_cfg=ATTN[kind], attn_position=position,
                          block_cfg=dict(ffn_ratio=1.), **kw)
     neck.init_weights()  # FPN's Xavier runs over the attention convs; the layer scales stay 0
-    assert torch.count_nonzero(neck.attn_blocks['1'].gamma1) == 0
+    assert torch.count_nonzero(neck.attn_blocks['1'].gamma1.gamma) == 0
     missing, unexpected = neck.load_state_dict(ref.state_dict(), strict=False)
     assert not unexpected and all(k.startswith('attn_blocks.1.') for k in missing)
     feats = _inputs()

@@ -1,7 +1,6 @@
 """flop_count: SDPA counted like the explicit matmuls, the operators' products counted, params, get_flops tool."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from mmsparse.models.plugins import SparseAttnBlock
 from mmsparse.ops import AttnConv, TokenMHSA
 from mmsparse.utils import flop_count
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO  # noqa: E402
 
 
 class SDPA(nn.Module):
@@ -41,19 +40,19 @@ def test_sdpa_counted_with_formula_and_like_matmul():
 
 
 def test_operator_paths_count_the_same():
-    """The 'sdpa' and explicit-matmul implementations of an operator get the same count."""
+    """The fast (SDPA) and reference (explicit matmul) implementations of an operator get the same count."""
     x = torch.randn(1, 32, 12, 10)
     torch.manual_seed(0)
-    fused = TokenMHSA(32, 4, attn_impl='sdpa')
-    math = TokenMHSA(32, 4, attn_impl='math')
+    fused = TokenMHSA(32, 4, impl='fast')
+    math = TokenMHSA(32, 4, impl='reference')
     math.load_state_dict(fused.state_dict())
     a, b = flop_count(fused, x), flop_count(math, x)
     n = 12 * 10
     attention = 4 * n * n * (8 + 8)
     convs = n * 32 * 96 + n * 32 * 32  # qkv and proj 1x1
     assert a['flops'] == b['flops'] == attention + convs
-    fused = AttnConv(32, 4, [2, 2], [3], window_size=2, attn_impl='sdpa')
-    ref = AttnConv(32, 4, [2, 2], [3], window_size=2, attn_impl='reference')
+    fused = AttnConv(32, 4, [2, 2], [3], window_size=2, impl='fast')
+    ref = AttnConv(32, 4, [2, 2], [3], window_size=2, impl='reference')
     ref.load_state_dict(fused.state_dict())
     assert flop_count(fused, x)['flops'] == flop_count(ref, x)['flops']
 

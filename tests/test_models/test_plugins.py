@@ -8,6 +8,7 @@ from mmengine.registry import DefaultScope
 
 import mmsparse  # noqa: F401  (registers everything)
 from mmsparse.models.plugins import SparseAttnBlock
+from tests.conftest import REPO
 from mmsparse.ops import AttnConv, BiLevelRoutingAttention, SuperTokenAttention
 
 ATTN = {
@@ -31,7 +32,7 @@ def test_block_is_identity_at_init(kind, ffn_ratio):
     assert isinstance(block.attn, OP_CLASS[kind])
     x = torch.randn(2, 32, 13, 19)
     assert torch.equal(block(x), x)
-    assert torch.count_nonzero(block.gamma1) == 0
+    assert torch.count_nonzero(block.gamma1.gamma) == 0
     assert (block.ffn is None) == (ffn_ratio == 0)
 
 
@@ -40,8 +41,8 @@ def test_block_is_identity_at_init(kind, ffn_ratio):
 def test_block_any_size_once_trained(kind, size):
     block = SparseAttnBlock(32, ATTN[kind], ffn_ratio=1.)
     with torch.no_grad():  # a trained block: residual branches switched on
-        block.gamma1.fill_(0.5)
-        block.gamma2.fill_(0.5)
+        block.gamma1.gamma.fill_(0.5)
+        block.gamma2.gamma.fill_(0.5)
     x = torch.randn(2, 32, *size)
     out = block(x)
     assert out.shape == x.shape and torch.isfinite(out).all()
@@ -73,11 +74,11 @@ def test_gradients_reach_attention_after_one_step(kind):
 
     step()
     # at init only the zero layer scales receive a gradient; the branches behind them see exactly 0
-    assert block.gamma1.grad.abs().sum() > 0 and block.gamma2.grad.abs().sum() > 0
+    assert block.gamma1.gamma.grad.abs().sum() > 0 and block.gamma2.gamma.grad.abs().sum() > 0
     for name, p in block.attn.named_parameters():
         assert p.grad is None or torch.count_nonzero(p.grad) == 0, name
     opt.step()
-    assert torch.count_nonzero(block.gamma1) > 0
+    assert torch.count_nonzero(block.gamma1.gamma) > 0
     step()
     grads = {name: p.grad for name, p in block.attn.named_parameters()}
     nonzero = [name for name, g in grads.items() if g is not None and g.abs().sum() > 0]
@@ -96,8 +97,8 @@ def test_bad_attn_cfg_names_accepted_types():
         SparseAttnBlock(32, 'BiLevelRoutingAttention')
     with pytest.raises(TypeError, match='attn_cfg must be a dict'):
         SparseAttnBlock(32, dict(num_heads=4))
-    with pytest.raises(ValueError, match='dim=16 does not match the block channels 32'):
-        SparseAttnBlock(32, dict(type='AttnConv', dim=16))
+    with pytest.raises(ValueError, match='embed_dims=16 does not match the block channels 32'):
+        SparseAttnBlock(32, dict(type='AttnConv', embed_dims=16))
     # the operator's own checks still speak
     with pytest.raises(ValueError, match='group_split'):
         SparseAttnBlock(32, dict(type='AttnConv', num_heads=4, group_split=[1, 1], kernel_sizes=[3]))
@@ -111,7 +112,7 @@ def test_bad_block_args():
     with pytest.raises(ValueError, match='drop_path_rate'):
         SparseAttnBlock(32, ATTN['bra'], drop_path_rate=1.5)
     block = SparseAttnBlock(32, ATTN['bra'])
-    with pytest.raises(ValueError, match=r'expects \(N, 32, H, W\)'):
+    with pytest.raises(ValueError, match=r'expects an NCHW tensor \(N, 32, H, W\)'):
         block(torch.randn(1, 16, 8, 8))
 
 
@@ -124,9 +125,9 @@ def test_layer_scale_survives_parent_init():
     """ResNet's Kaiming init re-initialises every Conv2d; the block must keep its layer-scale value."""
     block = SparseAttnBlock(32, ATTN['attnconv'], ffn_ratio=1., layer_scale_init_value=1e-2)
     with torch.no_grad():
-        block.gamma1.fill_(3.)
+        block.gamma1.gamma.fill_(3.)
     block.init_weights()
-    assert torch.all(block.gamma1 == 1e-2) and torch.all(block.gamma2 == 1e-2)
+    assert torch.all(block.gamma1.gamma == 1e-2) and torch.all(block.gamma2.gamma == 1e-2)
 
 
 @pytest.mark.parametrize('scope', [None, 'mmdet', 'mmseg'])
@@ -176,7 +177,7 @@ def test_plugged_resnet_equals_plain_resnet_at_init(kind, scope, position):
     assert not unexpected and missing and all('sparse_attn' in k for k in missing)
     blocks = [m for m in plugged.modules() if isinstance(m, SparseAttnBlock)]
     assert len(blocks) == 6 + 3  # every bottleneck of stages 3 and 4 of a ResNet-50
-    assert all(torch.count_nonzero(b.gamma1) == 0 for b in blocks)
+    assert all(torch.count_nonzero(b.gamma1.gamma) == 0 for b in blocks)
     plain.eval()
     plugged.eval()
     x = torch.randn(1, 3, 97, 71)  # odd: stage maps 25x18, 13x9, 7x5, 4x3
@@ -201,7 +202,7 @@ def test_plugged_resnet_learns_attention():
         model(x)[-1].pow(2).mean().backward()
 
     step()
-    assert block.gamma1.grad.abs().sum() > 0
+    assert block.gamma1.gamma.grad.abs().sum() > 0
     assert torch.count_nonzero(block.attn.qkv.weight.grad) == 0
     opt.step()
     step()
@@ -210,7 +211,7 @@ def test_plugged_resnet_learns_attention():
 
 
 # ----------------------------------------------------------------------------------------------- configs
-CONFIG_DIR = __import__('pathlib').Path(__file__).resolve().parents[1] / 'configs' / 'plugins'
+CONFIG_DIR = REPO / 'configs' / 'plugins'
 CONFIGS = sorted(CONFIG_DIR.glob('*.py'))
 #: config -> (operator class, number of SparseAttnBlocks in the built model, where they are)
 EXPECTED = {
@@ -261,7 +262,7 @@ def test_plugin_config_builds(path):
     else:
         assert cfg.model.backbone.init_cfg.type == 'Pretrained'
     model.init_weights()
-    assert all(torch.count_nonzero(b.gamma1) == 0 for b in blocks)  # identity at init in the whole model
+    assert all(torch.count_nonzero(b.gamma1.gamma) == 0 for b in blocks)  # identity at init in the whole model
 
 
 def _set_num_classes(model_cfg, num_classes):
@@ -296,4 +297,4 @@ def test_plugin_config_smoke_train_and_test(path, tmp_path):
         # every bottleneck's last BN, which blocks the gradient to an after_conv2 plugin.)
         model = runner.model
         blocks = [m for m in model.modules() if isinstance(m, SparseAttnBlock)]
-        assert all(torch.count_nonzero(b.gamma1) > 0 for b in blocks)
+        assert all(torch.count_nonzero(b.gamma1.gamma) > 0 for b in blocks)

@@ -1,21 +1,17 @@
 """CloFormer backbone: golden parity, dense taps, any size, with_cp, freezing, conversion, bad arguments."""
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmsparse.converters import UnmappedKeysError, convert, model_from_official
+from mmsparse.testing import model_from_official
 from mmsparse.models import CloFormer
 from mmsparse.registry import MODELS
 from tests.conftest import REPO, assert_close_to_reference, load_fixture, assert_same_outputs_and_grads
 
 FIXTURE = 'cloformer_reduced.pt'
-KEYS = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'keys'
+KEYS = REPO.parent / 'shared' / 'reference' / 'keys'
 
 # the reduced configuration of the fixture, as an mmsparse arch dict
 REDUCED = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 2, 1], num_heads=[2, 2, 4, 8],
@@ -34,20 +30,17 @@ def official():
     return fx, model_from_official(fx['official_class'], fx['config'], fx['state_dict'])
 
 
-@pytest.mark.parametrize('impl', ['sdpa', 'reference'])
-def test_matches_official_fixture(official, impl):
+def test_matches_official_fixture(official):
     fx, model = official
     assert isinstance(model, CloFormer) and not model.training
-    for blk in model.modules():
-        if hasattr(blk, 'attn_impl'):
-            blk.attn_impl = impl
+    assert model.impl == 'reference' and all(m.impl == 'reference' for m in model.modules() if hasattr(m, 'impl'))
     for i, (x, ref) in enumerate(zip(fx['inputs'], fx['outputs'])):
         with torch.no_grad():
-            assert_close_to_reference(model.patch_embed(x), ref['stem'], f'stem[{i}]')
+            assert_close_to_reference(model.stem(x), ref['stem'], f'stem[{i}]')
             outs = model(x)
         assert len(outs) == 4
         for s, (ours, exp) in enumerate(zip(outs, _expected(ref))):
-            assert_close_to_reference(ours, exp, f'input {i} output {s} ({impl})')
+            assert_close_to_reference(ours, exp, f'input {i} output {s}')
 
 
 def test_default_output_norms_are_groupnorm_of_the_taps(official):
@@ -92,7 +85,7 @@ def test_out_indices_and_channels():
 
 def test_stochastic_depth_schedule():
     model = CloFormer('xs', drop_path_rate=0.06)
-    rates = [getattr(b.drop_path, 'drop_prob', 0.0) for stage in model.layers for b in stage.blocks]
+    rates = [getattr(b.drop_path, 'drop_prob', 0.0) for stage in model.stages for b in stage.blocks]
     torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.06, 12))
 
 
@@ -107,17 +100,17 @@ def test_with_cp_same_outputs_and_gradients():
 def test_frozen_stages():
     model = CloFormer(REDUCED, frozen_stages=2)
     model.train()
-    frozen = ('patch_embed.', 'layers.0.', 'layers.1.', 'norm0.', 'norm1.')
+    frozen = ('stem.', 'stages.0.', 'stages.1.', 'norm0.', 'norm1.')
     for name, p in model.named_parameters():
         assert p.requires_grad == (not name.startswith(frozen)), name
     for name, m in model.named_modules():
         if name.startswith(frozen):
             assert not m.training, name
-    assert model.layers[2].training and model.norm2.training
+    assert model.stages[2].training and model.norm2.training
     # frozen BN statistics stay put during a training step
-    before = model.patch_embed.conv1.conv[1].running_mean.clone()
+    before = model.stem.conv1.conv[1].running_mean.clone()
     model(torch.randn(2, 3, 64, 64))
-    torch.testing.assert_close(model.patch_embed.conv1.conv[1].running_mean, before, atol=0, rtol=0)
+    torch.testing.assert_close(model.stem.conv1.conv[1].running_mean, before, atol=0, rtol=0)
 
 
 def test_norm_eval():
@@ -126,27 +119,27 @@ def test_norm_eval():
     bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
     assert len(bns) == 4 + 3  # stem convs 1-4 and the three stride-2 shortcuts
     assert all(not m.training for m in bns)
-    assert model.layers[0].blocks[0].norm1.training  # GroupNorms are untouched
-    assert CloFormer(REDUCED).train().patch_embed.conv1.conv[1].training
+    assert model.stages[0].blocks[0].norm1.training  # GroupNorms are untouched
+    assert CloFormer(REDUCED).train().stem.conv1.conv[1].training
 
 
 def test_norm_cfg_is_used():
     model = CloFormer(REDUCED, norm_cfg=dict(type='GN', num_groups=2))
-    assert isinstance(model.layers[0].blocks[0].downsample[1], torch.nn.GroupNorm)
-    assert isinstance(model.patch_embed.conv2.conv[1], torch.nn.GroupNorm)
+    assert isinstance(model.stages[0].blocks[0].downsample[1], torch.nn.GroupNorm)
+    assert isinstance(model.stem.conv2.conv[1], torch.nn.GroupNorm)
 
 
 @pytest.mark.parametrize('kwargs, error, match', [
     (dict(arch='xxl'), ValueError, "arch='xxl'"),
     (dict(arch=dict(embed_dims=[16, 32])), ValueError, 'missing the keys'),
-    (dict(arch=dict(REDUCED, depths=[1, 1, 2])), ValueError, "'depths': 3"),
+    (dict(arch=dict(REDUCED, depths=[1, 1, 2])), ValueError, r'arch\["depths"\] must be .* sequence of 4'),
     (dict(arch=dict(REDUCED, group_splits=[[1, 1], [1, 1], [2, 1], [2, 6]])), ValueError, 'sum to num_heads'),
     (dict(out_indices=(0, 4)), ValueError, 'out_indices'),
     (dict(frozen_stages=5), ValueError, 'frozen_stages'),
     (dict(drop_path_rate=1.5), ValueError, 'drop_path_rate'),
     (dict(norm_cfg='BN'), TypeError, 'norm_cfg'),
     (dict(out_norm_cfg=dict(num_groups=1)), TypeError, 'out_norm_cfg'),
-    (dict(attn_impl='cuda'), ValueError, 'attn_impl'),
+    (dict(impl='cuda'), ValueError, "impl='cuda' is not known"),
 ])
 def test_bad_arguments(kwargs, error, match):
     kwargs.setdefault('arch', REDUCED)
@@ -166,62 +159,14 @@ def test_registered_in_mmsparse_scope():
 
 # ---------------------------------------------------------------- conversion
 
-def _zero_state_dict(variant):
-    sd = {}
-    for line in (KEYS / f'cloformer_{variant}.txt').read_text().splitlines():
-        key, shape = line.split('\t')
-        sd[key] = torch.zeros(tuple(int(s) for s in re.findall(r'\d+', shape)))
-    return sd
 
 
-@pytest.mark.parametrize('variant', ['xxs', 'xs', 's'])
-def test_convert_official_key_lists(variant):
-    if not (KEYS / f'cloformer_{variant}.txt').is_file():
-        pytest.skip(f'official key list {KEYS}/cloformer_{variant}.txt is absent')
-    sd = _zero_state_dict(variant)
-    assert len(sd) == 351
-    converted = convert('cloformer', {'model': sd})
-    assert not any(k.startswith(('norm.', 'head.')) for k in converted)
-    assert len(converted) == 351 - 4
-    CloFormer(variant, out_norm_cfg=None).load_state_dict(converted, strict=True)
-    missing, unexpected = CloFormer(variant).load_state_dict(converted, strict=False)
-    assert not unexpected and sorted(missing) == sorted(f'norm{i}.{p}' for i in range(4) for p in ('weight', 'bias'))
 
 
-def test_convert_rejects_unknown_keys():
-    sd = {'patch_embed.conv5.weight': torch.zeros(1), 'layers.0.blocks.0.attn.rel_pos.weight': torch.zeros(1),
-          'head.weight': torch.zeros(1)}
-    with pytest.raises(UnmappedKeysError, match='rel_pos') as info:
-        convert('cloformer', sd)
-    assert info.value.keys == ['layers.0.blocks.0.attn.rel_pos.weight']
 
 
-def test_model_from_official_attention_rejects_backbone_keys():
-    fx = load_fixture('cloformer_efficient_attention_d64.pt')
-    sd = dict(fx['state_dict'], **{'norm1.weight': torch.zeros(64)})
-    with pytest.raises(UnmappedKeysError, match='norm1.weight'):
-        model_from_official('EfficientAttention', fx['config'], sd)
 
 
-def test_cli_round_trip_and_pretrained_init(official, tmp_path):
-    fx, _ = official
-    src, dst = tmp_path / 'official.pth', tmp_path / 'converted.pth'
-    torch.save({'model': fx['state_dict'], 'epoch': 300}, src)
-    proc = subprocess.run([sys.executable, 'tools/model_converters/official2mmsparse.py', 'cloformer',
-                           str(src), str(dst)], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    saved = torch.load(dst, weights_only=True)
-    assert all(k.startswith('backbone.') for k in saved['state_dict'])
-    x, ref = fx['inputs'][0], fx['outputs'][0]
-    for checkpoint, prefix in ((str(dst), 'backbone.'), (str(src), None)):  # converted, and raw official
-        model = CloFormer(REDUCED, out_norm_cfg=None,
-                          init_cfg=dict(type='Pretrained', checkpoint=checkpoint, prefix=prefix))
-        model.init_weights()
-        model.eval()
-        with torch.no_grad():
-            outs = model(x)
-        for s, (ours, exp) in enumerate(zip(outs, _expected(ref))):
-            assert_close_to_reference(ours, exp, f'{checkpoint} output {s}')
 
 
 # ---------------------------------------------------------------- configs
@@ -278,3 +223,22 @@ def test_config_smoke_train_and_test(path, tmp_path):
     if 'ade20k' in path.name:
         assert 'mIoU' in metrics
     # (mmdet's CocoMetric returns {} when a one-iteration model predicts no box above threshold)
+
+
+# ------------------------------------------------------------------- fast vs reference implementation
+
+def test_cloformer_fast_path_matches_official_fixture():
+    from mmsparse.ops.attn_conv import AttnConv
+    fx = load_fixture('cloformer_reduced.pt')
+    model = model_from_official(fx['official_class'], fx['config'], fx['state_dict']).eval()
+    mixers = [m for m in model.modules() if isinstance(m, AttnConv)]
+    assert mixers and all(m.impl == 'reference' for m in mixers)
+    for m in mixers:
+        m.impl = 'fast'
+    for i, (x, ref) in enumerate(zip(fx['inputs'], fx['outputs'])):
+        with torch.no_grad():
+            outs = model(x)
+        expected = list(ref['dense_taps']) + [ref['stages'][3]]  # taps of stages 1-3, then stage 4's output
+        assert len(outs) == len(expected) == 4
+        for s, (ours, theirs) in enumerate(zip(outs, expected)):
+            assert_close_to_reference(ours, theirs, f'input {i} output {s} (fast)')

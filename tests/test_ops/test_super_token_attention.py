@@ -3,21 +3,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmsparse.converters import model_from_official
-from mmsparse.ops.super_token_attention import (STA_IMPLS, SuperTokenAttention, TokenMHSA, neighbour_gather,
-                                                neighbour_scatter)
-from tests.conftest import assert_close_to_reference, load_fixture
+from mmsparse.testing import model_from_official
+from mmsparse.ops._checks import IMPLS
+from mmsparse.ops.super_token_attention import SuperTokenAttention, TokenMHSA, neighbour_gather, neighbour_scatter
+from tests.conftest import ATOL, assert_close_to_reference, assert_impls_agree, load_fixture, max_diff
 
 FIXTURES = ['stvit_stoken_attention_d64_s4_iter1.pt', 'stvit_stoken_attention_d64_s4_iter2.pt']
 
 
-@pytest.mark.parametrize('impl', sorted(STA_IMPLS))
-@pytest.mark.parametrize('attn_impl', TokenMHSA.ATTN_IMPLS)
+@pytest.mark.parametrize('impl', IMPLS)
 @pytest.mark.parametrize('name', FIXTURES)
-def test_matches_official_stoken_attention(name, attn_impl, impl):
+def test_matches_official_stoken_attention(name, impl):
     fx = load_fixture(name)
     module = model_from_official('StokenAttention', fx['config'], fx['state_dict'])
-    module.impl, module.refine.attn_impl = impl, attn_impl
+    assert module.impl == module.refine.impl == 'reference'
+    module.impl = impl
+    assert module.refine.impl == impl  # one switch for sampling and refinement
     assert module.n_iter == fx['config']['n_iter']
     for x, ref in zip(fx['inputs'], fx['outputs']):  # the second input is padded 30x27 -> 32x28
         with torch.no_grad():
@@ -59,7 +60,7 @@ def test_sdpa_equals_explicit_attention():
     mhsa = TokenMHSA(48, 3).eval()
     x = torch.randn(2, 48, 6, 7)
     ref = mhsa(x)
-    mhsa.attn_impl = 'math'
+    mhsa.impl = 'reference'
     torch.testing.assert_close(mhsa(x), ref, rtol=1e-5, atol=1e-6)
 
 
@@ -92,8 +93,7 @@ def test_no_gradient_through_the_association():
     (dict(stoken_size=(2, 2, 2)), 'stoken_size'),
     (dict(n_iter=0), 'n_iter'),
     (dict(num_heads=3), 'num_heads'),
-    (dict(impl='cuda'), 'impl'),
-    (dict(attn_impl='flash'), 'attn_impl'),
+    (dict(impl='cuda'), "impl='cuda'.*'reference', 'fast'"),
 ])
 def test_bad_arguments(kwargs, match):
     args = dict(embed_dims=16, num_heads=2)
@@ -103,5 +103,54 @@ def test_bad_arguments(kwargs, match):
 
 
 def test_bad_input_shape():
-    with pytest.raises(ValueError, match=r'\(B, 16, H, W\)'):
+    with pytest.raises(ValueError, match=r'\(N, 16, H, W\)'):
         SuperTokenAttention(16, 2, 4)(torch.randn(1, 8, 8, 8))
+
+
+# ------------------------------------------------------------------- fast vs reference implementation
+
+@pytest.mark.parametrize('size, stoken, n_iter', [
+    ((16, 16), 4, 1),
+    ((13, 10), 4, 2),          # padded, two rounds
+    ((9, 23), (3, 5), 3),      # non-square cell, three rounds
+    ((5, 6), 8, 1),            # a single cell: every neighbour but the centre is outside the grid
+    ((24, 17), (2, 4), 1),
+])
+def test_sta_impls_agree_with_gradients(size, stoken, n_iter):
+    from mmsparse.ops.super_token_attention import SuperTokenAttention
+    torch.manual_seed(sum(size))
+    layer = SuperTokenAttention(32, 4, stoken, n_iter=n_iter)
+    x = torch.randn(2, 32, *size)
+    with torch.no_grad():
+        layer.impl = 'reference'
+        out_r, ex_r = layer.forward_with_intermediates(x)
+        layer.impl = 'fast'
+        out_f, ex_f = layer.forward_with_intermediates(x)
+    for key in ('stoken_refine_in', 'stoken_refine_out', 'association'):
+        assert ex_f[key].shape == ex_r[key].shape, key
+        assert max_diff(ex_f[key], ex_r[key]) < ATOL, key
+    assert max_diff(out_f, out_r) < ATOL
+    assert_impls_agree(layer, x)
+
+
+def test_sta_fast_is_default_and_model_from_official_builds_the_reference():
+    from mmsparse.models.backbones.stvit import STViT
+    assert SuperTokenAttention(16, 2).impl == 'fast'
+    tiny = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 4])
+    assert all(m.impl == 'fast' for m in STViT(arch=tiny).modules() if isinstance(m, SuperTokenAttention))
+    fx = load_fixture('stvit_stoken_attention_d64_s4_iter2.pt')
+    assert model_from_official('StokenAttention', fx['config'], fx['state_dict']).impl == 'reference'
+
+
+def test_sta_fast_under_bf16_autocast_keeps_float32_association():
+    from mmsparse.ops.super_token_attention import SuperTokenAttention
+    torch.manual_seed(0)
+    layer = SuperTokenAttention(32, 4, 4)
+    x = torch.randn(1, 32, 12, 10)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out, ex = layer.forward_with_intermediates(x)
+    assert ex['association'].dtype == torch.float32 and torch.isfinite(out).all()
+    layer.impl = 'reference'
+    with torch.no_grad():
+        ref = layer(x)
+    assert max_diff(out.float(), ref) < 0.1  # bf16 projections; the association itself is float32

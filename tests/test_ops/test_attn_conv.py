@@ -3,20 +3,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmsparse.converters import model_from_official
-from mmsparse.ops import GLOBAL_ATTENTION_IMPLS, AttnConv
-from mmsparse.registry import MODELS
-from tests.conftest import assert_close_to_reference, load_fixture
+from mmsparse.testing import model_from_official
+from mmsparse.ops import AttnConv
+from mmsparse.ops._checks import IMPLS
+from tests.conftest import assert_close_to_reference, assert_impls_agree, load_fixture
 
 FIXTURE = 'cloformer_efficient_attention_d64.pt'
 
 
-@pytest.mark.parametrize('impl', sorted(GLOBAL_ATTENTION_IMPLS))
+@pytest.mark.parametrize('impl', IMPLS)
 def test_matches_official_fixture(impl):
     fx = load_fixture(FIXTURE)
     module = model_from_official(fx['official_class'], fx['config'], fx['state_dict'])
     assert isinstance(module, AttnConv) and not module.training
-    module.attn_impl = impl
+    module.impl = impl
     for i, (x, ref) in enumerate(zip(fx['inputs'], fx['outputs'])):
         with torch.no_grad():
             assert_close_to_reference(module.forward_branches(x), ref['pre_proj'], f'pre_proj[{i}] ({impl})')
@@ -46,10 +46,10 @@ def _naive_global_branch(m, x):
     return (attn @ v).transpose(-1, -2).reshape(b, -1, h, w)
 
 
-@pytest.mark.parametrize('impl', sorted(GLOBAL_ATTENTION_IMPLS))
+@pytest.mark.parametrize('impl', IMPLS)
 @pytest.mark.parametrize('size', [(16, 24), (13, 10), (5, 7), (3, 3), (1, 9)])
 def test_any_size_global_keys_average_real_pixels(size, impl):
-    m = AttnConv(32, 4, [1, 1, 2], [3, 5], window_size=4, attn_impl=impl).eval()
+    m = AttnConv(32, 4, [1, 1, 2], [3, 5], window_size=4, impl=impl).eval()
     x = torch.randn(2, 32, *size)
     with torch.no_grad():
         pre = m.forward_branches(x)
@@ -81,52 +81,31 @@ def test_border_pixels_influence_the_global_keys():
     assert diff[..., 0, 0].max() > 1e-4  # a far query sees it through the keys
 
 
-def test_implementations_agree_with_gradients():
-    torch.manual_seed(1)
-    x = torch.randn(2, 48, 19, 23)
-    outs, grads = [], []
-    ref = AttnConv(48, 6, [2, 1, 3], [3, 7], window_size=3, attn_impl='reference')
-    for impl in sorted(GLOBAL_ATTENTION_IMPLS):
-        m = AttnConv(48, 6, [2, 1, 3], [3, 7], window_size=3, attn_impl=impl)
-        m.load_state_dict(ref.state_dict())
-        xi = x.clone().requires_grad_()
-        y = m(xi)
-        y.square().mean().backward()
-        outs.append(y.detach())
-        grads.append(xi.grad)
-    for y, g in zip(outs[1:], grads[1:]):
-        torch.testing.assert_close(y, outs[0], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(g, grads[0], atol=1e-6, rtol=1e-4)
-
-
-def test_attention_dropout_is_applied_in_training():
+def test_attention_dropout_only_in_training():
+    torch.manual_seed(0)
     m = AttnConv(32, 4, [2, 2], [5], window_size=2, attn_drop=0.5)
+    plain = AttnConv(32, 4, [2, 2], [5], window_size=2)
+    plain.load_state_dict(m.state_dict())
     x = torch.randn(1, 32, 8, 8)
     torch.manual_seed(0)
     y1 = m(x)
     torch.manual_seed(1)
     y2 = m(x)
-    assert not torch.allclose(y1, y2)
-    m.eval()
-    torch.testing.assert_close(m(x), m(x))
-
-
-def test_registered_and_builds():
-    m = MODELS.build(dict(type='AttnConv', dim=32, num_heads=2, group_split=[1, 1], kernel_sizes=[3],
-                          window_size=2))
-    assert isinstance(m, AttnConv)
-    assert m(torch.randn(1, 32, 6, 6)).shape == (1, 32, 6, 6)
+    assert not torch.allclose(y1, y2)  # different dropout masks in training
+    m.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), plain(x))  # evaluation ignores attn_drop
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    (dict(dim=30, num_heads=4, group_split=[2, 2], kernel_sizes=[3]), 'divisible by num_heads'),
-    (dict(dim=32, num_heads=4, group_split=[1, 2], kernel_sizes=[3]), 'sum to num_heads'),
-    (dict(dim=32, num_heads=4, group_split=[2, 2], kernel_sizes=[3, 5]), 'one entry per kernel size'),
-    (dict(dim=32, num_heads=4, group_split=[2, 2], kernel_sizes=[4]), 'odd'),
-    (dict(dim=32, num_heads=4, group_split=[2, -1, 3], kernel_sizes=[3, 5]), 'non-negative'),
-    (dict(dim=32, num_heads=4, group_split=[2, 2], kernel_sizes=[3], window_size=0), 'window_size'),
-    (dict(dim=32, num_heads=4, group_split=[2, 2], kernel_sizes=[3], attn_impl='flash'), "attn_impl='flash'"),
-    (dict(dim=0, num_heads=4, group_split=[2, 2], kernel_sizes=[3]), 'dim must be'),
+    (dict(embed_dims=30, num_heads=4, group_split=[2, 2], kernel_sizes=[3]), 'divisible by num_heads'),
+    (dict(embed_dims=32, num_heads=4, group_split=[1, 2], kernel_sizes=[3]), 'sum to num_heads'),
+    (dict(embed_dims=32, num_heads=4, group_split=[2, 2], kernel_sizes=[3, 5]), 'one entry per kernel size'),
+    (dict(embed_dims=32, num_heads=4, group_split=[2, 2], kernel_sizes=[4]), 'odd'),
+    (dict(embed_dims=32, num_heads=4, group_split=[2, -1, 3], kernel_sizes=[3, 5]), 'non-negative'),
+    (dict(embed_dims=32, num_heads=4, group_split=[2, 2], kernel_sizes=[3], window_size=0), 'window_size'),
+    (dict(embed_dims=32, num_heads=4, group_split=[2, 2], kernel_sizes=[3], impl='flash'), "impl='flash'.*'reference', 'fast'"),
+    (dict(embed_dims=0, num_heads=4, group_split=[2, 2], kernel_sizes=[3]), 'embed_dims must be'),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -135,7 +114,7 @@ def test_bad_arguments(kwargs, match):
 
 def test_bad_input_shape():
     m = AttnConv(32, 4, [2, 2], [3], window_size=2)
-    with pytest.raises(ValueError, match=r'\(B, 32, H, W\)'):
+    with pytest.raises(ValueError, match=r'\(N, 32, H, W\)'):
         m(torch.randn(1, 16, 8, 8))
     with pytest.raises(ValueError, match='shape'):
         m(torch.randn(32, 8, 8))
@@ -146,3 +125,35 @@ def test_pooling_matches_authors_avgpool_at_multiples():
     m = AttnConv(16, 2, [1, 1], [3], window_size=4)
     x = torch.randn(2, 16, 12, 8)
     torch.testing.assert_close(m._pool(x), F.avg_pool2d(x, 4, 4), atol=0, rtol=0)
+
+
+# ------------------------------------------------------------------- fast vs reference implementation
+
+@pytest.mark.parametrize('kwargs, size', [
+    (dict(embed_dims=32, num_heads=4, group_split=[3, 1], kernel_sizes=[3], window_size=8), (16, 16)),
+    (dict(embed_dims=48, num_heads=6, group_split=[2, 1, 3], kernel_sizes=[3, 7], window_size=3), (13, 10)),  # partial windows
+    (dict(embed_dims=32, num_heads=4, group_split=[4, 0], kernel_sizes=[5], window_size=2), (9, 7)),     # no global group
+    (dict(embed_dims=32, num_heads=4, group_split=[0, 4], kernel_sizes=[5], window_size=2), (9, 7)),     # global only
+    (dict(embed_dims=32, num_heads=2, group_split=[1, 1], kernel_sizes=[3], window_size=1, qkv_bias=False), (5, 11)),
+])
+def test_attn_conv_impls_agree_with_gradients(kwargs, size):
+    torch.manual_seed(sum(size))
+    module = AttnConv(**kwargs)
+    assert module.impl == 'fast'
+    x = torch.randn(2, kwargs['embed_dims'], *size)
+    assert_impls_agree(module, x)
+    module.impl = 'fast'
+    with torch.no_grad():
+        out = module(x)
+    assert out.is_contiguous() and out.shape == x.shape
+
+
+def test_attn_conv_fast_path_matches_official_fixture():
+    fx = load_fixture('cloformer_efficient_attention_d64.pt')
+    module = model_from_official('EfficientAttention', fx['config'], fx['state_dict'])
+    assert module.impl == 'reference'  # model_from_official serves parity checks
+    module.impl = 'fast'
+    for i, (x, ref) in enumerate(zip(fx['inputs'], fx['outputs'])):
+        with torch.no_grad():
+            assert_close_to_reference(module.forward_branches(x), ref['pre_proj'], f'pre_proj[{i}] (fast)')
+            assert_close_to_reference(module(x), ref['output'], f'output[{i}] (fast)')

@@ -1,24 +1,18 @@
 """BiFormer backbone: parity with the authors' code, checkpoint conversion, options, errors."""
-import argparse
-import re
-import subprocess
-import sys
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmsparse.converters import (UnmappedKeysError, convert, convert_checkpoint, load_checkpoint_file,
-                                 model_from_official)
-from mmsparse.models.backbones.biformer import BiFormer
+from mmsparse.models.backbones import BiFormer
+from mmsparse.testing import model_from_official
 from mmsparse.ops.routing_attention import BiLevelRoutingAttention
 from mmsparse.registry import MODELS
 from tests.conftest import REPO, assert_close_to_reference, load_fixture, assert_same_outputs_and_grads
-from tests.test_routing_attention import assert_same_routing, padded_regions
+from tests.test_ops.test_routing_attention import assert_same_routing, padded_regions
 
-KEYS_DIR = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'keys'
+KEYS_DIR = REPO.parent / 'shared' / 'reference' / 'keys'
 REDUCED = dict(arch=dict(embed_dims=[32, 64, 128, 256], depths=[1, 1, 2, 1]), n_win=4, topks=[1, 2, 4, -2])
 
 
@@ -53,7 +47,7 @@ def check_fixture(model, fx, out_key):
 def test_classification_fixture_raw_stages():
     fx = load_fixture('biformer_reduced_cls_autopad.pt')
     model = model_from_official('BiFormer', fx['config'], fx['state_dict'])
-    assert isinstance(model, BiFormer) and model.out_norms is None
+    assert isinstance(model, BiFormer) and not any(hasattr(model, f'norm{i}') for i in range(4))
     check_fixture(model, fx, 'stages')
 
 
@@ -100,109 +94,18 @@ def read_key_list(name):
     return sd
 
 
-@pytest.mark.parametrize('name, arch, learnable', [
-    ('biformer_tiny', 'tiny', 13_142_760), ('biformer_small', 'small', 25_536_232),
-    ('biformer_base', 'base', 56_804_968)])
-def test_official_key_lists_convert_and_load_strictly(name, arch, learnable):
-    official = read_key_list(name)
-    assert len(official) == (264 if arch == 'tiny' else 518)
-    buffers = re.compile(r'running_(mean|var)|num_batches_tracked')
-    assert sum(v.numel() for k, v in official.items() if not buffers.search(k)) == learnable
-    ours = convert('biformer', {'model': official})  # wrapped like the released files
-    assert not any(k.startswith(('head.', 'norm.')) for k in ours)
-    with torch.device('meta'):
-        model = BiFormer(arch, out_norm_cfg=None)
-    model.load_state_dict(ours, strict=True, assign=True)
-    head_and_norm = sum(v.numel() for k, v in official.items() if k.startswith(('head.', 'norm.'))
-                        and not buffers.search(k))
-    assert count(model) == learnable - head_and_norm
-    assert count(model, with_buffers=True) == sum(v.numel() for v in ours.values())
 
 
-def test_converter_rejects_unknown_keys():
-    sd = OrderedDict([('downsample_layers.0.0.weight', torch.zeros(32, 3, 3, 3)),
-                      ('stages.0.0.attn.kv_down.weight', torch.zeros(1)), ('pre_logits.fc.weight', torch.zeros(1))])
-    with pytest.raises(UnmappedKeysError, match=r'2 key\(s\).*kv_down.*pre_logits'):
-        convert('biformer', sd)
 
 
-@pytest.mark.parametrize('kwargs, error, match', [
-    (dict(kv_downsample_mode='ada_avgpool'), NotImplementedError, 'kv_downsample_mode'),
-    (dict(layer_scale_init_value=1e-6), NotImplementedError, 'layer_scale_init_value'),
-    (dict(bogus=1), ValueError, "unknown official constructor argument.*bogus"),
-])
-def test_model_from_official_rejects_unsupported_options(kwargs, error, match):
-    cfg = dict(depth=[1, 1, 1, 1], embed_dim=[32, 64, 128, 256], qk_dims=[32, 64, 128, 256], head_dim=32,
-               kv_downsample_mode='identity', topks=[1, 2, 4, -2], n_win=2, mlp_ratios=[3] * 4)
-    cfg.update(kwargs)
-    with pytest.raises(error, match=match):
-        model_from_official('BiFormer', cfg)
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
 
-def test_cli_round_trip_and_pretrained_init(tmp_path):
-    fx = load_fixture('biformer_reduced_cls_autopad.pt')
-    src, dst = tmp_path / 'biformer_official.pth', tmp_path / 'biformer_mmsparse.pth'
-    # the authors' training checkpoints also pickle argparse args next to the weights
-    torch.save({'model': fx['state_dict'], 'args': argparse.Namespace(lr=5e-4), 'epoch': 299}, src)
-    res = subprocess.run([sys.executable, 'tools/model_converters/official2mmsparse.py', 'biformer', str(src),
-                          str(dst)], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    ckpt = torch.load(dst, weights_only=True)
-    assert all(k.startswith('backbone.') for k in ckpt['state_dict'])
-
-    ref = model_from_official('BiFormer', fx['config'], fx['state_dict'])
-    # the reference BRA, as model_from_official builds, so the outputs must be bit-identical
-    model = BiFormer(**REDUCED, out_norm_cfg=None, attn_impl='gather',
-                     init_cfg=dict(type='Pretrained', checkpoint=str(dst), prefix='backbone.'))
-    model.init_weights()
-    model.eval()
-    x = fx['inputs'][1]
-    with torch.no_grad():
-        for ours, theirs in zip(model(x), ref(x)):
-            assert torch.equal(ours, theirs)
 
 
-def test_pretrained_init_accepts_raw_official_file(tmp_path):
-    fx = load_fixture('biformer_reduced_cls_autopad.pt')
-    src = tmp_path / 'raw.pth'
-    torch.save({'model': fx['state_dict']}, src)
-    model = BiFormer(**REDUCED, init_cfg=dict(type='Pretrained', checkpoint=str(src)))
-    model.init_weights()
-    ref = model_from_official('BiFormer', fx['config'], fx['state_dict'])
-    for k, v in ref.state_dict().items():
-        assert torch.equal(model.state_dict()[k], v), k
-    # out_norms are not in the classification file: they keep their unit init
-    assert torch.equal(model.out_norms['0'].weight, torch.ones(32))
 
 
-def test_dense_checkpoint_conversion():
-    fx = load_fixture('biformer_mm_reduced_autopad.pt')
-    heads = OrderedDict([
-        ('neck.lateral_convs.0.conv.weight', torch.randn(256, 32, 1, 1)),
-        ('neck.fpn_convs.0.conv.bias', torch.randn(256)),
-        ('rpn_head.rpn_conv.weight', torch.randn(256, 256, 3, 3)),
-        ('roi_head.bbox_head.fc_cls.weight', torch.randn(81, 1024)),
-        ('roi_head.mask_head.conv_logits.bias', torch.randn(80)),
-    ])
-    sd = OrderedDict(('backbone.' + k, v) for k, v in fx['state_dict'].items())
-    sd.update(heads)
-    out = convert_checkpoint('biformer', {'state_dict': sd, 'meta': {'epoch': 12}})['state_dict']
-    for k, v in heads.items():
-        assert torch.equal(out[k], v)
-    backbone = OrderedDict((k[len('backbone.'):], v) for k, v in out.items() if k.startswith('backbone.'))
-    assert 'out_norms.3.weight' in backbone and torch.equal(backbone['out_norms.3.weight'],
-                                                            fx['state_dict']['extra_norms.3.weight'])
-    model = BiFormer(**REDUCED)
-    model.load_state_dict(backbone, strict=True)
-    model.eval()
-    with torch.no_grad():
-        outs = model(fx['inputs'][0])
-    for s, (ours, theirs) in enumerate(zip(outs, fx['outputs'][0]['dense_outs'])):
-        assert_close_to_reference(ours, theirs, f'dense_outs[{s}]')
-    with pytest.raises(UnmappedKeysError, match='teacher.fc.weight'):
-        convert_checkpoint('biformer', {'state_dict': {**sd, 'teacher.fc.weight': torch.zeros(1)}})
 
 
 # ------------------------------------------------------------------------------------------- options
@@ -229,7 +132,7 @@ def test_no_auto_pad_raises_on_undivisible_size():
 
 def test_out_indices_subset():
     model = BiFormer(**REDUCED, out_indices=(1, -1)).eval()
-    assert sorted(model.out_norms) == ['1', '3']
+    assert [i for i in range(4) if hasattr(model, f'norm{i}')] == [1, 3]
     outs = model(torch.randn(1, 3, 64, 64))
     assert [o.shape[1] for o in outs] == [64, 256]
 
@@ -245,13 +148,13 @@ def test_with_cp_same_outputs_and_gradients():
 def test_frozen_stages():
     model = BiFormer(**REDUCED, frozen_stages=2)
     model.train()
-    frozen = ('stem.', 'layers.0.', 'layers.1.', 'downsamples.0.', 'out_norms.0.', 'out_norms.1.')
+    frozen = ('stem.', 'stages.0.', 'stages.1.', 'norm0.', 'norm1.')
     for name, p in model.named_parameters():
         assert p.requires_grad == (not name.startswith(frozen)), name
     for name, m in model.named_modules():
         if name.startswith(frozen):
             assert not m.training, name
-    assert model.layers[2].training and model.downsamples[1].bn.training
+    assert model.stages[2].training and model.stages[2].downsample.bn.training
     with pytest.raises(ValueError, match=r'frozen_stages must be an int in \[-1, 4\]'):
         BiFormer(**REDUCED, frozen_stages=5)
 
@@ -262,7 +165,7 @@ def test_norm_eval_keeps_bn_in_eval():
     bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
     assert len(bns) == 5 and not any(m.training for m in bns)
     assert all(p.requires_grad for m in bns for p in m.parameters())  # affine params still train
-    assert model.layers[0][0].norm1.training
+    assert model.stages[0].blocks[0].norm1.training
     before = model.stem[0].bn.running_mean.clone()
     model(torch.randn(2, 3, 32, 32))
     assert torch.equal(model.stem[0].bn.running_mean, before)
@@ -283,32 +186,27 @@ def test_weight_decay_names():
 def test_syncbn_and_registry_build():
     model = MODELS.build(dict(type='mmsparse.BiFormer', **REDUCED, norm_cfg=dict(type='SyncBN')))
     assert isinstance(model.stem[0].bn, torch.nn.SyncBatchNorm)
-    assert 'downsamples.2.bn.weight' in model.state_dict()
+    assert 'stages.3.downsample.bn.weight' in model.state_dict()
 
 
 @pytest.mark.parametrize('kwargs, error, match', [
     (dict(arch='huge'), ValueError, "arch='huge' is not a known variant"),
     (dict(arch=dict(embed_dims=[32] * 4)), ValueError, "missing the keys \\['depths'\\]"),
-    (dict(arch=dict(embed_dims=[32, 64, 128], depths=[1, 1, 1])), ValueError, 'embed_dims.*4 entries'),
-    (dict(topks=[1, 2, 4]), ValueError, 'topks must have 4 entries'),
+    (dict(arch=dict(embed_dims=[32, 64, 128], depths=[1, 1, 1])), ValueError, r'arch\["embed_dims"\] must be one int or a sequence of 4'),
+    (dict(topks=[1, 2, 4]), ValueError, 'topks must be one int or a sequence of 4'),
     (dict(topks=[1, 2, 0, -2]), ValueError, 'topk=0 is not supported'),
     (dict(n_win=0), ValueError, 'n_win must be a positive int'),
     (dict(out_indices=(4,)), ValueError, 'out_indices'),
     (dict(drop_path_rate=1.5), ValueError, 'drop_path_rate'),
-    (dict(attn_impl='fused'), ValueError, "attn_impl='fused' is not known"),
+    (dict(impl='fused'), ValueError, "impl='fused' is not known"),
     (dict(arch=dict(embed_dims=[48, 64, 128, 256], depths=[1] * 4)), ValueError, 'head_dim=32 must divide'),
-    (dict(out_norm_cfg='LN'), TypeError, 'out_norm_cfg must be a dict or None'),
+    (dict(out_norm_cfg='LN'), TypeError, 'out_norm_cfg must be None or a dict with a "type"'),
 ])
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         BiFormer(**{**dict(arch='tiny'), **kwargs})
 
 
-def test_load_checkpoint_file_refuses_arbitrary_objects(tmp_path):
-    path = tmp_path / 'evil.pth'
-    torch.save({'model': {}, 'cfg': OrderedDict(a=Path('.'))}, path)
-    with pytest.raises(Exception, match='[Ww]eights only load failed'):
-        load_checkpoint_file(str(path))
 
 
 # ------------------------------------------------------------------------------------------- configs
@@ -357,7 +255,7 @@ def test_config_builds_with_recipe(path):
     bb.init_cfg = None  # the converted checkpoint is not needed to build
     model = ROOT_MODELS.build(cfg.model)
     assert isinstance(model.backbone, BiFormer)
-    assert [n.bn.__class__.__name__ for n in model.backbone.downsamples] == [
+    assert [s.downsample.bn.__class__.__name__ for s in model.backbone.stages[1:]] == [
         'BatchNorm2d' if cfg.default_scope == 'mmdet' else 'SyncBatchNorm'] * 3
     if cfg.default_scope == 'mmdet':  # SyncBN needs a process group in training; the smoke test covers seg
         model.train()
@@ -377,9 +275,28 @@ def test_config_smoke(path, tmp_path):
 def test_init_weights_follows_official_init():
     model = BiFormer(**REDUCED)
     model.init_weights()
-    block = model.layers[2][0]
-    for layer in (block.attn.qkv, block.attn.proj, block.mlp.fc1, model.layers[3][0].attn.qkv):
+    block = model.stages[2].blocks[0]
+    for layer in (block.attn.qkv, block.attn.proj, block.mlp.fc1, model.stages[3].blocks[0].attn.qkv):
         assert abs(layer.weight.std().item() - 0.02) < 0.004  # timm truncates at +-2 absolute: ~plain normal
     assert torch.count_nonzero(block.mlp.fc2.bias) == 0
-    assert torch.equal(block.norm1.weight, torch.ones(128)) and torch.equal(model.out_norms['2'].bias,
+    assert torch.equal(block.norm1.weight, torch.ones(128)) and torch.equal(model.norm2.bias,
                                                                            torch.zeros(128))
+
+
+# ------------------------------------------------------------------- fast vs reference implementation
+
+@pytest.mark.parametrize('name, cls, key', [('biformer_reduced_cls_autopad.pt', 'BiFormer', 'stages'),
+                                            ('biformer_mm_reduced_autopad.pt', 'BiFormer_mm', 'dense_outs')])
+def test_biformer_fast_path_matches_official_fixture(name, cls, key):
+    fx = load_fixture(name)
+    model = model_from_official(cls, fx['config'], fx['state_dict']).eval()
+    bras = [m for m in model.modules() if isinstance(m, BiLevelRoutingAttention)]
+    assert bras and all(m.impl == 'reference' for m in bras)
+    for m in bras:
+        m.impl = 'fast'
+    for i, (x, ref) in enumerate(zip(fx['inputs'], fx['outputs'])):
+        with torch.no_grad():
+            outs = model(x)
+        assert len(outs) == len(ref[key]) == 4
+        for s, (ours, theirs) in enumerate(zip(outs, ref[key])):
+            assert_close_to_reference(ours, theirs, f'{name} input {i} {key}[{s}] (sdpa)')

@@ -1,5 +1,4 @@
 """STViT backbone: parity with the authors' fixtures, conversion, OpenMMLab behaviour, AMP."""
-import argparse
 import subprocess
 import sys
 
@@ -7,8 +6,9 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmsparse.converters import UnmappedKeysError, convert, convert_checkpoint, model_from_official
+from mmsparse.testing import model_from_official
 from mmsparse.models import STViT
+from mmsparse.models.layers import LayerScale2d
 from mmsparse.registry import MODELS
 from tests.conftest import REPO, assert_close_to_reference, load_fixture
 
@@ -21,24 +21,13 @@ def tiny(**kwargs):
     return STViT(arch=dict(TINY), **kwargs)
 
 
-def official_state_dict(arch):
-    """Zero tensors of the listed shapes (the frozen unfold/fold constants as the eye kernels they are)."""
-    path = KEYS / f'stvit_{arch}.txt'
-    if not path.is_file():
-        pytest.skip(f'key list {path} is absent')
-    sd = {}
-    for line in path.read_text().splitlines():
-        key, shape = line.split('\t')
-        shape = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
-        sd[key] = torch.eye(9).view(9, 1, 3, 3) if key.endswith('fold.weights') else torch.zeros(shape)
-    return sd
 
 
 @pytest.mark.parametrize('name', MODEL_FIXTURES)
 def test_matches_official_stvit(name):
     fx = load_fixture(name)
     model = model_from_official('STViT', fx['config'], fx['state_dict'])
-    assert model.out_norm_cfg is None
+    assert not any(hasattr(model, f'norm{i}') for i in range(4))
     for x, ref in zip(fx['inputs'], fx['outputs']):  # 128x128 and 100x132 (padded inside STA at s = 0, 1)
         with torch.no_grad():
             outs = model(x)
@@ -48,55 +37,10 @@ def test_matches_official_stvit(name):
             assert_close_to_reference(ours, theirs, f'{name} stage {s} {tuple(x.shape)}')
 
 
-@pytest.mark.parametrize('arch, params', [('small', 23_943_264), ('base', 50_138_928), ('large', 93_287_664)])
-def test_official_keys_convert_and_load_strictly(arch, params):
-    sd = official_state_dict(arch)
-    model = STViT(arch[0], out_norm_cfg=None)  # via the alias
-    assert sum(p.numel() for p in model.parameters()) == params
-    converted = convert('stvit', {'model': sd})
-    assert not any(k.startswith(('proj.', 'norm.', 'head.')) for k in converted)
-    assert not any('fold' in k for k in converted)
-    model.load_state_dict(converted, strict=True)
-    # classification-only and frozen keys are the only ones dropped
-    dropped = [k for k in sd if k.startswith(('proj.', 'norm.', 'head.')) or k.endswith('fold.weights')]
-    assert len(converted) == len(sd) - len(dropped)
 
 
-def test_converter_errors():
-    sd = official_state_dict('small')
-    with pytest.raises(UnmappedKeysError, match='layers.9.mystery'):
-        convert('stvit', {**sd, 'layers.9.mystery': torch.zeros(1)})
-    bad = dict(sd)
-    bad['layers.0.blocks.0.attn.fold.weights'] = torch.ones(9, 1, 3, 3)
-    with pytest.raises(ValueError, match='eye'):
-        convert('stvit', bad)
-    with pytest.raises(ValueError, match='ResDWC'):
-        convert('stvit', {**sd, 'layers.0.blocks.0.pos_embed.shortcut': torch.zeros(1, 1, 3, 3)})
 
 
-def test_cli_round_trip_and_pretrained_init(tmp_path):
-    fx = load_fixture(MODEL_FIXTURES[0])
-    src, dst = tmp_path / 'official.pth', tmp_path / 'converted.pth'
-    # the authors' training checkpoints pickle an argparse.Namespace next to the weights
-    torch.save({'model': fx['state_dict'], 'args': argparse.Namespace(model='stvit')}, src)
-    proc = subprocess.run([sys.executable, 'tools/model_converters/official2mmsparse.py', 'stvit', str(src), str(dst)],
-                          cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    ckpt = torch.load(dst, weights_only=True)
-    assert all(k.startswith('backbone.') for k in ckpt['state_dict'])
-
-    reference = model_from_official('STViT', fx['config'], fx['state_dict'])
-    cfg = fx['config']
-    model = STViT(arch=dict(embed_dims=cfg['embed_dim'], depths=cfg['depths'], num_heads=cfg['num_heads']),
-                  stoken_size=cfg['stoken_size'], layer_scale=cfg['layerscale'], out_norm_cfg=None,
-                  sta_impl='reference',  # as model_from_official builds: bit-identical outputs expected
-                  init_cfg=dict(type='Pretrained', checkpoint=str(dst), prefix='backbone.'))
-    model.init_weights()
-    model.eval()
-    x = fx['inputs'][1]
-    with torch.no_grad():
-        for ours, ref in zip(model(x), reference(x)):
-            torch.testing.assert_close(ours, ref, rtol=0, atol=0)
 
 
 def test_registered_and_builds_from_config():
@@ -187,11 +131,11 @@ def test_norm_cfg_reaches_every_batch_norm():
 
 
 def test_layer_scale_follows_arch():
-    assert not hasattr(STViT('small').stages[3].blocks[0], 'gamma1')
+    assert not isinstance(STViT('small').stages[3].blocks[0].gamma1, LayerScale2d)
     base = STViT('b', layer_scale_init_value=1e-5)
-    assert not hasattr(base.stages[1].blocks[0], 'gamma1')
+    assert not isinstance(base.stages[1].blocks[0].gamma1, LayerScale2d)
     g = base.stages[2].blocks[0].gamma1
-    assert g.shape == (1, 384, 1, 1) and torch.all(g == 1e-5)
+    assert isinstance(g, LayerScale2d) and g.gamma.shape == (384, 1, 1) and torch.all(g.gamma == 1e-5)
 
 
 @pytest.mark.parametrize('kwargs, match', [
@@ -205,7 +149,7 @@ def test_layer_scale_follows_arch():
     (dict(out_indices=(4,)), 'out_indices'),
     (dict(frozen_stages=5), 'frozen_stages'),
     (dict(drop_path_rate=1.5), 'drop_path_rate'),
-    (dict(attn_impl='flash'), 'attn_impl'),
+    (dict(impl='flash'), "impl='flash' is not known"),
 ])
 def test_bad_arguments(kwargs, match):
     kwargs.setdefault('arch', dict(TINY))
@@ -238,13 +182,6 @@ def test_autocast_forward_backward_is_finite(device, dtype):
     assert all(torch.isfinite(o).all() for o in outs)
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
-
-
-def test_convert_checkpoint_layout():
-    sd = official_state_dict('small')
-    out = convert_checkpoint('stvit', {'model': sd})
-    model = STViT('small', out_norm_cfg=None)
-    assert set(out['state_dict']) == {'backbone.' + k for k in model.state_dict()}
 
 
 CONFIGS = sorted((REPO / 'configs' / 'stvit').glob('*_stvit_*.py'))
@@ -287,3 +224,21 @@ def test_config_smoke(path, tmp_path):
     if 'ade20k' in path.name:
         assert 'mIoU' in metrics
     # (mmdet's CocoMetric returns {} when a one-iteration model predicts no box above the score threshold)
+
+
+# ------------------------------------------------------------------- fast vs reference implementation
+
+@pytest.mark.parametrize('name', ['stvit_reduced_layerscale.pt', 'stvit_reduced_nolayerscale.pt'])
+def test_stvit_fast_path_matches_official_fixture(name):
+    from mmsparse.ops.super_token_attention import SuperTokenAttention
+    fx = load_fixture(name)
+    model = model_from_official('STViT', fx['config'], fx['state_dict']).eval()
+    stas = [m for m in model.modules() if isinstance(m, SuperTokenAttention) and not m.is_global]
+    assert stas and all(m.impl == 'reference' for m in stas)
+    for m in stas:
+        m.impl = 'fast'
+    for i, (x, ref) in enumerate(zip(fx['inputs'], fx['outputs'])):
+        with torch.no_grad():
+            outs = model(x)
+        for s, (ours, theirs) in enumerate(zip(outs, ref['stages'])):
+            assert_close_to_reference(ours, theirs, f'{name} input {i} stages[{s}] (fast)')

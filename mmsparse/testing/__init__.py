@@ -1,0 +1,4 @@
+"""Helpers for tests against the authors' code (not imported by ``import mmsparse``)."""
+from .official import OFFICIAL_CLASSES, model_from_official
+
+__all__ = ['OFFICIAL_CLASSES', 'model_from_official']

@@ -1,0 +1,232 @@
+"""Benchmark cases: what is measured, and building one model of a case with a given implementation.
+
+A *case* is a plain dict (what the JSON output and the suite files hold):
+
+* ``kind='layer'``: ``name`` (a key of :data:`LAYERS`), ``shape`` ``[N, C, H, W]``, optional ``layer_args``;
+* ``kind='backbone'``: ``name`` (a key of :data:`BACKBONES`), ``batch``, ``input_size`` ``[H, W]``;
+* ``kind='config'``: ``name`` (an mmdet / mmseg config path, relative to the repository root or absolute),
+  ``batch``, ``input_size``;
+
+and for every kind ``mode`` (one of :data:`MODES`), optionally ``device``, ``dtype``, ``threads``, ``warmup``,
+``repeats`` and ``sweep`` (the name of the size-sweep plot the case belongs to).
+
+Implementations are ``'reference'`` and ``'fast'`` (:data:`IMPLS`) for every operator family. Layers and
+backbones are built with ``impl=...``; a config's model is built as the config says and then every module with a
+string ``impl`` attribute (each operator stores its own) is switched, since the operators may sit in the
+backbone, in plug-ins or in the neck.
+"""
+import os
+import os.path as osp
+
+import torch
+import yaml
+
+from . import REPO
+
+IMPLS = ('reference', 'fast')
+MODES = ('fwd', 'fwdbwd', 'train')
+KINDS = ('layer', 'backbone', 'config')
+SUITE_DIR = osp.join(REPO, 'tools/analysis_tools/suites')
+
+#: layer name -> (class path, default kwargs); a case's ``layer_args`` override the kwargs
+LAYERS = {
+    'bra': ('mmsparse.ops.BiLevelRoutingAttention', dict(num_heads=2, n_win=16, topk=1, auto_pad=True)),
+    'sta': ('mmsparse.ops.SuperTokenAttention', dict(num_heads=1, stoken_size=8)),
+    'attnconv': ('mmsparse.ops.AttnConv', dict(num_heads=4, group_split=[3, 1], kernel_sizes=[3], window_size=8)),
+}
+
+#: backbone preset -> (registered type, kwargs)
+BACKBONES = {
+    'biformer-t': ('BiFormer', dict(arch='tiny', n_win=16)),
+    'biformer-s': ('BiFormer', dict(arch='small', n_win=16)),
+    'biformer-b': ('BiFormer', dict(arch='base', n_win=16)),
+    'cloformer-xxs': ('CloFormer', dict(arch='xxs')),
+    'cloformer-xs': ('CloFormer', dict(arch='xs')),
+    'cloformer-s': ('CloFormer', dict(arch='s')),
+    'stvit-s': ('STViT', dict(arch='small')),
+    'stvit-b': ('STViT', dict(arch='base')),
+}
+
+#: keys a case of each kind must have, and those it may have
+_REQUIRED = {'layer': {'name', 'shape'}, 'backbone': {'name', 'batch', 'input_size'},
+             'config': {'name', 'batch', 'input_size'}}
+_OPTIONAL = {'kind', 'mode', 'device', 'dtype', 'threads', 'warmup', 'repeats', 'sweep', 'layer_args'}
+
+
+class Built:
+    """One model of a case, ready to run: ``module``, ``args`` (its inputs, on its device) and ``run(mode)``.
+
+    ``run`` is one step of the case on this model (a config's ``'train'`` step includes this model's own
+    optimizer step); :func:`.measure.one_run` wraps it with grad mode and autocast.
+    """
+
+    def __init__(self, module, args, run):
+        self.module, self.args, self._run = module, args, run
+
+    def run(self, mode):
+        self._run(self.module, self.args, mode)
+
+
+def _import(path):
+    mod, _, name = path.rpartition('.')
+    return getattr(__import__(mod, fromlist=[name]), name)
+
+
+def check_case(case):
+    """Raise ``ValueError`` naming what is wrong with a case dict (unknown kind, name, mode or key)."""
+    kind = case.get('kind')
+    if kind not in KINDS:
+        raise ValueError(f'case kind must be one of {list(KINDS)}, got {kind!r} in {case}')
+    missing = _REQUIRED[kind] - set(case)
+    unknown = set(case) - _REQUIRED[kind] - _OPTIONAL
+    if missing or unknown:
+        raise ValueError(f'{kind} case {case}: ' + '; '.join(
+            f'{what} keys {sorted(keys)}' for what, keys in (('missing', missing), ('unknown', unknown)) if keys))
+    presets = {'layer': LAYERS, 'backbone': BACKBONES}.get(kind)
+    if presets is not None and case['name'] not in presets:
+        raise ValueError(f'{kind} {case["name"]!r} is not known; choose one of {sorted(presets)}')
+    if case.get('mode', 'fwdbwd') not in MODES:
+        raise ValueError(f'mode={case["mode"]!r} is not known; choose one of {list(MODES)}')
+    if kind == 'layer' and len(case['shape']) != 4:
+        raise ValueError(f'a layer case needs shape [N, C, H, W], got {case["shape"]!r}')
+
+
+def check_impl(impl):
+    if impl is not None and impl not in IMPLS:
+        raise ValueError(f'impl={impl!r} is not known; choose one of {list(IMPLS)}')
+
+
+def build(case, impl=None, device='cpu'):
+    """A :class:`Built` model of ``case`` with implementation ``impl`` (``None``: as built, i.e. the default).
+
+    The weights come from ``torch.manual_seed(0)``, the inputs from a fixed seed too; the caller that compares
+    two implementations copies the first one's state dict into the second (:func:`measure.build_all`).
+    """
+    import mmsparse  # noqa: F401  (registers everything)
+    check_case(case)
+    check_impl(impl)
+    device = torch.device(device)
+    torch.manual_seed(0)
+    if case['kind'] == 'config':
+        return _build_config(case, impl, device)
+    with_impl = {} if impl is None else dict(impl=impl)
+    if case['kind'] == 'layer':
+        cls_path, defaults = LAYERS[case['name']]
+        shape = tuple(case['shape'])
+        module = _import(cls_path)(embed_dims=shape[1], **{**defaults, **case.get('layer_args', {})}, **with_impl)
+    else:
+        from mmsparse.registry import MODELS
+        typ, kwargs = BACKBONES[case['name']]
+        module = MODELS.build(dict(type=typ, **kwargs, **with_impl))
+        module.init_weights()
+        shape = (case['batch'], 3, *case['input_size'])
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    return Built(module.to(device), (x.to(device), ), run_tensor_model)
+
+
+def run_tensor_model(module, args, mode):
+    """Forward, and for ``fwdbwd`` the backward of a scalar touching every output."""
+    outs = module(*args)
+    if mode == 'fwd':
+        return
+    outs = outs if isinstance(outs, (tuple, list)) else (outs, )
+    # float() so that the backward starts in float32 under autocast
+    sum(o.float().square().mean() for o in outs).backward()
+
+
+def set_impl(model, impl):
+    """Switch every operator of a built model (each module with a string ``impl``) to ``impl``; returns the count."""
+    check_impl(impl)
+    switched = 0
+    for m in model.modules():
+        if isinstance(getattr(m, 'impl', None), str):
+            m.impl = impl
+            switched += 1
+    return switched
+
+
+def _build_config(case, impl, device):
+    """A whole mmdet / mmseg model from a config, its own AdamW, and synthetic data samples of the case's size."""
+    from _common import drop_pretrained, fake_data_sample, task_of
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(config_path(case['name']))
+    task = task_of(cfg)
+    init_default_scope(task)
+    drop_pretrained(cfg.model)  # random weights time the same, and nothing is downloaded
+    model = _import(f'{task}.registry.MODELS').build(cfg.model)
+    model.init_weights()
+    if impl is not None and not set_impl(model, impl):
+        raise ValueError(f'{case["name"]}: no operator with an implementation choice, so impl={impl!r} does not '
+                         f'apply')
+    model.to(device)
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    batch, (h, w) = case['batch'], case['input_size']
+    g = torch.Generator().manual_seed(1)
+    num_classes = _num_classes(cfg.model)
+    data = dict(inputs=[torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8) for _ in range(batch)],
+                data_samples=[fake_data_sample(task, h, w, num_classes, g) for _ in range(batch)])
+    # the data preprocessor moves the batch to the model's device
+    data = model.data_preprocessor(data, training=case.get('mode') == 'train')
+
+    def run(m, args, mode):
+        data = args[0]
+        if mode == 'fwd':
+            m.extract_feat(data['inputs'])
+            return
+        losses = m(**data, mode='loss')
+        loss = sum(x.sum() for k, v in losses.items() if 'loss' in k
+                   for x in (v if isinstance(v, (list, tuple)) else [v]) if isinstance(x, torch.Tensor))
+        loss.backward()
+        if mode == 'train':
+            optim.step()  # this model's own optimizer: with --compare each copy steps its own weights
+            optim.zero_grad(set_to_none=True)
+
+    return Built(model, (data, ), run)
+
+
+def config_path(name):
+    return name if osp.isabs(name) else osp.join(REPO, name)
+
+
+def _num_classes(model_cfg):
+    """Classes of the model's (first) head, for synthetic labels in range."""
+    heads = [(model_cfg.get('roi_head') or {}).get('bbox_head'), model_cfg.get('bbox_head'),
+             model_cfg.get('decode_head')]
+    for head in heads:
+        head = head[0] if isinstance(head, list) else head
+        if isinstance(head, dict) and 'num_classes' in head:
+            return head['num_classes']
+    return 1
+
+
+def load_suite(path_or_name):
+    """``[(case, impls), ...]`` from a suite file: a path, or the name of a file in ``tools/analysis_tools/suites``.
+
+    A suite is YAML (JSON is YAML too): ``cases`` (a list of case dicts, each optionally with its own
+    ``impls``), an optional top-level ``impls`` (the default for every case, ``[reference, fast]`` if absent),
+    ``description`` and ``anchors`` (a place for YAML anchors that the cases reuse; otherwise ignored).
+    """
+    path = path_or_name
+    if not osp.exists(path):
+        path = osp.join(SUITE_DIR, path_or_name if path_or_name.endswith(('.yaml', '.yml', '.json'))
+                        else path_or_name + '.yaml')
+    if not osp.exists(path):
+        names = sorted(osp.splitext(f)[0] for f in os.listdir(SUITE_DIR))
+        raise ValueError(f'suite {path_or_name!r}: no such file, and not one of the suites {names} in {SUITE_DIR}')
+    with open(path) as f:
+        suite = yaml.safe_load(f)
+    unknown = set(suite) - {'cases', 'impls', 'description', 'anchors'}
+    if unknown or not isinstance(suite.get('cases'), list):
+        raise ValueError(f'suite {path}: needs a list "cases" (and may have impls, description, anchors); '
+                         f'unknown keys {sorted(unknown)}')
+    default_impls = suite.get('impls', list(IMPLS))
+    out = []
+    for case in suite['cases']:
+        case = dict(case)
+        impls = case.pop('impls', default_impls)
+        for impl in impls:
+            check_impl(impl)
+        check_case(case)
+        out.append((case, list(impls)))
+    return out

@@ -1,0 +1,236 @@
+"""Measuring a case: interleaved timing, peak memory in a fresh subprocess, FLOPs and the GEMM roofline.
+
+The method is described in the docstring of ``tools/analysis_tools/benchmark.py``; keep the two in step.
+"""
+import copy
+import gc
+import json
+import os
+import os.path as osp
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from . import REPO
+from .cases import build
+
+BENCHMARK_CLI = osp.join(REPO, 'tools/analysis_tools/benchmark.py')
+DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def autocast_ctx(device, dtype_name):
+    dtype = DTYPES[dtype_name]
+    if dtype is None:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def one_run(built, mode, device, dtype_name):
+    """One step of a :class:`~.cases.Built` model: no grad for ``fwd``, gradients dropped afterwards."""
+    built.module.train(mode != 'fwd')
+    with (torch.no_grad() if mode == 'fwd' else torch.enable_grad()), autocast_ctx(device, dtype_name):
+        built.run(mode)
+    if mode != 'fwd':
+        for p in built.module.parameters():
+            p.grad = None  # every run allocates its gradients afresh, as a step after zero_grad() does
+
+
+def time_runs(builts, mode, device, dtype_name, warmup, repeats):
+    """``builts``: name -> Built. Warm-up, then the models run alternately; returns name -> list of seconds."""
+    for _ in range(warmup):
+        for built in builts.values():
+            one_run(built, mode, device, dtype_name)
+    times = {name: [] for name in builts}
+    for _ in range(repeats):
+        for name, built in builts.items():
+            sync(device)
+            t0 = time.perf_counter()
+            one_run(built, mode, device, dtype_name)
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def build_all(case, impls, device):
+    """name -> Built for each implementation (``[None]``: as built, named ``'default'``), with equal weights.
+
+    Each model is built on its own (with its own optimizer for a config's ``train`` step) and then loads the
+    first one's state dict, so the implementations differ in nothing but ``impl``.
+    """
+    builts = {}
+    for impl in impls:
+        built = build(case, impl, device)
+        if builts:
+            built.module.load_state_dict(next(iter(builts.values())).module.state_dict())
+        builts[impl or 'default'] = built
+    return builts
+
+
+def gemm_gflops(device, size=2048, repeats=5):
+    """Achieved GFLOP/s of a plain float32 ``torch.mm`` of two ``size x size`` matrices (median of ``repeats``).
+
+    Timed with the process's current thread count: the roofline the cases of the same run are compared with.
+    """
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=g).to(device) for _ in range(2))
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 1):  # the first run is a warm-up
+            sync(device)
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            sync(device)
+            times.append(time.perf_counter() - t0)
+    median = statistics.median(times[1:])
+    return dict(gemm_gflops=2 * size**3 / median / 1e9, gemm_size=size, gemm_median_s=median)
+
+
+def flop_per_run(macs, mode):
+    """FLOPs of one timed run from the forward multiply-adds: 2 FLOPs per MAC, x3 with the backward.
+
+    The backward costs about twice the forward (gradients of the inputs and of the weights), hence x3 for
+    ``fwdbwd`` / ``train`` (the optimizer step is not counted).
+    """
+    return 2 * macs * (1 if mode == 'fwd' else 3)
+
+
+class _ExtractFeat(torch.nn.Module):
+    """A detector / segmentor seen as its feature extractor (backbone + neck), for FLOP counting."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.extract_feat(x)
+
+
+def macs_of(built):
+    """(multiply-adds of one forward, note) through ``mmsparse.utils.complexity.flop_count``."""
+    try:
+        from mmsparse.utils.complexity import flop_count
+    except ImportError as e:
+        return None, f'mmsparse.utils.complexity not available ({e})'
+    module, args = copy.deepcopy(built.module), built.args
+    note = 'flop_count, one forward'
+    if isinstance(args[0], dict):  # a whole model: backbone + neck on the batch tensor (heads not counted)
+        module, args = _ExtractFeat(module), (args[0]['inputs'], )
+        note = 'flop_count of extract_feat (backbone + neck only), one forward'
+    try:
+        return int(flop_count(module, args)['flops']), note
+    except Exception as e:  # reported, not fatal: timing and memory still stand
+        return None, f'flop_count failed: {type(e).__name__}: {e}'
+
+
+def _status_kib(field):
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    raise RuntimeError(f'{field} not in /proc/self/status')
+
+
+def measure_peak_memory(built, mode, device, dtype_name):
+    """(peak extra bytes of one run, method); see the docstring of benchmark.py for the method."""
+    one_run(built, mode, device, dtype_name)  # warm-up: lazy allocations, kernel caches, optimizer state
+    gc.collect()
+    if device.type == 'cuda':
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        one_run(built, mode, device, dtype_name)
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - base, 'cuda max_memory_allocated delta'
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # reset VmHWM to the current RSS
+    base = _status_kib('VmRSS')
+    one_run(built, mode, device, dtype_name)
+    return (_status_kib('VmHWM') - base) * 1024, 'cpu peak RSS delta (VmHWM reset), fresh subprocess'
+
+
+def limit_address_space(mem_limit_gib, device):
+    """``RLIMIT_AS`` of ``mem_limit_gib`` on CPU runs; none on CUDA (it breaks CUDA's start-up). True if set."""
+    if not mem_limit_gib or torch.device(device).type != 'cpu':
+        return False
+    limit = int(mem_limit_gib * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return True
+
+
+def memory_in_subprocess(case, impl, mem_limit_gib, timeout):
+    """:func:`measure_peak_memory` of one implementation in a fresh interpreter; a dict, with ``error`` on failure."""
+    payload = json.dumps(dict(case=case, impl=impl, mem_limit_gib=mem_limit_gib))
+    # a fixed mmap threshold: every large tensor is its own mapping, returned to the system when freed, so RSS
+    # follows live memory (glibc's adaptive threshold would recycle freed heap and hide peaks)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536', MALLOC_TRIM_THRESHOLD_='131072')
+    try:
+        res = subprocess.run([sys.executable, BENCHMARK_CLI, '--_memory-worker', payload], capture_output=True,
+                             text=True, timeout=timeout, cwd=REPO, env=env)
+    except subprocess.TimeoutExpired:
+        return dict(error=f'timed out after {timeout}s')
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith('{')]
+    if res.returncode != 0 or not lines:
+        tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
+        return dict(error=f'exit {res.returncode}: ' + ' | '.join(tail))
+    return json.loads(lines[-1])
+
+
+def memory_worker(payload):
+    """The subprocess side of :func:`memory_in_subprocess`: prints one JSON line."""
+    spec = json.loads(payload)
+    case = spec['case']
+    device = torch.device(case['device'])
+    limit_address_space(spec['mem_limit_gib'], device)
+    if case.get('threads'):
+        torch.set_num_threads(case['threads'])
+    built = build(case, spec['impl'], device)
+    peak, method = measure_peak_memory(built, case['mode'], device, case['dtype'])
+    # the whole process's high-water mark (interpreter, model, inputs, optimizer state)
+    total = _status_kib('VmHWM') * 1024 if device.type == 'cpu' else torch.cuda.max_memory_allocated(device)
+    print(json.dumps(dict(peak_bytes=peak, total_bytes=total, method=method)))
+
+
+def run_case(case, impls, warmup, repeats, memory=True, mem_limit_gib=20., timeout=1800, flops=True,
+             gemm=None):
+    """Measure ``case`` for each implementation (``impls``: names, or ``[None]`` for as built).
+
+    ``gemm``: the run's :func:`gemm_gflops` result, for each case's fraction of it. Returns impl -> results.
+    """
+    device = torch.device(case['device'])
+    if case.get('threads'):
+        torch.set_num_threads(case['threads'])
+    builts = build_all(case, impls, device)
+    first = next(iter(builts.values()))
+    params = sum(p.numel() for p in first.module.parameters())
+    macs, macs_note = macs_of(first) if flops else (None, 'not asked')
+    times = time_runs(builts, case['mode'], device, case['dtype'], warmup, repeats)
+    del builts, first
+    gc.collect()
+    results = {}
+    for name, ts in times.items():
+        median = statistics.median(ts)
+        r = dict(time_median_s=median, time_min_s=min(ts), time_max_s=max(ts), repeats=len(ts), params=params,
+                 macs=macs, macs_note=macs_note)
+        if macs:
+            r['flop_per_run'] = flop_per_run(macs, case['mode'])
+            r['gflops'] = r['flop_per_run'] / median / 1e9
+            if gemm:
+                r['gemm_fraction'] = r['gflops'] / gemm['gemm_gflops']
+        if case['mode'] != 'fwd' or case['kind'] != 'layer':
+            r['images_per_s'] = (case.get('batch') or case['shape'][0]) / median
+        if memory:
+            mem = memory_in_subprocess(case, None if name == 'default' else name, mem_limit_gib, timeout)
+            r.update(peak_mem_bytes=mem.get('peak_bytes'), peak_mem_total_bytes=mem.get('total_bytes'),
+                     mem_method=mem.get('method'), mem_error=mem.get('error'))
+        results[name] = r
+    return results
