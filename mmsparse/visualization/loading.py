@@ -33,12 +33,13 @@ def load_backbone(config, checkpoint=None, cfg_options=None):
         tuple: ``(backbone, cfg)``.
 
     Raises:
-        ValueError: the config has no ``model.backbone``, or the backbone holds no mmsparse operator.
+        ValueError: the config has no ``model.backbone``, the backbone holds no mmsparse operator, or the
+            checkpoint does not fit it.
     """
     from mmengine.config import Config
 
     import mmsparse  # noqa: F401  (registers our models, also under mmdet / mmseg)
-    from mmsparse.converters import load_pretrained
+    from mmsparse.utils.checkpoint import load_checkpoint_file, load_pretrained, unwrap_state_dict
     from .attention import OPERATOR_TYPES
 
     if isinstance(config, str) and not osp.isfile(config):
@@ -79,10 +80,12 @@ def load_backbone(config, checkpoint=None, cfg_options=None):
     else:
         if not osp.isfile(checkpoint) and '://' not in checkpoint:
             raise FileNotFoundError(f'checkpoint: no such file: {checkpoint}')
-        from mmsparse.converters import load_checkpoint_file, unwrap_state_dict
         state = unwrap_state_dict(load_checkpoint_file(checkpoint))
         prefix = 'backbone.' if any(k.startswith('backbone.') for k in state) else None
-        load_pretrained(backbone, state, prefix=prefix, family=getattr(backbone, 'converter_family', None))
+        try:
+            load_pretrained(backbone, state, prefix=prefix)
+        except (KeyError, RuntimeError) as err:  # the message names the missing / unexpected keys
+            raise ValueError(f'checkpoint {checkpoint}: {err}') from err
     return backbone.eval(), cfg
 
 

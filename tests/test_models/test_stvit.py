@@ -1,7 +1,4 @@
 """STViT backbone: parity with the authors' fixtures, conversion, OpenMMLab behaviour, AMP."""
-import subprocess
-import sys
-
 import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm

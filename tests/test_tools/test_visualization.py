@@ -154,6 +154,22 @@ def test_bra_token_attention_reproduces_the_operator_output(configs):
             assert att['weights'].sum().item() == pytest.approx(1.0, abs=1e-4)
 
 
+def test_checkpoint_weights_are_loaded(configs, tmp_path):
+    """A whole-model checkpoint (``backbone.*`` keys, as tools/train.py writes) gives the backbone its weights."""
+    torch.manual_seed(1)
+    source, _ = load_backbone(configs['stvit'])
+    ckpt = tmp_path / 'model.pth'
+    torch.save(dict(state_dict={'backbone.' + k: v for k, v in source.state_dict().items()}), ckpt)
+    torch.manual_seed(2)
+    loaded, _ = load_backbone(configs['stvit'], str(ckpt))
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    with pytest.raises(FileNotFoundError, match='checkpoint: no such file'):
+        load_backbone(configs['stvit'], str(tmp_path / 'missing.pth'))
+    with pytest.raises(ValueError, match='does not fit'):
+        load_backbone(configs['biformer'], str(ckpt))
+
+
 # --------------------------------------------------------------------------------------------- library: STViT
 def test_sta_association_is_the_operators_and_drawn(configs):
     backbone, img, x = setup(configs['stvit'])
