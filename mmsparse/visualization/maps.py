@@ -62,6 +62,11 @@ def _pick(calls, block):
     return calls[block]
 
 
+def _outside(box):
+    x0, y0, x1, y1 = box
+    return x1 <= x0 or y1 <= y0
+
+
 def _biformer(call, img, points):
     op, hw = call.module, call.x.shape[-2:]
     sm = StageMap('biformer', call.stage, call.stride, call.block, call.name,
@@ -70,11 +75,16 @@ def _biformer(call, img, points):
         fyx = A.feature_point(point, img.shape[:2], hw)
         att = A.bra_token_attention(op, call.x, call.routing_idx, fyx)
         sm.panels.append(D.draw_routing(img, att, op.n_win, call.stride, point))
+        # auto_pad: regions wholly in the zero padding (right / bottom of the image) can be routed to but not drawn
+        hidden = [r for r in att['routed'] if _outside(D.region_box(r, op.n_win, att['layout'][2:], call.stride,
+                                                                     img.shape[:2]))]
+        note = f'; {len(hidden)} in the padding' if hidden else ''
         sm.captions.append(f'query ({point[0]}, {point[1]}): region {att["region"]} (cyan)\n'
-                           + (f'top-{op.topk} routed: {att["routed"]} (yellow)' if op.topk <= 6
-                              else f'top-{op.topk} routed regions (yellow)'))
+                           + (f'top-{op.topk}: {att["routed"]}{note}' if op.topk <= 4
+                              else f'top-{op.topk} routed (yellow){note}'))
         sm.meta.append(dict(kind='bra', point=list(point), feature_yx=list(fyx), region=att['region'],
-                            routed=att['routed'], n_win=op.n_win, region_hw=list(att['layout'][2:])))
+                            routed=att['routed'], in_padding=hidden, n_win=op.n_win,
+                            region_hw=list(att['layout'][2:])))
     return sm
 
 

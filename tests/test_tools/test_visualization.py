@@ -116,6 +116,9 @@ def test_bra_routed_regions_drawn_are_the_operators(configs):
             assert meta['region'] // op.n_win == meta['feature_yx'][0] // region_rows
             assert_only_routed_regions_drawn(panel, img, meta, sm.stride)
             assert not np.array_equal(panel, img)
+            for r in meta['routed']:  # regions wholly in BRA's auto-padding are reported, not drawn
+                x0, y0, x1, y1 = region_box(r, op.n_win, meta['region_hw'], sm.stride, img.shape[:2])
+                assert (r in meta['in_padding']) == (x1 <= x0 or y1 <= y0)
 
 
 def test_bra_token_attention_reproduces_the_operator_output(configs):

@@ -1,11 +1,13 @@
 """Draw what the sparse attention of a BiFormer, STViT or CloFormer backbone looks at, on one image.
 
     python tools/visualization/attention_map.py CONFIG IMAGE --out-dir DIR [--checkpoint CKPT] \
-        [--points X,Y ...] [--stages 0 1 ...] [--block -1] [--size 448]
+        [--points X,Y ...] [--stages 0 1 ...] [--block -1] [--size 448] [--multiple 32]
 
 CONFIG is any config whose ``model.backbone`` holds mmsparse operators: an mmsparse config, or a stock mmdet /
 mmseg one that imports mmsparse through ``custom_imports``. Only the backbone is built; the image is resized
-(longer side ``--size``, both sides multiples of 32) and normalised as the config's ``data_preprocessor``.
+(longer side ``--size``, both sides multiples of ``--multiple``) and normalised as the config's
+``data_preprocessor``. BRA pads maps that ``n_win`` does not divide; routed regions that lie wholly in that
+padding cannot be drawn, and the captions count them (``--multiple 128`` avoids them for ``n_win=8``).
 
 - BiFormer: per query point, the query's region (cyan), its top-k routed regions (yellow) and the heat map of
   the query token's attention over the tokens of those regions (other regions untouched);
@@ -47,6 +49,9 @@ def build_parser():
     parser.add_argument('--block', type=int, default=-1, help='attention block of each stage (default: last)')
     parser.add_argument('--size', type=int, default=448,
                         help='longer side of the network input, rounded to multiples of 32 (default 448)')
+    parser.add_argument('--multiple', type=int, default=32,
+                        help='both input sides are multiples of this (default 32). BiFormer: stride x n_win of '
+                             'its stage 2 (e.g. 128 for n_win=8) leaves no region in the auto-padding')
     parser.add_argument('--seed', type=int, default=0, help='seed of the random weights and the colours')
     return parser
 
@@ -62,7 +67,7 @@ def run(args):
     image = read_image(args.image)
     torch.manual_seed(args.seed)
     backbone, cfg = load_backbone(args.config, args.checkpoint)
-    img = resize_for_model(image, args.size)
+    img = resize_for_model(image, args.size, args.multiple)
     if args.points:
         points = scale_points(args.points, image.shape[:2], img.shape[:2])
     else:
