@@ -65,7 +65,7 @@ def load_backbone(config, checkpoint=None, cfg_options=None):
         names = ', '.join(t.__name__ for t in OPERATOR_TYPES)
         raise ValueError(f'{config}: model.backbone ({backbone_cfg.get("type")}) holds none of mmsparse\'s '
                          f'attention operators ({names}); use a BiFormer, CloFormer or STViT config, or a '
-                         'backbone with mmsparse plugins')
+                         'backbone with mmsparse plugins (operators in necks are not drawn)')
     if checkpoint is None:
         from mmengine.logging import MMLogger
         logger = MMLogger.get_current_instance()
@@ -86,7 +86,8 @@ def load_backbone(config, checkpoint=None, cfg_options=None):
             load_pretrained(backbone, state, prefix=prefix)
         except (KeyError, RuntimeError) as err:  # the message names the missing / unexpected keys
             raise ValueError(f'checkpoint {checkpoint}: {err}') from err
-    return backbone.eval(), cfg
+    backbone.eval()  # not chained: some backbones' train() (mmdet's ResNet) returns None
+    return backbone, cfg
 
 
 def read_image(path):

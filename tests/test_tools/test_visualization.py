@@ -54,6 +54,12 @@ def configs(tmp_path_factory):
         path.write_text(f"default_scope = 'mmdet'\nmodel = dict(type='RetinaNet', {PREPROCESSOR},\n"
                         f"             backbone={backbone})\n")
         paths[family] = str(path)
+    path = root / 'stock_cloformer.py'  # a stock mmdet config naming our backbone by its plain name
+    path.write_text("_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'\n"
+                    "custom_imports = dict(imports=['mmsparse'], allow_failed_imports=False)\n"
+                    f"model = dict(backbone=dict(_delete_=True, **{BACKBONES['cloformer']}, "
+                    "out_indices=(1, 2, 3)))\n".replace("type='mmsparse.CloFormer', ", "type='CloFormer', "))
+    paths['stock'] = str(path)
     path = root / 'resnet.py'
     path.write_text("default_scope = 'mmdet'\nmodel = dict(type='RetinaNet', backbone=dict(type='ResNet', "
                     "depth=18, out_indices=(3,)))\n")
@@ -237,6 +243,22 @@ def test_attnconv_maps_reproduce_the_operator_branches(configs):
         kinds = [m['kind'] for m in sm.meta]
         assert kinds == ['attnconv_global', 'attnconv_local']
         assert not np.array_equal(sm.panels[0], img)
+
+
+# ------------------------------------------------------------------------------------- stock configs
+def test_stock_resnet_with_bra_plugins():
+    """configs/plugins: a stock mmdet ResNet-50 with BRA plugins in stages 3-4, through custom_imports."""
+    backbone, img, x = setup(str(REPO / 'configs/plugins/retinanet_r50-bra-c4-c5_fpn_1x_coco.py'))
+    maps, _ = attention_maps(backbone, img, x, [(30, 40)])
+    assert [m.stage for m in maps] == [2, 3] and {m.family for m in maps} == {'biformer'}
+    assert [m.stride for m in maps] == [16, 32]
+
+
+def test_stock_config_naming_our_backbone(configs):
+    backbone, img, x = setup(configs['stock'])
+    assert type(backbone).__name__ == 'CloFormer'
+    maps, _ = attention_maps(backbone, img, x, [(30, 40)])
+    assert [m.stage for m in maps] == [0, 1, 2, 3] and {m.family for m in maps} == {'cloformer'}
 
 
 # ------------------------------------------------------------------------------------------ command line
