@@ -1,0 +1,171 @@
+"""One picture per stage of a backbone's sparse attention, for one image and a few query points.
+
+:func:`attention_maps` is what ``tools/visualization/attention_map.py`` draws: it runs the backbone once
+(:func:`~mmsparse.visualization.attention.capture_operator_inputs`), picks one operator call per stage and
+draws, per family:
+
+- BiFormer (BRA): per query point, the query's region, its routed regions and the token attention inside them;
+- STViT (STA): the super-token assignment of every pixel (one panel, the points do not matter);
+- CloFormer (AttnConv): per query point, the global branch's attention over the pooled keys and a zoom on the
+  local branch's weights around the query (one per local group).
+
+Stages whose operator has nothing sparse to show (BiFormer's global stage 4, STViT's 1x1 super tokens) are
+listed in ``skipped`` with the reason.
+"""
+from dataclasses import dataclass, field
+
+from . import attention as A
+from . import drawing as D
+
+__all__ = ['StageMap', 'attention_maps']
+
+
+@dataclass
+class StageMap:
+    """The drawing of one stage.
+
+    Attributes:
+        family (str): 'biformer', 'stvit' or 'cloformer'.
+        stage (int), stride (int), block (int): where the drawn operator sits (block: call order at that stride).
+        name (str): the operator's module path.
+        panels (list[ndarray]): BGR pictures, one per query point (and per AttnConv branch).
+        captions (list[str]): one per panel.
+        meta (list[dict]): one per panel: ``kind`` and what was drawn (for BRA: ``point``, ``feature_yx``,
+            ``region``, ``routed``; JSON-serialisable).
+        summary (str): one line on the operator.
+    """
+    family: str
+    stage: int
+    stride: int
+    block: int
+    name: str
+    panels: list = field(default_factory=list)
+    captions: list = field(default_factory=list)
+    meta: list = field(default_factory=list)
+    summary: str = ''
+
+
+def _drawable(call):
+    op = call.module
+    if isinstance(op, A.GlobalAttentionLePE):
+        return 'global attention + LePE (no routing)'
+    if isinstance(op, A.SuperTokenAttention) and op.is_global:
+        return 'super-token size 1x1: plain global attention (no super tokens)'
+    return None
+
+
+def _pick(calls, block):
+    """The call to draw in one stage: index ``block`` among the stage's calls (negative from the end)."""
+    if not -len(calls) <= block < len(calls):
+        raise ValueError(f'block {block} does not exist: stage {calls[0].stage} has {len(calls)} attention '
+                         f'blocks')
+    return calls[block]
+
+
+def _outside(box):
+    x0, y0, x1, y1 = box
+    return x1 <= x0 or y1 <= y0
+
+
+def _biformer(call, img, points):
+    op, hw = call.module, call.x.shape[-2:]
+    sm = StageMap('biformer', call.stage, call.stride, call.block, call.name,
+                  summary=f'BRA n_win={op.n_win}, topk={op.topk}, feature map {hw[0]}x{hw[1]}')
+    for point in points:
+        fyx = A.feature_point(point, img.shape[:2], hw)
+        att = A.bra_token_attention(op, call.x, call.routing_idx, fyx)
+        sm.panels.append(D.draw_routing(img, att, op.n_win, call.stride, point))
+        # auto_pad: regions wholly in the zero padding (right / bottom of the image) can be routed to but not drawn
+        hidden = [r for r in att['routed'] if _outside(D.region_box(r, op.n_win, att['layout'][2:], call.stride,
+                                                                     img.shape[:2]))]
+        note = f'; {len(hidden)} in the padding' if hidden else ''
+        sm.captions.append(f'query ({point[0]}, {point[1]}): region {att["region"]} (cyan)\n'
+                           + (f'top-{op.topk}: {att["routed"]}{note}' if op.topk <= 4
+                              else f'top-{op.topk} routed (yellow){note}'))
+        sm.meta.append(dict(kind='bra', point=list(point), feature_yx=list(fyx), region=att['region'],
+                            routed=att['routed'], in_padding=hidden, n_win=op.n_win,
+                            region_hw=list(att['layout'][2:])))
+    return sm
+
+
+def _stvit(call, img, seed):
+    op, hw = call.module, call.x.shape[-2:]
+    assoc = A.sta_association(op, call.x)
+    labels = assoc['assignment'].cpu().numpy()
+    n = len(set(labels[labels >= 0].ravel().tolist()))
+    sm = StageMap('stvit', call.stage, call.stride, call.block, call.name,
+                  summary=f'STA super tokens {op.stoken_size[0]}x{op.stoken_size[1]} cells, grid '
+                          f'{assoc["grid"][0]}x{assoc["grid"][1]}, feature map {hw[0]}x{hw[1]}')
+    sm.panels.append(D.draw_association(img, labels, seed=seed))
+    sm.captions.append(f'super-token assignment: {n} super tokens used')
+    sm.meta.append(dict(kind='sta', grid=list(assoc['grid']), used=n))
+    return sm
+
+
+def _cloformer(call, img, points):
+    op, hw = call.module, call.x.shape[-2:]
+    sm = StageMap('cloformer', call.stage, call.stride, call.block, call.name,
+                  summary=f'AttnConv kernels {op.kernel_sizes}, global heads {op.global_heads}, pooling '
+                          f'{op.window_size}, feature map {hw[0]}x{hw[1]}')
+    for point in points:
+        fyx = A.feature_point(point, img.shape[:2], hw)
+        if op.global_heads:
+            glob = A.attnconv_global_attention(op, call.x, fyx)
+            sm.panels.append(D.draw_heatmap(img, glob['weights'], op.window_size * call.stride, point))
+            sm.captions.append(f'query ({point[0]}, {point[1]}): global attention\n'
+                               f'over {op.window_size}x{op.window_size}-pooled keys')
+            sm.meta.append(dict(kind='attnconv_global', point=list(point), feature_yx=list(fyx)))
+        for group in A.attnconv_local_weights(op, call.x, fyx):
+            k = group['kernel_size']
+            sm.panels.append(D.draw_local_window(img, group['weights'], fyx, call.stride))
+            sm.captions.append(f'query ({point[0]}, {point[1]}): local {k}x{k} branch\n'
+                               'weights |gate * W| (zoom)')
+            sm.meta.append(dict(kind='attnconv_local', point=list(point), feature_yx=list(fyx), kernel_size=k))
+    return sm
+
+
+def attention_maps(backbone, img, x, points, stages=None, block=-1, seed=0):
+    """Draw the attention of every (or the selected) stage of ``backbone`` for one image.
+
+    Args:
+        backbone (nn.Module): in eval mode, holding mmsparse operators.
+        img (ndarray): (H, W, 3) BGR uint8, the image as the backbone sees it (already resized).
+        x (Tensor): (1, 3, H, W), ``img`` preprocessed.
+        points (list[tuple[int, int]]): query pixels (x, y) on ``img``.
+        stages (list[int], optional): stages to draw (all when None).
+        block (int): which attention block of a stage to draw (default: the last).
+        seed (int): colours of the super tokens.
+
+    Returns:
+        tuple: ``(maps, skipped)``: a :class:`StageMap` per drawn stage and ``{stage: reason}``.
+    """
+    if x.shape[-2:] != img.shape[:2]:
+        raise ValueError(f'x is {tuple(x.shape[-2:])} but img is {img.shape[:2]}: preprocess the drawn image')
+    for px, py in points:
+        if not (0 <= px < img.shape[1] and 0 <= py < img.shape[0]):
+            raise ValueError(f'point ({px}, {py}) is outside the {img.shape[1]}x{img.shape[0]} image')
+    calls = A.capture_operator_inputs(backbone, x)
+    by_stage = {}
+    for call in calls:
+        by_stage.setdefault(call.stage, []).append(call)
+    if stages is not None:
+        unknown = sorted(set(stages) - set(by_stage))
+        if unknown:
+            raise ValueError(f'stages {unknown} have no attention operator; this backbone has {sorted(by_stage)}')
+    maps, skipped = [], {}
+    for stage in sorted(by_stage):
+        if stages is not None and stage not in stages:
+            continue
+        call = _pick(by_stage[stage], block)
+        reason = _drawable(call)
+        if reason:
+            skipped[stage] = reason
+            continue
+        family = A.family_of(call.module)
+        if family == 'biformer':
+            maps.append(_biformer(call, img, points))
+        elif family == 'stvit':
+            maps.append(_stvit(call, img, seed))
+        else:
+            maps.append(_cloformer(call, img, points))
+    return maps, skipped
