@@ -73,11 +73,35 @@ def test_one_layout_and_one_impl_switch(cls, arch):
     assert len(bare.eval()(torch.randn(1, 3, 32, 32))) == 2
 
 
-@pytest.mark.parametrize('cls, kwargs', [
-    (BiFormer, dict(arch=dict(embed_dims=[16, 32, 64, 64], depths=[1, 2, 1, 1], head_dim=16), n_win=2, topks=(1, 2, 2, -2))),
+SMALL = [
+    (BiFormer, dict(arch=dict(embed_dims=[16, 32, 64, 64], depths=[1, 2, 1, 1], head_dim=16), n_win=2,
+                    topks=(1, 2, 2, -2))),
     (CloFormer, dict(arch='xxs')),
     (STViT, dict(arch=dict(embed_dims=[16, 32, 32, 32], depths=[1, 2, 1, 1], num_heads=[1, 2, 2, 2]))),
-])
+]
+
+
+@pytest.mark.parametrize('cls, kwargs', SMALL, ids=lambda v: getattr(v, '__name__', ''))
+def test_frozen_stages_freeze_the_stem_stages_and_their_norms(cls, kwargs):
+    model = cls(frozen_stages=2, **kwargs).train()
+    frozen = ('stem.', 'stages.0.', 'stages.1.', 'norm0.', 'norm1.')
+    for name, p in model.named_parameters():
+        assert p.requires_grad == (not name.startswith(frozen)), name
+    for name, m in model.named_modules():
+        if name.startswith(frozen):
+            assert not m.training, name
+    assert model.stages[2].training and model.norm2.training
+    # frozen BN statistics stay put through a training-mode forward; trainable ones move
+    bns = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    before = {n: m.running_mean.clone() for n, m in bns.items()}
+    model(torch.randn(2, 3, 64, 64))
+    for n, m in bns.items():
+        assert torch.equal(m.running_mean, before[n]) == n.startswith(frozen), n
+    with pytest.raises(ValueError, match=r'frozen_stages must be an int in \[-1, 4\]'):
+        cls(frozen_stages=True, **kwargs)
+
+
+@pytest.mark.parametrize('cls, kwargs', SMALL, ids=lambda v: getattr(v, '__name__', ''))
 def test_with_cp_checkpoints_the_first_trainable_block_after_frozen_stages(cls, kwargs):
     model = cls(frozen_stages=1, with_cp=True, **kwargs).train()
     block = model.stages[1].blocks[0]  # its input comes from frozen stages: it does not require grad

@@ -145,18 +145,6 @@ def test_with_cp_same_outputs_and_gradients():
     assert_same_outputs_and_grads(plain, cp, torch.randn(2, 3, 72, 60))
 
 
-def test_frozen_stages():
-    model = BiFormer(**REDUCED, frozen_stages=2)
-    model.train()
-    frozen = ('stem.', 'stages.0.', 'stages.1.', 'norm0.', 'norm1.')
-    for name, p in model.named_parameters():
-        assert p.requires_grad == (not name.startswith(frozen)), name
-    for name, m in model.named_modules():
-        if name.startswith(frozen):
-            assert not m.training, name
-    assert model.stages[2].training and model.stages[2].downsample.bn.training
-    with pytest.raises(ValueError, match=r'frozen_stages must be an int in \[-1, 4\]'):
-        BiFormer(**REDUCED, frozen_stages=5)
 
 
 def test_norm_eval_keeps_bn_in_eval():
