@@ -24,9 +24,11 @@ from torch.utils.checkpoint import checkpoint
 
 from mmsparse.registry import MODELS
 
-from ._checks import DEFAULT_IMPL, check_impl, check_nchw, check_positive_int
+from ._amp import amp_backward, amp_forward
+from ._checks import DEFAULT_IMPL, IMPLS, check_impl, check_nchw, check_positive_int
 
-__all__ = ['BiLevelRoutingAttention', 'GlobalAttentionLePE', 'BRA_IMPLS', 'bra_reference', 'bra_fast']
+__all__ = ['BiLevelRoutingAttention', 'GlobalAttentionLePE', 'BRA_IMPLS', 'bra_reference', 'bra_fast', 'bra_flex',
+           'check_bra_impl', 'flex_available']
 
 
 def _route(q, k, topk, scale):
@@ -116,8 +118,113 @@ def bra_fast(q, k, v, topk, num_heads, scale):
     return out, idx
 
 
-#: ``impl`` -> token-attention algorithm of :class:`BiLevelRoutingAttention` (contract in the module docstring)
-BRA_IMPLS = {'reference': bra_reference, 'fast': bra_fast}
+def _flex_block(t):
+    """Block size that holds one region of ``t`` tokens: a power of two >= 16 up to 128, then multiples of 128.
+
+    One region is one FlexAttention block (queries and keys alike), so the routing indices are the block
+    indices. Powers of two keep the Triton tile sizes dividing the block on CUDA.
+    """
+    if t > 128:
+        return -(-t // 128) * 128
+    return max(16, 1 << (t - 1).bit_length())
+
+
+_FLEX = {}
+
+
+def _flex_attention_fn(device_type):
+    """``flex_attention``: compiled on CUDA (the fused kernel), eager elsewhere (CPU: forward only, unfused)."""
+    if device_type not in _FLEX:
+        from torch.nn.attention.flex_attention import flex_attention
+        _FLEX[device_type] = torch.compile(flex_attention, dynamic=False) if device_type == 'cuda' else flex_attention
+    return _FLEX[device_type]
+
+
+def flex_available():
+    """``(True, '')`` if :func:`bra_flex` can run its forward here, else ``(False, reason)``."""
+    try:
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention  # noqa: F401
+    except ImportError as e:
+        return False, f'torch {torch.__version__} has no FlexAttention ({e})'
+    return True, ''
+
+
+def _flex_kernel_options(block):
+    """CUDA tile sizes that divide a region block smaller than the kernels' default tiles (None: defaults)."""
+    if block >= 128:
+        return None
+    tile = min(block, 64)
+    return dict(BLOCK_M=tile, BLOCK_N=tile, BLOCK_M1=min(tile, 32), BLOCK_N1=tile, BLOCK_M2=tile,
+                BLOCK_N2=min(tile, 32))
+
+
+def bra_flex(q, k, v, topk, num_heads, scale):
+    """BRA token attention as block-sparse FlexAttention, same contract and routing as :func:`bra_reference`.
+
+    Tokens are already region-contiguous (region ``p`` holds rows ``p*T .. p*T+T-1``); each region is padded to
+    one block of ``B`` tokens (:func:`_flex_block`), so the sequence is ``P*B`` long and block ``p`` is region
+    ``p`` for queries and keys alike. The routing indices go straight into a ``BlockMask``: query block ``p``
+    visits the ``topk`` key blocks ``idx[n, p]`` (``kv_num_blocks = topk``, ``kv_indices = idx``), and a
+    ``mask_mod`` hides the padded key tokens of every block. No gathered K/V copy exists: the kernel reads
+    K/V blocks in place (the only copies are the padded q, k, v). Padded query rows are computed and dropped.
+
+    FlexAttention has no backward on CPU: there, under autograd, :func:`bra_fast` (same maths) runs instead.
+    On CUDA the fused kernel is ``torch.compile(flex_attention)``.
+    """
+    if q.device.type == 'cpu' and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad
+                                                                or v.requires_grad):
+        return bra_fast(q, k, v, topk, num_heads, scale)
+    from torch.nn.attention.flex_attention import BlockMask
+
+    n, p, t, c_qk = q.shape
+    c_v = v.shape[-1]
+    idx = _route(q, k, topk, scale)
+    block = _flex_block(t)
+
+    def to_heads(x):  # (N, P, T, C) -> (N, m, P*B, d), padded tokens zero
+        x = F.pad(x, (0, 0, 0, block - t)) if block != t else x
+        return x.reshape(n, p * block, num_heads, x.shape[-1] // num_heads).transpose(1, 2)
+
+    # routed[n, p, r]: query region p of sample n attends to key region r. The BlockMask's block lists are what
+    # the fused kernel visits; the mask_mod states the same pattern per token (eager FlexAttention evaluates
+    # only the mask_mod) and hides the padded key tokens of each block
+    routed = torch.zeros(n, p, p, dtype=torch.bool, device=q.device).scatter_(2, idx, True)
+
+    def routed_real_keys(b, h, q_idx, kv_idx):
+        return routed[b, q_idx // block, kv_idx // block] & ((kv_idx % block) < t)
+
+    # every query block lists all P key blocks, the routed ones first (only the first topk are visited)
+    others = torch.arange(p, device=q.device).expand(n, p, p)[~routed].view(n, p, p - topk)
+    kv_indices = torch.cat([idx, others], dim=2).to(torch.int32).unsqueeze(1)
+    count = torch.full((n, 1, p), topk, dtype=torch.int32, device=q.device)
+    if block == t:  # no padded tokens: the routed blocks are full, the kernel skips the mask_mod
+        mask = BlockMask.from_kv_blocks(torch.zeros_like(count), kv_indices, count, kv_indices, BLOCK_SIZE=block,
+                                        mask_mod=routed_real_keys, seq_lengths=(p * block, p * block))
+    else:
+        mask = BlockMask.from_kv_blocks(count, kv_indices, BLOCK_SIZE=block, mask_mod=routed_real_keys,
+                                        seq_lengths=(p * block, p * block))
+    options = _flex_kernel_options(block) if q.device.type == 'cuda' else None
+    out = _flex_attention_fn(q.device.type)(to_heads(q), to_heads(k), to_heads(v), block_mask=mask, scale=scale,
+                                            kernel_options=options)  # (N, m, P*B, d_v)
+    out = out.transpose(1, 2).reshape(n, p, block, c_v)[:, :, :t]
+    return out, idx
+
+
+#: ``impl`` -> token-attention algorithm of :class:`BiLevelRoutingAttention` (contract in the module docstring);
+#: ``'flex'`` is BRA's own addition to the shared ``'reference' | 'fast'`` vocabulary
+BRA_IMPLS = {'reference': bra_reference, 'fast': bra_fast, 'flex': bra_flex}
+
+
+def check_bra_impl(impl, owner):
+    """Return ``impl`` if it is a key of :data:`BRA_IMPLS`, else raise ``ValueError`` naming ``owner``.
+
+    The message keeps the shared vocabulary (:data:`IMPLS`) first and names BRA's extra ``'flex'`` after it.
+    """
+    if impl not in BRA_IMPLS:
+        extra = [name for name in BRA_IMPLS if name not in IMPLS]
+        raise ValueError(f'{owner}: impl={impl!r} is not known; choose one of {list(IMPLS)} '
+                         f'(BRA also takes {", ".join(map(repr, extra))})')
+    return impl
 
 
 class _DepthwiseConvCL(torch.autograd.Function):
@@ -129,12 +236,14 @@ class _DepthwiseConvCL(torch.autograd.Function):
     """
 
     @staticmethod
+    @amp_forward
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
 
     @staticmethod
+    @amp_backward
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         k = weight.shape[-1]
@@ -153,9 +262,13 @@ class _DepthwiseConvCL(torch.autograd.Function):
 
 
 def _lepe_fast(conv, v_map):
-    """``conv(v_map)`` through :class:`_DepthwiseConvCL` where it applies (float32, no autocast, square kernel)."""
-    if (torch.is_grad_enabled() and v_map.dtype == torch.float32 and not torch.is_autocast_enabled(v_map.device.type)
-            and conv.kernel_size[0] == conv.kernel_size[1]):
+    """``conv(v_map)`` through :class:`_DepthwiseConvCL` where it applies (CPU, float32, no autocast, square kernel).
+
+    The hand-written backward works around oneDNN's slow depthwise backward; on CUDA cuDNN's own channels-last
+    depthwise kernels are used.
+    """
+    if (torch.is_grad_enabled() and v_map.device.type == 'cpu' and v_map.dtype == torch.float32
+            and not torch.is_autocast_enabled('cpu') and conv.kernel_size[0] == conv.kernel_size[1]):
         return _DepthwiseConvCL.apply(v_map, conv.weight, conv.bias)
     return conv(v_map)
 
@@ -200,8 +313,9 @@ class BiLevelRoutingAttention(nn.Module):
         side_dwconv (int): LePE kernel size; 0 disables it. Default: 5.
         auto_pad (bool): Pad inputs whose H/W do not divide by ``n_win``; otherwise such inputs raise.
             Default: False.
-        impl (str): ``'fast'`` (default) or ``'reference'`` (a line-by-line equivalent of the authors' maths).
-            Both route identically; outputs agree to float rounding.
+        impl (str): ``'fast'`` (default), ``'reference'`` (a line-by-line equivalent of the authors' maths) or
+            ``'flex'`` (block-sparse FlexAttention without a K/V gather, :func:`bra_flex`; BRA only). All route
+            identically; outputs agree to float rounding.
 
     Shapes:
         - input: (N, C, H, W), the normalised feature map.
@@ -224,7 +338,7 @@ class BiLevelRoutingAttention(nn.Module):
         if topk > n_win * n_win:
             raise ValueError(f'topk={topk} must be <= n_win**2 = {n_win * n_win} (the number of regions)')
         _check_side_dwconv(side_dwconv)
-        self.impl = check_impl(impl, type(self).__name__)
+        self.impl = check_bra_impl(impl, type(self).__name__)
         self.embed_dims = embed_dims
         self.qk_dim = qk_dim
         self.num_heads = num_heads

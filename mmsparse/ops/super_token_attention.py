@@ -31,6 +31,7 @@ from einops import rearrange
 
 from mmsparse.registry import MODELS
 
+from ._amp import amp_backward, amp_forward
 from ._checks import DEFAULT_IMPL, check_impl, check_nchw, check_positive_int
 
 __all__ = ['TokenMHSA', 'SuperTokenAttention', 'STA_IMPLS',
@@ -167,10 +168,12 @@ class _ContiguousGrad(torch.autograd.Function):
     """
 
     @staticmethod
+    @amp_forward
     def forward(ctx, x):
         return x.view_as(x)
 
     @staticmethod
+    @amp_backward
     def backward(ctx, grad):
         return grad.contiguous()
 

@@ -276,3 +276,21 @@ def test_bra_fast_path_recomputes_instead_of_keeping_routed_copies_at_large_topk
             ref = [leaf.grad.clone() for leaf in (q, k, v)]
     for name, a, b in zip('qkv', (q.grad, k.grad, v.grad), ref):
         assert max_diff(a, b) < ATOL, name
+
+
+@pytest.mark.parametrize('topk', [1, BRA_RECOMPUTE_TOPK])
+def test_bra_fast_under_deterministic_algorithms(topk):
+    """``torch.use_deterministic_algorithms(True)``: the routed gather's backward (index_select -> index_add)
+    runs (PyTorch gives it a deterministic implementation, on CUDA too) and gives the normal path's gradients."""
+    from tests.conftest import run_fwd_bwd
+    layer = BiLevelRoutingAttention(32, num_heads=2, n_win=3, topk=topk, auto_pad=True)
+    x = torch.randn(2, 32, 10, 11)
+    normal = run_fwd_bwd(layer, x)
+    torch.use_deterministic_algorithms(True)
+    try:
+        det = run_fwd_bwd(layer, x)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert max_diff(det[0], normal[0]) < 1e-6 and max_diff(det[1], normal[1]) < 1e-6
+    for name in normal[2]:
+        assert max_diff(det[2][name], normal[2][name]) < 1e-6, name

@@ -1,0 +1,366 @@
+"""One prepared GPU check for a lent device (<= 8 minutes): CUDA tests, operators against an SDPA roofline, detectors.
+
+Usage::
+
+    python tools/analysis_tools/gpu_check.py --out $OUT            # on the device
+    python tools/analysis_tools/gpu_check.py --out /tmp/gc --dry-run  # here, CPU, tiny shapes (CI runs this)
+
+Steps (each result is written to ``gpu_check.json`` / ``gpu_check.md`` in ``--out`` as soon as it exists, so a
+run stopped by its time limit still leaves what it measured):
+
+1. ``pytest tests/test_ops/test_cuda.py tests/test_ops/test_flex_attention.py`` (summary line and skip reasons).
+2. Operators at the issue's shapes, forward + backward of ``sum(mean(out²))``, in fp32 and bf16 autocast, each
+   implementation (BRA: reference, fast, flex): median time, peak memory (CUDA: ``max_memory_allocated`` over one
+   run minus what was allocated before), achieved TFLOP/s (3 x 2 x the fast path's forward MACs from
+   ``flop_count``, the same for every implementation: same maths) and, as the roofline, dense
+   ``scaled_dot_product_attention`` fwd+bwd in the same dtype at the same FLOPs (batch 1, 8 heads of 64, the
+   sequence length that gives those FLOPs); ``of_sdpa`` = TFLOP/s / SDPA's TFLOP/s.
+3. A training step (loss + backward + AdamW) of Mask R-CNN with BiFormer-S, STViT-S and CloFormer-S at 1333x800,
+   batch 2, AMP (fp16 autocast): median time, peak memory. Mask R-CNN needs mmdet and mmcv's compiled ops
+   (RoIAlign); where they are missing the step is skipped with the reason recorded, and the backbone's own
+   fwd+bwd at the same size and precision (measured for every model anyway) remains.
+
+``--dry-run`` runs the same code on CPU with tiny shapes, a reduced detector and fp32 detector steps (mmcv's
+CPU NMS rejects half precision); memory is not measured on CPU (``null``).
+"""
+import argparse
+import importlib.util
+import json
+import math
+import os
+import os.path as osp
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # the deterministic-mode tests need it
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from benchmarking import REPO  # noqa: E402
+
+#: operator cases: name -> (class, kwargs, input shape on the device, input shape in a dry run)
+OPERATORS = {
+    'bra_biformer_s_stage1': ('BiLevelRoutingAttention', dict(num_heads=2, n_win=16, topk=1, auto_pad=True),
+                              (2, 64, 200, 304), (1, 32, 20, 24)),
+    'bra_biformer_s_stage3': ('BiLevelRoutingAttention', dict(num_heads=8, n_win=16, topk=16, auto_pad=True),
+                              (2, 256, 50, 76), (1, 64, 10, 12)),
+    'sta_stvit_s_stage1': ('SuperTokenAttention', dict(num_heads=1, stoken_size=8), (2, 64, 200, 304),
+                           (1, 16, 20, 24)),
+    'attnconv_cloformer_s_stage1': ('AttnConv', dict(num_heads=4, group_split=[3, 1], kernel_sizes=[3],
+                                                     window_size=8), (2, 64, 200, 304), (1, 32, 20, 24)),
+}
+DRY_RUN_N_WIN = 4  # BRA regions per side at the dry run's tiny shapes
+
+#: detector steps: name -> (config, backbone preset of benchmark.py)
+DETECTORS = {
+    'maskrcnn_biformer_s': ('configs/biformer/maskrcnn_biformer_s_coco.py', 'biformer-s'),
+    'maskrcnn_stvit_s': ('configs/stvit/maskrcnn_stvit_s_coco.py', 'stvit-s'),
+    'maskrcnn_cloformer_s': ('configs/cloformer/maskrcnn_cloformer_s_coco.py', 'cloformer-s'),
+}
+DRY_RUN_DETECTOR = ('maskrcnn_demo', ('configs/demo/maskrcnn_demo_synthetic.py', 'biformer-t'))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--out', required=True, help='folder for gpu_check.json and gpu_check.md')
+    p.add_argument('--dry-run', action='store_true', help='CPU, tiny shapes: checks the script itself')
+    p.add_argument('--budget-s', type=float, default=450., help='skip what would start after this many seconds')
+    p.add_argument('--skip-tests', action='store_true', help='do not run the pytest step')
+    return p.parse_args(argv)
+
+
+class Check:
+    """The run's state: settings, the results so far, and writing them out."""
+
+    def __init__(self, args):
+        self.dry = args.dry_run
+        self.out = args.out
+        self.budget = args.budget_s
+        self.t0 = time.perf_counter()
+        self.device = torch.device('cpu' if self.dry else 'cuda')
+        self.warmup, self.repeats = (1, 2) if self.dry else (2, 5)
+        self.result = dict(meta=self.meta(), tests=None, operators=[], detectors=[])
+
+    def meta(self):
+        versions = {}
+        for pkg in ('mmengine', 'mmcv', 'mmdet', 'mmseg'):
+            try:
+                versions[pkg] = __import__(pkg).__version__
+            except Exception as e:  # not installed here, or broken: the record says which
+                versions[pkg] = f'unavailable ({type(e).__name__})'
+        cuda = torch.cuda.is_available()
+        return dict(dry_run=self.dry, torch=torch.__version__, cuda=torch.version.cuda,
+                    device_name=torch.cuda.get_device_name(0) if cuda and not self.dry else platform.processor(),
+                    python=platform.python_version(), packages=versions,
+                    started=time.strftime('%Y-%m-%d %H:%M:%S'))
+
+    def elapsed(self):
+        return time.perf_counter() - self.t0
+
+    def over_budget(self):
+        return self.elapsed() > self.budget
+
+    def save(self):
+        os.makedirs(self.out, exist_ok=True)
+        self.result['meta']['elapsed_s'] = round(self.elapsed(), 1)
+        with open(osp.join(self.out, 'gpu_check.json'), 'w') as f:
+            json.dump(self.result, f, indent=1)
+        with open(osp.join(self.out, 'gpu_check.md'), 'w') as f:
+            f.write(markdown(self.result))
+
+
+# ---------------------------------------------------------------------------------------------------- timing
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def autocast(device, dtype_name):
+    if dtype_name == 'fp32':
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=dict(bf16=torch.bfloat16, fp16=torch.float16)[dtype_name])
+
+
+def timed(step, device, warmup, repeats):
+    """(median seconds, peak extra bytes or None on CPU) of ``step()``, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    peak = None
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        sync(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+    return statistics.median(times), peak
+
+
+def fwd_bwd_step(module, x, device, dtype_name):
+    def step():
+        module.zero_grad(set_to_none=True)
+        xi = x.detach().requires_grad_()
+        with autocast(device, dtype_name):
+            out = module(xi)
+        out = out if isinstance(out, (tuple, list)) else (out, )
+        sum(o.float().square().mean() for o in out).backward()
+    return step
+
+
+def sdpa_roofline(flop, device, dtype_name, warmup, repeats):
+    """TFLOP/s of dense SDPA fwd+bwd doing about ``flop`` FLOPs (3 x the 4*S^2*D*H of the forward matmuls)."""
+    heads, d = 8, 64
+    s = max(128, int(round(math.sqrt(flop / (12 * heads * d)) / 128)) * 128)
+    dtype = torch.float32 if dtype_name == 'fp32' else dict(bf16=torch.bfloat16, fp16=torch.float16)[dtype_name]
+    q, k, v = (torch.randn(1, heads, s, d, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+
+    def step():
+        for t in (q, k, v):
+            t.grad = None
+        F.scaled_dot_product_attention(q, k, v).float().square().mean().backward()
+
+    seconds, _ = timed(step, device, warmup, repeats)
+    sdpa_flop = 12 * heads * d * s * s
+    return dict(seq_len=s, flop=sdpa_flop, median_s=seconds, tflops=sdpa_flop / seconds / 1e12)
+
+
+# ---------------------------------------------------------------------------------------------------- steps
+
+
+def run_tests(check):
+    files = ['tests/test_ops/test_cuda.py', 'tests/test_ops/test_flex_attention.py']
+    cmd = [sys.executable, '-m', 'pytest', *files, '-q', '-rs', '-p', 'no:cacheprovider', '-W', 'ignore']
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')]).rstrip(os.pathsep))
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+        lines = proc.stdout.strip().splitlines()
+        summary = lines[-1] if lines else proc.stderr.strip()[-500:]
+        rc = proc.returncode
+        failed = [ln for ln in lines if ln.startswith(('FAILED', 'ERROR'))]
+        skipped = [ln for ln in lines if ln.startswith('SKIPPED')]
+    except subprocess.TimeoutExpired:
+        rc, summary, failed, skipped = None, 'timed out after 240 s', [], []
+    check.result['tests'] = dict(files=files, returncode=rc, summary=summary, failed=failed[:30],
+                                 skipped=skipped[:30], seconds=round(time.perf_counter() - t, 1))
+    check.save()
+
+
+def build_operator(cls_name, kwargs, shape, dry):
+    import mmsparse.ops as ops
+    kwargs = dict(kwargs)
+    if dry and 'n_win' in kwargs:
+        kwargs['n_win'] = DRY_RUN_N_WIN
+    torch.manual_seed(0)
+    return getattr(ops, cls_name)(shape[1], **kwargs)
+
+
+def forward_macs(module, x):
+    try:
+        from mmsparse.utils.complexity import flop_count
+        return int(flop_count(module, (x, ))['flops']), 'flop_count of the fast path, one forward'
+    except Exception as e:  # mmengine missing on the device, say: times still stand
+        return None, f'flop_count failed: {type(e).__name__}: {e}'
+
+
+def run_operators(check):
+    dev = check.device
+    for name, (cls_name, kwargs, shape, dry_shape) in OPERATORS.items():
+        shape = dry_shape if check.dry else shape
+        module = build_operator(cls_name, kwargs, shape, check.dry).to(dev).train()
+        x = torch.randn(shape, device=dev)
+        module.impl = 'fast'
+        macs, macs_note = forward_macs(module, x)
+        flop = 6 * macs if macs else None
+        impls = ['reference', 'fast'] + (['flex'] if cls_name == 'BiLevelRoutingAttention' else [])
+        for dtype_name in ('fp32', 'bf16'):
+            roof = None
+            for impl in impls:
+                rec = dict(case=name, shape=list(shape), impl=impl, dtype=dtype_name, macs=macs, macs_note=macs_note)
+                if check.over_budget():
+                    rec['skipped'] = f'time budget of {check.budget:.0f} s spent'
+                else:
+                    if flop and roof is None:
+                        roof = sdpa_roofline(flop, dev, dtype_name, check.warmup, check.repeats)
+                    rec.update(measure_impl(module, x, impl, dev, dtype_name, check, flop, roof))
+                check.result['operators'].append(rec)
+                check.save()
+        del module, x
+        if dev.type == 'cuda':
+            torch.cuda.empty_cache()
+
+
+def measure_impl(module, x, impl, dev, dtype_name, check, flop, roof):
+    module.impl = impl
+    rec = {}
+    if impl == 'flex' and dev.type == 'cpu':
+        rec['note'] = 'FlexAttention has no backward on CPU: the flex layer ran the fast path'
+    try:
+        seconds, peak = timed(fwd_bwd_step(module, x, dev, dtype_name), dev, check.warmup, check.repeats)
+    except Exception as e:  # one failing implementation must not stop the check
+        return dict(rec, error=f'{type(e).__name__}: {str(e)[:400]}')
+    rec.update(median_s=seconds, peak_mem_bytes=peak)
+    if flop:
+        rec['tflops'] = flop / seconds / 1e12
+        rec['sdpa'] = roof
+        rec['of_sdpa'] = rec['tflops'] / roof['tflops']
+    return rec
+
+
+def detector_skip_reason(dry):
+    for pkg in ('mmengine', 'mmcv', 'mmdet'):
+        if importlib.util.find_spec(pkg) is None:
+            return f'{pkg} is not installed'
+    try:
+        import mmcv.ops  # noqa: F401  (RoIAlign, NMS: compiled)
+    except Exception as e:
+        return f'mmcv.ops (compiled RoIAlign / NMS) is not available: {type(e).__name__}: {e}'
+    return None
+
+
+def run_detectors(check):
+    from benchmarking.cases import build
+    from benchmarking.measure import one_run
+    dev = check.device
+    detectors = dict([DRY_RUN_DETECTOR]) if check.dry else DETECTORS
+    batch, size = (1, [96, 128]) if check.dry else (2, [800, 1333])
+    dtype_name = 'fp32' if check.dry else 'fp16'  # AMP; mmcv's CPU NMS takes no half
+    reason = detector_skip_reason(check.dry)
+    for name, (config, backbone) in detectors.items():
+        steps = [('backbone', dict(kind='backbone', name=backbone, batch=batch, input_size=size, mode='fwdbwd')),
+                 ('detector', dict(kind='config', name=config, batch=batch, input_size=size, mode='train'))]
+        for what, case in steps:
+            rec = dict(model=name, step=what, config=config if what == 'detector' else backbone, batch=batch,
+                       input_size=size, dtype=dtype_name)
+            if check.over_budget():
+                rec['skipped'] = f'time budget of {check.budget:.0f} s spent'
+            elif what == 'detector' and reason:
+                rec['skipped'] = reason
+            else:
+                try:
+                    built = build(case, device=dev)
+                    mode = case['mode']
+                    seconds, peak = timed(lambda: one_run(built, mode, dev, dtype_name), dev, 1,
+                                          check.repeats if check.dry else 3)
+                    rec.update(median_s=seconds, peak_mem_bytes=peak)
+                    del built
+                except Exception as e:
+                    rec['error'] = f'{type(e).__name__}: {str(e)[:400]}'
+                if dev.type == 'cuda':
+                    torch.cuda.empty_cache()
+            check.result['detectors'].append(rec)
+            check.save()
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def _num(v, fmt):
+    return 'n/a' if v is None else format(v, fmt)
+
+
+def _mem(b):
+    return 'n/a' if b is None else f'{b / 2**20:.0f} MiB'
+
+
+def _status(r):
+    return r.get('skipped') and f'skipped: {r["skipped"]}' or r.get('error') and f'error: {r["error"]}' or ''
+
+
+def markdown(result):
+    m = result['meta']
+    lines = [f'# gpu_check {"(dry run, CPU)" if m["dry_run"] else ""}', '',
+             f'torch {m["torch"]}, CUDA {m["cuda"]}, device: {m["device_name"]}; '
+             + ', '.join(f'{k} {v}' for k, v in m['packages'].items()) + f'; elapsed {m.get("elapsed_s")} s', '']
+    t = result.get('tests')
+    if t:
+        lines += ['## Tests', '', f'`{" ".join(t["files"])}`: {t["summary"]} (rc {t["returncode"]}, '
+                  f'{t["seconds"]} s)', ''] + [f'- {ln}' for ln in t['failed'] + t['skipped']] + ['']
+    lines += ['## Operators, fwd+bwd', '', '| case | impl | dtype | median | peak mem | TFLOP/s | SDPA TFLOP/s | '
+              'of SDPA | note |', '|---|---|---|---|---|---|---|---|---|']
+    for r in result['operators']:
+        sd = r.get('sdpa') or {}
+        lines.append(f'| {r["case"]} {"x".join(map(str, r["shape"]))} | {r["impl"]} | {r["dtype"]} | '
+                     f'{_num(r.get("median_s") and r["median_s"] * 1e3, ".2f")} ms | {_mem(r.get("peak_mem_bytes"))} | '
+                     f'{_num(r.get("tflops"), ".3f")} | {_num(sd.get("tflops"), ".3f")} | '
+                     f'{_num(r.get("of_sdpa") and 100 * r["of_sdpa"], ".0f")} % | {_status(r) or r.get("note", "")} |')
+    lines += ['', '## Training steps (AMP)', '', '| model | step | input | dtype | median | peak mem | note |',
+              '|---|---|---|---|---|---|---|']
+    for r in result['detectors']:
+        lines.append(f'| {r["model"]} | {r["step"]} ({r["config"]}) | {r["batch"]}x3x{r["input_size"][0]}x'
+                     f'{r["input_size"][1]} | {r["dtype"]} | {_num(r.get("median_s"), ".3f")} s | '
+                     f'{_mem(r.get("peak_mem_bytes"))} | {_status(r)} |')
+    return '\n'.join(lines) + '\n'
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not args.dry_run and not torch.cuda.is_available():
+        sys.exit('gpu_check: no CUDA device here; use --dry-run to check the script on CPU')
+    check = Check(args)
+    check.save()
+    if not args.skip_tests:
+        run_tests(check)
+    import mmsparse  # noqa: F401  (registers the models; needs mmengine)
+    run_operators(check)
+    run_detectors(check)
+    check.save()
+    print(markdown(check.result))
+    print(f'wrote {osp.join(args.out, "gpu_check.json")} and gpu_check.md in {check.elapsed():.0f} s')
+
+
+if __name__ == '__main__':
+    main()
