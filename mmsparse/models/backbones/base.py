@@ -7,6 +7,7 @@ at all), ``frozen_stages``, ``norm_eval``, ``with_cp``, ``impl``, loud pretraine
 ``init_cfg``) and the upgrade of checkpoints written by older mmsparse layouts.
 """
 import copy
+import warnings
 
 import torch
 import torch.utils.checkpoint as cp
@@ -85,6 +86,21 @@ class SparseBackbone(BaseModule):
     num_stages = 4
     official_converter = None
     upgrade_state_dict = None
+
+    def __init__(self, init_cfg=None, pretrained=None):
+        # ``pretrained``: the deprecated mmseg-style argument; stock mmseg models (EncoderDecoder) pass their
+        # ``pretrained=`` to the backbone. Mapped to a Pretrained init_cfg as mmseg's backbones do.
+        if pretrained is not None:
+            if init_cfg is not None:
+                raise ValueError(f'{type(self).__name__}: init_cfg and pretrained cannot be set at the same time; '
+                                 f'got init_cfg={init_cfg!r} and pretrained={pretrained!r}. Keep one: '
+                                 "init_cfg=dict(type='Pretrained', checkpoint=...) is preferred")
+            if not isinstance(pretrained, str):
+                raise TypeError(f'{type(self).__name__}: pretrained must be a str (a checkpoint path or URL) or '
+                                f'None, got {type(pretrained).__name__}')
+            warnings.warn('DeprecationWarning: pretrained is deprecated, please use "init_cfg" instead')
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        super().__init__(init_cfg=init_cfg)
 
     def setup_skeleton(self, out_indices, frozen_stages, norm_eval, with_cp, impl):
         self.out_indices = check_out_indices(out_indices, self.num_stages)

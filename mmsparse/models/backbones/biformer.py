@@ -123,6 +123,8 @@ class BiFormer(SparseBackbone):
             routing and outputs up to float rounding).
         init_cfg (dict | list[dict], optional): e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``;
             the authors' raw ``{'model': ...}`` files are converted on the fly.
+        pretrained (str, optional): Deprecated (mmseg style, what stock mmseg models pass): a checkpoint,
+            mapped to ``init_cfg=dict(type='Pretrained', checkpoint=pretrained)``. Default: None.
 
     Shapes:
         - input: (N, in_channels, H, W), any H, W when ``auto_pad`` is True.
@@ -156,8 +158,8 @@ class BiFormer(SparseBackbone):
                  out_norm_cfg=dict(type='LN2d', eps=1e-6),
                  with_cp=False,
                  impl=DEFAULT_IMPL,
-                 init_cfg=None):
-        super().__init__(init_cfg=init_cfg)
+                 init_cfg=None, pretrained=None):
+        super().__init__(init_cfg=init_cfg, pretrained=pretrained)
         self.setup_skeleton(out_indices, frozen_stages, norm_eval, with_cp, impl)
         arch = resolve_arch(arch, self.arch_zoo, self.arch_aliases, ('embed_dims', 'depths'),
                             ('head_dim', 'mlp_ratios', 'qk_dims', 'global_num_heads'))

@@ -178,6 +178,8 @@ class CloFormer(SparseBackbone):
             (the authors' layer-by-layer maths). Default: ``'fast'``.
         init_cfg (dict | list[dict] | None): e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``;
             raw official files are converted on the fly.
+        pretrained (str, optional): Deprecated (mmseg style, what stock mmseg models pass): a checkpoint,
+            mapped to ``init_cfg=dict(type='Pretrained', checkpoint=pretrained)``. Default: None.
 
     Shapes:
         input (B, in_channels, H, W), any H, W. Output ``i`` has ``embed_dims[i]`` channels and size
@@ -206,8 +208,8 @@ class CloFormer(SparseBackbone):
     def __init__(self, arch='xxs', in_channels=3, drop_path_rate=0., attn_drop_rate=0., drop_rate=0.,
                  qkv_bias=True, out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False, with_cp=False,
                  norm_cfg=dict(type='BN'), out_norm_cfg=dict(type='GN', num_groups=1), impl=DEFAULT_IMPL,
-                 init_cfg=None):
-        super().__init__(init_cfg=init_cfg)
+                 init_cfg=None, pretrained=None):
+        super().__init__(init_cfg=init_cfg, pretrained=pretrained)
         arch = resolve_arch(arch, self.arch_zoo, self.arch_aliases, self.arch_keys)
         n = self.num_stages
         for key in self.arch_keys:
