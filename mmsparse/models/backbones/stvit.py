@@ -14,7 +14,7 @@ from mmcv.cnn.bricks import DropPath
 from mmsparse.converters import stvit as stvit_keys
 from mmsparse.models.layers import LayerScale2d, per_stage
 from mmsparse.ops import SuperTokenAttention
-from mmsparse.ops._checks import DEFAULT_IMPL, check_nchw, check_positive_int, check_rate
+from mmsparse.ops._checks import DEFAULT_IMPL, check_layer_cfg, check_nchw, check_positive_int, check_rate
 from mmsparse.registry import MODELS
 from .base import BackboneStage, SparseBackbone, resolve_arch
 
@@ -173,7 +173,8 @@ class STViT(SparseBackbone):
         layer_scale = per_stage(layer_scale, 'layer_scale', n, bool)
         if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
             raise ValueError(f'mlp_ratio must be a positive number, got {mlp_ratio!r}')
-        check_positive_int(in_channels, 'in_channels')
+        self.in_channels = check_positive_int(in_channels, 'in_channels')
+        check_layer_cfg(norm_cfg, 'norm_cfg', 'BN')
         drop_path_rate = check_rate(drop_path_rate, 'drop_path_rate')
         drop_rate = check_rate(drop_rate, 'drop_rate')
         attn_drop_rate = check_rate(attn_drop_rate, 'attn_drop_rate')
@@ -214,6 +215,6 @@ class STViT(SparseBackbone):
         return feats
 
     def forward(self, x):
-        check_nchw(x, None, type(self).__name__)
+        check_nchw(x, self.in_channels, type(self).__name__)
         feats = self.forward_stages(x)
         return tuple(self.out_norm(i, feats[i]) for i in self.out_indices)
