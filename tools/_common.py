@@ -104,6 +104,55 @@ def check_pretrained(cfg):
         f'--cfg-options model.backbone.init_cfg=None.')
 
 
+def _torchvision_uses(node, path):
+    """(dotted path, value) of every ``torchvision://`` string in a config subtree."""
+    if isinstance(node, str):
+        return [(path, node)] if node.startswith('torchvision://') else []
+    if isinstance(node, dict):
+        return [u for k, v in node.items() for u in _torchvision_uses(v, f'{path}.{k}' if path else str(k))]
+    if isinstance(node, (list, tuple)):
+        return [u for i, v in enumerate(node) for u in _torchvision_uses(v, f'{path}[{i}]')]
+    return []
+
+
+def check_torchvision(cfg, importer=None):
+    """Stop with a clear message when the config loads a ``torchvision://`` checkpoint (an ``init_cfg``,
+    ``pretrained`` or ``load_from``) and torchvision cannot be imported: mmengine resolves that scheme
+    through torchvision's model URLs. ``importer`` (default ``importlib.import_module``) is for tests."""
+    uses = _torchvision_uses(cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg), '')
+    if not uses:
+        return
+    import importlib
+    try:
+        (importer or importlib.import_module)('torchvision')
+        return
+    except Exception as err:  # ImportError, or a torchvision built for another torch failing at import
+        reason = f'{type(err).__name__}: {err}'
+    where = '; '.join(f'{path} = {value!r}' for path, value in uses)
+    path, value = uses[0]
+    url = _torchvision_url(value[len('torchvision://'):])
+    local = f' (the file torchvision://{value[len("torchvision://"):]} stands for: {url})' if url else ''
+    raise SystemExit(
+        f'This config loads torchvision:// checkpoints ({where}); that scheme needs torchvision, which cannot '
+        f'be imported ({reason}).\nEither install the torchvision release built for your torch '
+        f'({torch.__version__}): pip install torchvision==<the matching version>, or switch the entry to a '
+        f'checkpoint that needs no torchvision: a local file{local}, e.g. --cfg-options {path}=checkpoints/resnet50.pth, or an open-mmlab:// checkpoint of the '
+        f'same architecture, e.g. --cfg-options {path}=open-mmlab://... (see mmengine/hub/openmmlab.json).')
+
+
+def _torchvision_url(name):
+    """The download URL mmengine maps ``torchvision://name`` to (its own table; no torchvision needed)."""
+    import json
+
+    import mmengine
+    table = osp.join(osp.dirname(mmengine.__file__), 'hub', 'torchvision_0.12.json')
+    try:
+        with open(table) as f:
+            return json.load(f).get(name)
+    except OSError:
+        return None
+
+
 def amp_fallback_on_cpu(cfg):
     """mmengine's AmpOptimWrapper asserts a GPU; on CPU-only machines train the same recipe in float32."""
     wrapper = cfg.get('optim_wrapper') or {}

@@ -8,7 +8,7 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import amp_fallback_on_cpu, check_data, check_pretrained, load_config  # noqa: E402
+from _common import amp_fallback_on_cpu, check_data, check_pretrained, check_torchvision, load_config  # noqa: E402
 
 from mmengine.config import DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
@@ -60,6 +60,7 @@ def main():
             raise SystemExit(f'--resume: no such checkpoint file: {args.resume}')
         cfg.resume, cfg.load_from = True, args.resume
 
+    check_torchvision(cfg)
     check_data(cfg, ['train_dataloader', 'val_dataloader'] if cfg.get('val_cfg') else ['train_dataloader'])
     if not (cfg.get('resume') or cfg.get('load_from')):
         check_pretrained(cfg)

@@ -31,6 +31,27 @@ def check_rate(value, name):
     return float(value)
 
 
+def check_scale(value, name='qk_scale'):
+    """Return ``value`` if it is None (the default scale) or a positive number, else raise ``ValueError``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+        raise ValueError(f'{name} must be None (the default head_dim ** -0.5) or a positive number, got {value!r}')
+    return value
+
+
+def check_bool(value, name):
+    """Raise ``TypeError`` naming ``name`` unless ``value`` is True or False."""
+    if not isinstance(value, bool):
+        raise TypeError(f'{name} must be True or False, got {value!r}')
+    return value
+
+
+def check_layer_cfg(cfg, name, example):
+    """Raise ``TypeError`` naming ``name`` unless ``cfg`` is a dict with a ``type`` (``example``: e.g. 'BN')."""
+    if not isinstance(cfg, dict) or 'type' not in cfg:
+        raise TypeError(f'{name} must be a dict with a "type" (e.g. dict(type="{example}")), got {cfg!r}')
+    return cfg
+
+
 def check_nchw(x, channels, owner):
     """Raise ``ValueError`` unless ``x`` is a 4-D (N, channels, H, W) tensor (``channels=None``: any C)."""
     if x.dim() != 4 or (channels is not None and x.shape[1] != channels):

@@ -38,7 +38,7 @@ from einops import rearrange
 
 from mmsparse.registry import MODELS
 
-from ._checks import DEFAULT_IMPL, check_impl, check_nchw, check_positive_int
+from ._checks import DEFAULT_IMPL, check_impl, check_nchw, check_positive_int, check_rate
 
 __all__ = ['AttnConv', 'GLOBAL_ATTENTION_IMPLS', 'global_attention_reference', 'global_attention_fast']
 
@@ -151,9 +151,9 @@ class AttnConv(nn.Module):
             ch = self.global_heads * self.head_dim
             self.global_q = nn.Conv2d(embed_dims, ch, 1, bias=qkv_bias)
             self.global_kv = nn.Conv2d(embed_dims, 2 * ch, 1, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
+        self.attn_drop = nn.Dropout(check_rate(attn_drop, 'attn_drop'))
         self.proj = nn.Conv2d(embed_dims, embed_dims, 1, bias=qkv_bias)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = nn.Dropout(check_rate(proj_drop, 'proj_drop'))
 
     def extra_repr(self):
         return (f'embed_dims={self.embed_dims}, num_heads={self.num_heads}, group_split={self.group_split}, '

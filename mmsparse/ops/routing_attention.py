@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from mmsparse.registry import MODELS
 
 from ._amp import amp_backward, amp_forward
-from ._checks import DEFAULT_IMPL, IMPLS, check_impl, check_nchw, check_positive_int
+from ._checks import DEFAULT_IMPL, IMPLS, check_bool, check_impl, check_nchw, check_positive_int, check_scale
 
 __all__ = ['BiLevelRoutingAttention', 'GlobalAttentionLePE', 'BRA_IMPLS', 'bra_reference', 'bra_fast', 'bra_flex',
            'check_bra_impl', 'flex_available']
@@ -344,8 +344,8 @@ class BiLevelRoutingAttention(nn.Module):
         self.num_heads = num_heads
         self.n_win = n_win
         self.topk = topk
-        self.scale = qk_scale or qk_dim ** -0.5
-        self.auto_pad = bool(auto_pad)
+        self.scale = check_scale(qk_scale) or qk_dim ** -0.5
+        self.auto_pad = check_bool(auto_pad, 'auto_pad')
 
         # one projection for q | k | v, in that channel order (the official layout)
         self.qkv = nn.Linear(embed_dims, 2 * qk_dim + embed_dims)
@@ -427,7 +427,7 @@ class GlobalAttentionLePE(nn.Module):
         self.impl = check_impl(impl, type(self).__name__)
         self.embed_dims = embed_dims
         self.num_heads = num_heads
-        self.scale = qk_scale or (embed_dims // num_heads) ** -0.5
+        self.scale = check_scale(qk_scale) or (embed_dims // num_heads) ** -0.5
         self.qkv = nn.Linear(embed_dims, 3 * embed_dims, bias=qkv_bias)
         self.lepe = _lepe_conv(embed_dims, side_dwconv)
         self.proj = nn.Linear(embed_dims, embed_dims)

@@ -32,7 +32,7 @@ from einops import rearrange
 from mmsparse.registry import MODELS
 
 from ._amp import amp_backward, amp_forward
-from ._checks import DEFAULT_IMPL, check_impl, check_nchw, check_positive_int
+from ._checks import DEFAULT_IMPL, check_impl, check_nchw, check_positive_int, check_rate, check_scale
 
 __all__ = ['TokenMHSA', 'SuperTokenAttention', 'STA_IMPLS',
            'sta_reference', 'sta_fast', 'neighbour_gather', 'neighbour_scatter']
@@ -262,11 +262,11 @@ class TokenMHSA(nn.Module):
         self.num_heads = num_heads
         self.embed_dims = embed_dims
         self.head_dims = embed_dims // num_heads
-        self.scale = qk_scale if qk_scale is not None else self.head_dims ** -0.5
+        self.scale = check_scale(qk_scale) if qk_scale is not None else self.head_dims ** -0.5
         self.qkv = nn.Conv2d(embed_dims, embed_dims * 3, 1, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
+        self.attn_drop = nn.Dropout(check_rate(attn_drop, 'attn_drop'))
         self.proj = nn.Conv2d(embed_dims, embed_dims, 1)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = nn.Dropout(check_rate(proj_drop, 'proj_drop'))
 
     def forward(self, x):
         _, _, hgt, wdt = x.shape

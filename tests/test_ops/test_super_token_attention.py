@@ -47,11 +47,26 @@ def test_neighbour_ops_are_the_eye_kernel_convolutions():
     torch.testing.assert_close(neighbour_scatter(t, (4, 6)), official)
 
 
-def test_global_when_stoken_size_is_one():
-    sta = SuperTokenAttention(32, 4, stoken_size=1).eval()
+@pytest.mark.parametrize('impl', IMPLS)
+def test_global_when_stoken_size_is_one(impl):
+    """stoken_size=1 is global self-attention over all pixels. Properties that only global attention without
+    positional terms has: any permutation of the pixels permutes the output the same way, and every output
+    pixel depends on the farthest input pixel. With super tokens of 2x2 the same permutation breaks the output."""
     x = torch.randn(1, 32, 7, 5)
+    perm = torch.randperm(35, generator=torch.Generator().manual_seed(3))
+
+    def permuted(t):
+        return t.flatten(2)[:, :, perm].view_as(t)
+
+    sta = SuperTokenAttention(32, 4, stoken_size=1, impl=impl).eval()
     assert sta.is_global
-    torch.testing.assert_close(sta(x), sta.refine(x))
+    with torch.no_grad():
+        torch.testing.assert_close(sta(permuted(x)), permuted(sta(x)), rtol=1e-5, atol=1e-5)
+        far = x.clone()
+        far[:, :, -1, -1] += 5.
+        assert (sta(far)[:, :, 0, 0] - sta(x)[:, :, 0, 0]).abs().max() > 1e-3
+        local = SuperTokenAttention(32, 4, stoken_size=2, impl=impl).eval()
+        assert max_diff(local(permuted(x)), permuted(local(x))) > 1e-3
     with pytest.raises(ValueError, match='global attention'):
         sta.association(x)
 

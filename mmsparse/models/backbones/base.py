@@ -7,6 +7,7 @@ at all), ``frozen_stages``, ``norm_eval``, ``with_cp``, ``impl``, loud pretraine
 ``init_cfg``) and the upgrade of checkpoints written by older mmsparse layouts.
 """
 import copy
+import warnings
 
 import torch
 import torch.utils.checkpoint as cp
@@ -15,7 +16,7 @@ from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmsparse.ops._checks import DEFAULT_IMPL, check_impl
+from mmsparse.ops._checks import DEFAULT_IMPL, check_bool, check_impl, check_layer_cfg
 from mmsparse.utils.checkpoint import load_pretrained
 
 __all__ = ['SparseBackbone', 'BackboneStage', 'resolve_arch', 'check_out_indices']
@@ -86,15 +87,29 @@ class SparseBackbone(BaseModule):
     official_converter = None
     upgrade_state_dict = None
 
+    def __init__(self, init_cfg=None, pretrained=None):
+        # ``pretrained``: the deprecated mmseg-style argument; stock mmseg models (EncoderDecoder) pass their
+        # ``pretrained=`` to the backbone. Mapped to a Pretrained init_cfg as mmseg's backbones do.
+        if pretrained is not None:
+            if init_cfg is not None:
+                raise ValueError(f'{type(self).__name__}: init_cfg and pretrained cannot be set at the same time; '
+                                 f'got init_cfg={init_cfg!r} and pretrained={pretrained!r}. Keep one: '
+                                 "init_cfg=dict(type='Pretrained', checkpoint=...) is preferred")
+            if not isinstance(pretrained, str):
+                raise TypeError(f'{type(self).__name__}: pretrained must be a str (a checkpoint path or URL) or '
+                                f'None, got {type(pretrained).__name__}')
+            warnings.warn('DeprecationWarning: pretrained is deprecated, please use "init_cfg" instead')
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        super().__init__(init_cfg=init_cfg)
+
     def setup_skeleton(self, out_indices, frozen_stages, norm_eval, with_cp, impl):
         self.out_indices = check_out_indices(out_indices, self.num_stages)
         if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) \
                 or not -1 <= frozen_stages <= self.num_stages:
             raise ValueError(f'frozen_stages must be an int in [-1, {self.num_stages}] (-1: nothing frozen), '
                              f'got {frozen_stages!r}')
-        for value, name in ((norm_eval, 'norm_eval'), (with_cp, 'with_cp')):
-            if not isinstance(value, bool):
-                raise TypeError(f'{name} must be True or False, got {value!r}')
+        check_bool(norm_eval, 'norm_eval')
+        check_bool(with_cp, 'with_cp')
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
@@ -104,9 +119,7 @@ class SparseBackbone(BaseModule):
         """Add ``norm{i}`` for each ``i`` in ``out_indices``; ``out_norm_cfg=None`` adds none."""
         if out_norm_cfg is None:
             return
-        if not isinstance(out_norm_cfg, dict) or 'type' not in out_norm_cfg:
-            raise TypeError(f'out_norm_cfg must be None or a dict with a "type" (e.g. dict(type="LN2d")), '
-                            f'got {out_norm_cfg!r}')
+        check_layer_cfg(out_norm_cfg, 'out_norm_cfg (or None)', 'LN2d')
         for i in self.out_indices:
             self.add_module(f'norm{i}', build_norm_layer(out_norm_cfg, channels[i])[1])
 

@@ -22,7 +22,7 @@ from mmcv.cnn.bricks import DropPath
 from mmsparse.converters import biformer as biformer_keys
 from mmsparse.models.layers import LayerNorm2d, per_stage
 from mmsparse.ops import BiLevelRoutingAttention, GlobalAttentionLePE
-from mmsparse.ops._checks import DEFAULT_IMPL, check_nchw, check_positive_int, check_rate
+from mmsparse.ops._checks import DEFAULT_IMPL, check_layer_cfg, check_nchw, check_positive_int, check_rate
 from mmsparse.registry import MODELS
 from .base import BackboneStage, SparseBackbone, resolve_arch
 
@@ -123,6 +123,8 @@ class BiFormer(SparseBackbone):
             routing and outputs up to float rounding).
         init_cfg (dict | list[dict], optional): e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``;
             the authors' raw ``{'model': ...}`` files are converted on the fly.
+        pretrained (str, optional): Deprecated (mmseg style, what stock mmseg models pass): a checkpoint,
+            mapped to ``init_cfg=dict(type='Pretrained', checkpoint=pretrained)``. Default: None.
 
     Shapes:
         - input: (N, in_channels, H, W), any H, W when ``auto_pad`` is True.
@@ -156,8 +158,8 @@ class BiFormer(SparseBackbone):
                  out_norm_cfg=dict(type='LN2d', eps=1e-6),
                  with_cp=False,
                  impl=DEFAULT_IMPL,
-                 init_cfg=None):
-        super().__init__(init_cfg=init_cfg)
+                 init_cfg=None, pretrained=None):
+        super().__init__(init_cfg=init_cfg, pretrained=pretrained)
         self.setup_skeleton(out_indices, frozen_stages, norm_eval, with_cp, impl)
         arch = resolve_arch(arch, self.arch_zoo, self.arch_aliases, ('embed_dims', 'depths'),
                             ('head_dim', 'mlp_ratios', 'qk_dims', 'global_num_heads'))
@@ -172,7 +174,8 @@ class BiFormer(SparseBackbone):
         for name, values in (('embed_dims', embed_dims), ('depths', depths), ('qk_dims', qk_dims)):
             for v in values:
                 check_positive_int(v, f'arch["{name}"] entries')
-        check_positive_int(in_channels, 'in_channels')
+        self.in_channels = check_positive_int(in_channels, 'in_channels')
+        check_layer_cfg(norm_cfg, 'norm_cfg', 'BN')
         check_positive_int(n_win, 'n_win')
         drop_path_rate = check_rate(drop_path_rate, 'drop_path_rate')
         for i, (topk, qk_dim) in enumerate(zip(topks, qk_dims)):
@@ -220,7 +223,7 @@ class BiFormer(SparseBackbone):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x):
-        check_nchw(x, None, type(self).__name__)
+        check_nchw(x, self.in_channels, type(self).__name__)
         outs = []
         x = self.stem(x)
         for i, stage in enumerate(self.stages):

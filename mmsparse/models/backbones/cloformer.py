@@ -25,7 +25,7 @@ from mmcv.cnn.bricks import DropPath
 from mmsparse.converters import cloformer as cloformer_keys
 from mmsparse.models.layers import per_stage
 from mmsparse.ops import AttnConv
-from mmsparse.ops._checks import DEFAULT_IMPL, check_nchw, check_positive_int, check_rate
+from mmsparse.ops._checks import DEFAULT_IMPL, check_layer_cfg, check_nchw, check_positive_int, check_rate
 from mmsparse.registry import MODELS
 from .base import BackboneStage, SparseBackbone, resolve_arch
 
@@ -178,6 +178,8 @@ class CloFormer(SparseBackbone):
             (the authors' layer-by-layer maths). Default: ``'fast'``.
         init_cfg (dict | list[dict] | None): e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``;
             raw official files are converted on the fly.
+        pretrained (str, optional): Deprecated (mmseg style, what stock mmseg models pass): a checkpoint,
+            mapped to ``init_cfg=dict(type='Pretrained', checkpoint=pretrained)``. Default: None.
 
     Shapes:
         input (B, in_channels, H, W), any H, W. Output ``i`` has ``embed_dims[i]`` channels and size
@@ -206,8 +208,8 @@ class CloFormer(SparseBackbone):
     def __init__(self, arch='xxs', in_channels=3, drop_path_rate=0., attn_drop_rate=0., drop_rate=0.,
                  qkv_bias=True, out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False, with_cp=False,
                  norm_cfg=dict(type='BN'), out_norm_cfg=dict(type='GN', num_groups=1), impl=DEFAULT_IMPL,
-                 init_cfg=None):
-        super().__init__(init_cfg=init_cfg)
+                 init_cfg=None, pretrained=None):
+        super().__init__(init_cfg=init_cfg, pretrained=pretrained)
         arch = resolve_arch(arch, self.arch_zoo, self.arch_aliases, self.arch_keys)
         n = self.num_stages
         for key in self.arch_keys:
@@ -216,12 +218,11 @@ class CloFormer(SparseBackbone):
             for v in arch[key]:
                 check_positive_int(v, f'arch["{key}"] entries')
         self.setup_skeleton(out_indices, frozen_stages, norm_eval, with_cp, impl)
-        check_positive_int(in_channels, 'in_channels')
+        self.in_channels = check_positive_int(in_channels, 'in_channels')
         drop_path_rate = check_rate(drop_path_rate, 'drop_path_rate')
         attn_drop_rate = check_rate(attn_drop_rate, 'attn_drop_rate')
         drop_rate = check_rate(drop_rate, 'drop_rate')
-        if not isinstance(norm_cfg, dict) or 'type' not in norm_cfg:
-            raise TypeError(f'norm_cfg must be a dict with a "type" (e.g. dict(type="BN")), got {norm_cfg!r}')
+        check_layer_cfg(norm_cfg, 'norm_cfg', 'BN')
         self.arch = arch
         self.embed_dims = list(arch['embed_dims'])
 
@@ -248,7 +249,7 @@ class CloFormer(SparseBackbone):
 
     def forward(self, x):
         """x: (B, in_channels, H, W) -> tuple of (B, embed_dims[i], ceil(H/2^(i+2)), ceil(W/2^(i+2)))."""
-        check_nchw(x, None, type(self).__name__)
+        check_nchw(x, self.in_channels, type(self).__name__)
         x = self.stem(x)
         outs = []
         for i, stage in enumerate(self.stages):

@@ -14,7 +14,7 @@ from mmcv.cnn.bricks import DropPath
 from mmsparse.converters import stvit as stvit_keys
 from mmsparse.models.layers import LayerScale2d, per_stage
 from mmsparse.ops import SuperTokenAttention
-from mmsparse.ops._checks import DEFAULT_IMPL, check_nchw, check_positive_int, check_rate
+from mmsparse.ops._checks import DEFAULT_IMPL, check_layer_cfg, check_nchw, check_positive_int, check_rate
 from mmsparse.registry import MODELS
 from .base import BackboneStage, SparseBackbone, resolve_arch
 
@@ -131,6 +131,8 @@ class STViT(SparseBackbone):
             at detection scale needs) or ``'reference'`` (the authors' numerics).
         init_cfg (dict | list | None): e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``;
             raw official checkpoints are converted on the fly.
+        pretrained (str, optional): Deprecated (mmseg style, what stock mmseg models pass): a checkpoint,
+            mapped to ``init_cfg=dict(type='Pretrained', checkpoint=pretrained)``. Default: None.
 
     Shapes:
         (B, in_channels, H, W) -> tuple of (B, C_i, ceil(H / 2^(i+2)), ceil(W / 2^(i+2))) for i in out_indices.
@@ -152,8 +154,8 @@ class STViT(SparseBackbone):
                  qk_scale=None, drop_rate=0., attn_drop_rate=0., drop_path_rate=0., layer_scale=None,
                  layer_scale_init_value=1e-6, out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False,
                  with_cp=False, norm_cfg=dict(type='BN'), out_norm_cfg=dict(type='LN2d', eps=1e-6),
-                 impl=DEFAULT_IMPL, init_cfg=None):
-        super().__init__(init_cfg=init_cfg)
+                 impl=DEFAULT_IMPL, init_cfg=None, pretrained=None):
+        super().__init__(init_cfg=init_cfg, pretrained=pretrained)
         self.setup_skeleton(out_indices, frozen_stages, norm_eval, with_cp, impl)
         arch = resolve_arch(arch, self.arch_zoo, self.arch_aliases, ('embed_dims', 'depths', 'num_heads'),
                             ('layer_scale', ))
@@ -171,7 +173,8 @@ class STViT(SparseBackbone):
         layer_scale = per_stage(layer_scale, 'layer_scale', n, bool)
         if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
             raise ValueError(f'mlp_ratio must be a positive number, got {mlp_ratio!r}')
-        check_positive_int(in_channels, 'in_channels')
+        self.in_channels = check_positive_int(in_channels, 'in_channels')
+        check_layer_cfg(norm_cfg, 'norm_cfg', 'BN')
         drop_path_rate = check_rate(drop_path_rate, 'drop_path_rate')
         drop_rate = check_rate(drop_rate, 'drop_rate')
         attn_drop_rate = check_rate(attn_drop_rate, 'attn_drop_rate')
@@ -212,6 +215,6 @@ class STViT(SparseBackbone):
         return feats
 
     def forward(self, x):
-        check_nchw(x, None, type(self).__name__)
+        check_nchw(x, self.in_channels, type(self).__name__)
         feats = self.forward_stages(x)
         return tuple(self.out_norm(i, feats[i]) for i in self.out_indices)

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
 
+from mmsparse.ops._checks import check_positive_int
 from mmsparse.registry import MODELS
 from .level_attention import build_level_blocks
 
@@ -63,7 +64,7 @@ class SparseAttnFPN(BaseModule):
         if not isinstance(in_channels, (list, tuple)) or not in_channels:
             raise TypeError(f'SparseAttnFPN: in_channels must be a non-empty list of ints, got {in_channels!r}')
         self.in_channels = list(in_channels)
-        self.out_channels = out_channels
+        self.out_channels = check_positive_int(out_channels, 'SparseAttnFPN: out_channels')
         self.num_ins = len(in_channels)
         self.num_outs = num_outs
         self.relu_before_extra_convs = relu_before_extra_convs

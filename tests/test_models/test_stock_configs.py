@@ -1,0 +1,76 @@
+"""A stock mmseg config with an mmsparse backbone swapped in: mmseg passes the model's ``pretrained=`` to the
+backbone, which maps it to a Pretrained init_cfg (mmseg's deprecation warning) and loads it loudly."""
+import warnings
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from mmsparse.models import BiFormer, CloFormer, STViT
+from tests.test_models.test_backbone_skeleton import V1_MODELS
+
+pytest.importorskip('mmseg')
+
+TINY = {'biformer': (dict(type='mmsparse.BiFormer', arch=dict(embed_dims=[16, 32, 64, 64], depths=[1, 1, 1, 1],
+                                                                  head_dim=16), n_win=2, topks=(1, 2, 2, -2)),
+                     [16, 32, 64, 64]),
+        'stvit': (dict(type='mmsparse.STViT', arch=dict(embed_dims=[16, 32, 32, 32], depths=[1, 1, 1, 1],
+                                                          num_heads=[1, 2, 2, 2], layer_scale=[False, False, True, True]),
+                       mlp_ratio=2.), [16, 32, 32, 32])}
+
+
+def _stock_upernet(backbone, channels, pretrained, tmp_path):
+    # what a user writes: inherit the stock config, import mmsparse, swap the backbone
+    path = tmp_path / 'user_config.py'
+    path.write_text("_base_ = ['mmseg::upernet/upernet_r50_4xb4-160k_ade20k-512x512.py']\n"
+                    "custom_imports = dict(imports=['mmsparse'], allow_failed_imports=False)\n"
+                    f"model = dict(backbone=dict(_delete_=True, **{backbone!r}))\n")
+    cfg = Config.fromfile(str(path))
+    assert cfg.model.pretrained == 'open-mmlab://resnet50_v1c'  # the stock value, passed to the backbone
+    cfg.model.pretrained = pretrained
+    cfg.model.decode_head.in_channels = channels
+    cfg.model.decode_head.channels = 32
+    cfg.model.auxiliary_head.in_channels = channels[2]
+    cfg.model.auxiliary_head.channels = 16
+    for head in (cfg.model.decode_head, cfg.model.auxiliary_head):
+        head.norm_cfg = dict(type='BN', requires_grad=True)  # SyncBN needs a process group
+    return cfg
+
+
+@pytest.mark.parametrize('name', list(TINY))
+def test_stock_mmseg_upernet_builds_loads_pretrained_and_runs(name, tmp_path):
+    from mmengine.utils import import_modules_from_strings
+    from mmseg.registry import MODELS
+    backbone, channels = TINY[name]
+    weights = V1_MODELS[name]()
+    with torch.no_grad():
+        for p in weights.parameters():
+            p.add_(0.01)
+    path = tmp_path / 'backbone.pth'
+    torch.save({'state_dict': weights.state_dict()}, path)
+    cfg = _stock_upernet(backbone, channels, str(path), tmp_path)
+    assert cfg.model.type == 'EncoderDecoder' and cfg.model.backbone.type == backbone['type']
+    import_modules_from_strings(**cfg.custom_imports)
+    with pytest.warns(UserWarning, match='DeprecationWarning: pretrained is deprecated, please use "init_cfg"'):
+        model = MODELS.build(cfg.model)
+    assert model.backbone.init_cfg == dict(type='Pretrained', checkpoint=str(path))
+    model.init_weights()
+    for k, v in weights.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[k], v), k
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64), mode='tensor')
+    assert out.shape == (1, cfg.model.decode_head.num_classes, 16, 16) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('cls', [BiFormer, CloFormer, STViT])
+def test_pretrained_argument_is_mapped_or_refused(cls):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        model = cls(pretrained='ckpt.pth')
+    assert model.init_cfg == dict(type='Pretrained', checkpoint='ckpt.pth')
+    assert any('pretrained is deprecated' in str(w.message) for w in caught)
+    with pytest.raises(ValueError, match='init_cfg and pretrained cannot be set at the same time'):
+        cls(pretrained='a.pth', init_cfg=dict(type='Pretrained', checkpoint='b.pth'))
+    with pytest.raises(TypeError, match='pretrained must be a str'):
+        cls(pretrained=True)
