@@ -136,29 +136,40 @@ def test_global_attention_any_size_and_errors():
         layer(torch.randn(2, 32, 4, 4))
 
 
-def test_bra_routing_runs_in_float32_under_autocast():
-    torch.manual_seed(0)
-    layer = BiLevelRoutingAttention(32, num_heads=2, n_win=2, topk=2, auto_pad=True)
-    layer.record_routing = True
-    x = torch.randn(1, 32, 9, 7)
-    seen = {}
+def _routing_by_hand(q, k, topk, scale, dtype):
+    """Top-k region routing computed here from captured (N, P, T, C) q and k, with means and logits in ``dtype``."""
+    q_r, k_r = q.to(dtype).mean(2), k.to(dtype).mean(2)
+    return torch.topk((q_r * scale) @ k_r.transpose(-2, -1), topk, dim=-1).indices
 
-    def spy(q, k, v, topk, num_heads, scale):
-        seen['dtype'] = q.dtype  # bfloat16 projections under autocast ...
-        out, idx = BRA_IMPLS['reference'](q, k, v, topk, num_heads, scale)
-        q_r, k_r = q.float().mean(2), k.float().mean(2)  # ... but float32 routing on them
-        seen['ref_idx'] = torch.topk((q_r * scale) @ k_r.transpose(-2, -1), topk, dim=-1).indices
-        return out, idx
 
-    BRA_IMPLS['spy'] = spy
-    try:
-        layer.impl = 'spy'
+@pytest.mark.parametrize('impl', ['reference', 'fast'])
+def test_bra_routing_runs_in_float32_under_autocast(impl):
+    """Under bf16 autocast the projections are bf16, but the routing must rank regions as a float64 computation
+    on those same projections does, not as a bf16 one (which flips near-ties)."""
+    n_win, topk, dim = 4, 3, 32
+    captured = {}
+
+    def capture(module, inputs, output):
+        captured['qkv'] = output.detach()
+
+    for seed in range(50):  # find an input on which bf16 routing would differ, so the check can fail
+        torch.manual_seed(seed)
+        layer = BiLevelRoutingAttention(dim, num_heads=2, n_win=n_win, topk=topk, auto_pad=True, impl=impl)
+        layer.record_routing = True
+        handle = layer.qkv.register_forward_hook(capture)
+        x = torch.randn(2, dim, 15, 13)
         with torch.autocast('cpu', dtype=torch.bfloat16):
             out = layer(x)
-    finally:
-        del BRA_IMPLS['spy']
-    assert seen['dtype'] == torch.bfloat16 and out.shape == x.shape and torch.isfinite(out).all()
-    assert torch.equal(layer.routing_idx, seen['ref_idx'])
+        handle.remove()
+        q, k, _ = captured['qkv'].split([dim, dim, dim], dim=-1)
+        exact = _routing_by_hand(q, k, topk, layer.scale, torch.float64)
+        low = _routing_by_hand(q, k, topk, layer.scale, torch.bfloat16)
+        if not torch.equal(exact.sort(-1).values, low.sort(-1).values):
+            break
+    else:
+        pytest.fail('no input made bf16 routing differ from float64 routing; the check would be vacuous')
+    assert captured['qkv'].dtype == torch.bfloat16 and out.shape == x.shape and torch.isfinite(out).all()
+    assert torch.equal(layer.routing_idx.sort(-1).values, exact.sort(-1).values)
 
 
 # ------------------------------------------------------------------- fast vs reference implementation
