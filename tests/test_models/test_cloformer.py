@@ -204,11 +204,7 @@ def test_config_builds_and_wires_channels(path):
 @pytest.mark.parametrize('path', [p for p in CONFIGS if '_xxs_' in p.name], ids=lambda p: p.stem)
 def test_config_smoke_train_and_test(path, tmp_path):
     smoke = pytest.importorskip('tests.smoke', reason='tests/smoke.py (run_config_smoke) is not available')
-    metrics = smoke.run_config_smoke(str(path), str(tmp_path))  # raises if a train or test step fails
-    assert isinstance(metrics, dict)
-    if 'ade20k' in path.name:
-        assert 'mIoU' in metrics
-    # (mmdet's CocoMetric returns {} when a one-iteration model predicts no box above threshold)
+    smoke.run_config_smoke(str(path), str(tmp_path))  # checks the task's metrics are reported and finite
 
 
 # ------------------------------------------------------------------- fast vs reference implementation

@@ -47,9 +47,34 @@ def test_block_any_size_once_trained(kind, size):
     out = block(x)
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert not torch.allclose(out, x)
-    # the residual branch is exactly 0.5 * attention(norm(x)) (+ the FFN on top)
-    no_ffn = x + 0.5 * block.attn(block.norm1(x))
-    assert torch.allclose(out, no_ffn + 0.5 * block.ffn(block.norm2(no_ffn)), atol=1e-6)
+
+
+@pytest.mark.parametrize('kind', ATTN)
+def test_layer_scales_scale_each_residual_branch_per_channel(kind):
+    """Properties of ``x + g1 * A(x)`` and ``y + g2 * F(y)``: each branch is linear in its own scale, a zero scale
+    leaves its channel untouched, and the FFN branch acts on the attention block's output."""
+    torch.manual_seed(0)
+    block = SparseAttnBlock(32, ATTN[kind], ffn_ratio=1.).eval()
+    x = torch.randn(2, 32, 9, 11)
+
+    def run(g1, g2):
+        with torch.no_grad():
+            block.gamma1.gamma.copy_(torch.as_tensor(g1).expand(32, 1, 1))
+            block.gamma2.gamma.copy_(torch.as_tensor(g2).expand(32, 1, 1))
+            return block(x)
+
+    attn_half, attn_full = run(0.5, 0.) - x, run(1., 0.) - x
+    assert attn_half.abs().max() > 1e-3
+    torch.testing.assert_close(attn_full, 2 * attn_half, atol=1e-5, rtol=1e-4)
+    ffn_half, ffn_full = run(0., 0.5) - x, run(0., 1.) - x
+    assert ffn_half.abs().max() > 1e-3
+    torch.testing.assert_close(ffn_full, 2 * ffn_half, atol=1e-5, rtol=1e-4)
+    even_off = torch.ones(32).index_fill(0, torch.arange(0, 32, 2), 0.).view(32, 1, 1)
+    out = run(even_off, even_off)
+    assert torch.equal(out[:, 0::2], x[:, 0::2]) and not torch.allclose(out[:, 1::2], x[:, 1::2])
+    # the FFN sees the attention output: with both on, the result is not the sum of the two lone branches
+    both = run(1., 1.) - x
+    assert not torch.allclose(both, attn_full + ffn_full, atol=1e-4)
 
 
 def test_block_reduced_embed_dims():
@@ -265,32 +290,17 @@ def test_plugin_config_builds(path):
     assert all(torch.count_nonzero(b.gamma1.gamma) == 0 for b in blocks)  # identity at init in the whole model
 
 
-def _set_num_classes(model_cfg, num_classes):
-    """Point every detection head at the synthetic data's classes (a 1-iteration RTMDet predicts boxes of all
-    80 COCO labels with score_thr 0.001, which CocoMetric cannot map to the synthetic category ids)."""
-    for head in (model_cfg.get('bbox_head'), (model_cfg.get('roi_head') or {}).get('bbox_head'),
-                 (model_cfg.get('roi_head') or {}).get('mask_head')):
-        if head and 'num_classes' in head:
-            head['num_classes'] = num_classes
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.stem)
 def test_plugin_config_smoke_train_and_test(path, tmp_path):
     smoke = pytest.importorskip('tests.smoke', reason='tests/smoke.py (run_config_smoke) is not available')
     from mmengine.runner import Runner
 
-    from mmsparse.datasets import SYNTHETIC_COCO_CLASSES
     cfg = smoke.smoke_config(str(path), str(tmp_path), smoke.ensure_synthetic_data())
     assert cfg.model.get('pretrained') is None and not (cfg.model.backbone.get('init_cfg') or {}).get('checkpoint')
-    if cfg.default_scope == 'mmdet':
-        _set_num_classes(cfg.model, len(SYNTHETIC_COCO_CLASSES))
     runner = Runner.from_cfg(cfg)
     runner.train()
-    metrics = runner.test()
-    assert isinstance(metrics, dict)
-    if cfg.default_scope == 'mmseg':
-        assert 'mIoU' in metrics
+    smoke.check_metrics(cfg, runner.test())
     if EXPECTED[path.stem][2] == 'neck':
         # the neck's layer scales left zero after one step: the training signal reaches the attention.
         # (Backbone plugins get none here: without the dropped pretrained weights mmdet's ResNet zero-inits

@@ -205,11 +205,7 @@ def test_config_builds(path):
 @pytest.mark.parametrize('path', [p for p in CONFIGS if '_s_' in p.name], ids=lambda p: p.stem)
 def test_config_smoke(path, tmp_path):
     smoke = pytest.importorskip('tests.smoke', reason='tests/smoke.py (run_config_smoke) is not available')
-    metrics = smoke.run_config_smoke(str(path), str(tmp_path))  # raises if a train or test step fails
-    assert isinstance(metrics, dict)
-    if 'ade20k' in path.name:
-        assert 'mIoU' in metrics
-    # (mmdet's CocoMetric returns {} when a one-iteration model predicts no box above the score threshold)
+    smoke.run_config_smoke(str(path), str(tmp_path))  # checks the task's metrics are reported and finite
 
 
 # ------------------------------------------------------------------- fast vs reference implementation
