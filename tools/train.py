@@ -8,7 +8,7 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import amp_fallback_on_cpu, check_data, check_pretrained, load_config  # noqa: E402
+from _common import amp_fallback_on_cpu, check_data, check_pretrained, finish_distributed, load_config  # noqa: E402
 
 from mmengine.config import DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
@@ -69,4 +69,7 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    finally:  # also on errors: gloo threads alive at interpreter exit abort the process
+        finish_distributed()
