@@ -1,0 +1,119 @@
+"""Exact resume and deterministic mode through tools/train.py, as a user runs them.
+
+A run killed with SIGKILL and continued with ``--resume`` must end with the weights of an unbroken run; two
+``deterministic=True`` runs must write identical checkpoints."""
+import os
+import os.path as osp
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.smoke import REPO, ensure_synthetic_data
+
+DET_DEMO = 'configs/demo/maskrcnn_demo_synthetic.py'
+SEG_DEMO = 'configs/demo/upernet_demo_synthetic.py'
+ITERS = 6
+# checkpoints every 2 iterations, no validation: what differs between the runs is the kill alone
+COMMON = [f'train_cfg.max_iters={ITERS}', 'train_cfg.val_interval=1000', 'default_hooks.checkpoint.interval=2',
+          'default_hooks.checkpoint.max_keep_ckpts=-1', 'default_hooks.logger.interval=1', 'randomness.seed=0']
+
+
+@pytest.fixture(scope='module', autouse=True)
+def synthetic_data():
+    ensure_synthetic_data()
+
+
+def train_cmd(config, work, *options, resume=False):
+    return [sys.executable, 'tools/train.py', config, '--work-dir', str(work), *(['--resume'] if resume else []),
+            '--cfg-options', *options]
+
+
+ENV = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1')
+
+
+def run(cmd):
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc.stdout + proc.stderr
+
+
+def weights(path):
+    return torch.load(path, map_location='cpu', weights_only=False)['state_dict']
+
+
+def max_abs_diff(a, b):
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].numel())
+
+
+def kill_after(cmd, log_path, marker, timeout=600):
+    """Start ``cmd`` with its output in ``log_path``; SIGKILL it as soon as ``marker`` shows up in the log."""
+    with open(log_path, 'w') as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        try:
+            while time.time() < deadline:
+                with open(log_path) as f:
+                    if marker in f.read():
+                        break
+                assert proc.poll() is None, f'the run ended before {marker!r}: ' + open(log_path).read()[-3000:]
+                time.sleep(0.05)
+            else:
+                raise AssertionError(f'{marker!r} never appeared')
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    return open(log_path).read()
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_ends_where_an_unbroken_run_ends(tmp_path):
+    run(train_cmd(DET_DEMO, tmp_path / 'unbroken', *COMMON))
+    unbroken = weights(tmp_path / 'unbroken' / f'iter_{ITERS}.pth')
+
+    # killed in the middle of iteration 4 (its log line is written after iteration 3): iter_2 is the last
+    # checkpoint, so the resumed run replays the data of 2 iterations and redoes 3 and 4
+    work = tmp_path / 'killed'
+    kill_after(train_cmd(DET_DEMO, work, *COMMON), tmp_path / 'killed.log', f'Iter(train) [3/{ITERS}]')
+    assert (work / 'iter_2.pth').is_file() and not (work / 'iter_4.pth').exists()
+    # what a kill during a checkpoint write can leave: a temporary file and an emptied last_checkpoint
+    (work / '.iter_4.pth.tmp').write_bytes(b'PK\x03\x04 truncated')
+    (work / 'last_checkpoint').write_text('')
+
+    log = run(train_cmd(DET_DEMO, work, *COMMON, resume=True))
+    assert 'resumed epoch: 0, iter: 2' in log
+    resumed = weights(work / f'iter_{ITERS}.pth')
+    assert max_abs_diff(resumed, unbroken) <= 1e-6
+    # the RNG states travelled: without them the same run differs (issue 11 measured 7e-4)
+    ckpt = torch.load(work / 'iter_2.pth', map_location='cpu', weights_only=False)
+    assert len(ckpt['rng_states']) == 1 and set(ckpt['rng_states'][0]) >= {'torch', 'numpy', 'python'}
+
+
+@pytest.mark.slow
+def test_resume_without_rng_states_is_not_exact(tmp_path):
+    """The control: the same kill + resume with the hook removed does not reproduce the unbroken run, so the
+    test above measures the hook and not luck."""
+    no_hook = COMMON + ['custom_hooks=[]', f'train_cfg.max_iters={ITERS // 2 + 1}']
+    iters = ITERS // 2 + 1
+    run(train_cmd(DET_DEMO, tmp_path / 'unbroken', *no_hook))
+    unbroken = weights(tmp_path / 'unbroken' / f'iter_{iters}.pth')
+    work = tmp_path / 'killed'
+    kill_after(train_cmd(DET_DEMO, work, *no_hook), tmp_path / 'killed.log', f'Iter(train) [3/{iters}]')
+    run(train_cmd(DET_DEMO, work, *no_hook, resume=True))
+    assert max_abs_diff(weights(work / f'iter_{iters}.pth'), unbroken) > 1e-6
+
+
+@pytest.mark.slow
+def test_deterministic_runs_repeat_with_the_fast_paths(tmp_path):
+    options = ['train_cfg.max_iters=2', 'train_cfg.val_interval=1000', 'default_hooks.checkpoint.interval=2',
+               'randomness.seed=0', 'randomness.deterministic=True', 'model.backbone.impl=fast']
+    for name in ('a', 'b'):
+        log = run(train_cmd(SEG_DEMO, tmp_path / name, *options))
+        assert 'deterministic=True' in log  # the config dump of the run
+    first, second = (weights(tmp_path / name / 'iter_2.pth') for name in ('a', 'b'))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
