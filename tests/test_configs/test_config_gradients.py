@@ -43,6 +43,9 @@ def params_without_grad(cfg):
         'bbox_head') or {}
     num_classes = head.get('num_classes', 2)
     samples = [fake_data_sample(task, H, W, num_classes=num_classes, generator=gen) for _ in range(2)]
+    if task == 'mmdet' and not cfg.model.get('roi_head', {}).get('mask_head'):
+        for sample in samples:  # box-only heads (RTMDet's) do not accept instance masks
+            del sample.gt_instances.masks
     inputs = torch.randn(2, 3, H, W, generator=gen)
     losses = model.loss(inputs, samples)
     total = sum(v.sum() for k, v in losses.items() if 'loss' in k and isinstance(v, torch.Tensor)) + sum(
