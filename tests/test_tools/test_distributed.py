@@ -53,6 +53,9 @@ def test_dist_train_and_dist_test_exit_cleanly_run_after_run(tmp_path):
     for attempt in range(3):  # issue 11: rank 0 aborted after training in one run out of three
         log = train(SEG_DEMO, tmp_path / f'run{attempt}', *options)
         assert 'terminate called' not in log and 'training finished' in log
+    # the checkpoint of a 2-process run carries both ranks' RNG states (ExactResumeHook gathers them)
+    states = torch.load(tmp_path / 'run0' / 'iter_1.pth', map_location='cpu', weights_only=False)['rng_states']
+    assert len(states) == 2 and all(set(s) >= {'torch', 'numpy', 'python'} for s in states)
     proc = launch('dist_test.sh', SEG_DEMO, str(tmp_path / 'run0' / 'iter_1.pth'), '2', '--work-dir',
                   str(tmp_path / 'test'), '--cfg-options', 'test_dataloader.dataset.indices=2')
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
@@ -128,3 +131,13 @@ def test_family_config_trains_two_iterations_under_ddp(config, tmp_path):
     assert '[2/2]' in log  # the second iteration ran: the one where DDP checks for unused parameters
     if 'cloformer' in config:
         assert 'SyncBN has no CPU implementation' in log
+
+
+def test_sync_bn_becomes_bn_for_cpu_ddp(capsys):
+    from mmengine.config import Config
+
+    from _common import revert_sync_bn_on_cpu
+    cfg = Config.fromfile(f'{REPO}/configs/cloformer/upernet_cloformer_xxs_ade20k.py')
+    assert revert_sync_bn_on_cpu(cfg) >= 2  # backbone and heads
+    assert 'SyncBN' not in str(cfg.model)
+    assert capsys.readouterr().out.count('\n') == 1  # a one-line notice

@@ -117,3 +117,49 @@ def test_deterministic_runs_repeat_with_the_fast_paths(tmp_path):
         assert 'deterministic=True' in log  # the config dump of the run
     first, second = (weights(tmp_path / name / 'iter_2.pth') for name in ('a', 'b'))
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_rng_state_round_trip_covers_torch_numpy_and_python():
+    import random
+
+    import numpy as np
+
+    from mmsparse.engine import get_rng_state, set_rng_state
+    state = get_rng_state()
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(state)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and (first[1] == again[1]).all() and first[2] == again[2]
+    # the state survives the weights_only loading that --resume uses
+    import io
+    buf = io.BytesIO()
+    torch.save({'rng_states': [state]}, buf)
+    buf.seek(0)
+    assert torch.load(buf, weights_only=True)['rng_states'][0]['python'] == state['python']
+
+
+def test_auto_resume_never_picks_an_interrupted_write(tmp_path):
+    from mmsparse.engine import latest_complete_checkpoint
+    assert latest_complete_checkpoint(str(tmp_path)) is None
+    good = tmp_path / 'iter_2.pth'
+    good.write_bytes(b'complete')
+    (tmp_path / '.iter_4.pth.tmp').write_bytes(b'half')  # what a killed atomic write leaves
+    for pointer in ('', str(tmp_path / 'iter_4.pth')):  # emptied by a kill, or naming a file never finished
+        (tmp_path / 'last_checkpoint').write_text(pointer)
+        assert latest_complete_checkpoint(str(tmp_path)) == str(good)
+    (tmp_path / 'last_checkpoint').write_text(str(good))
+    assert latest_complete_checkpoint(str(tmp_path)) == str(good)
+
+
+def test_base_runtimes_register_the_hook():
+    from mmengine.config import Config
+    from mmengine.registry import HOOKS
+
+    import mmsparse  # noqa: F401
+    from mmsparse.engine import ExactResumeHook
+    for runtime in ('det', 'seg'):
+        cfg = Config.fromfile(osp.join(REPO, f'configs/_base_/default_runtime_{runtime}.py'))
+        assert [h['type'] for h in cfg.custom_hooks] == ['mmsparse.ExactResumeHook']
+        assert isinstance(HOOKS.build(cfg.custom_hooks[0]), ExactResumeHook)
+    with pytest.raises(TypeError, match='atomic_checkpoints'):
+        ExactResumeHook(atomic_checkpoints='yes')
