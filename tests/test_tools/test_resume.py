@@ -28,8 +28,10 @@ def synthetic_data():
 
 
 def train_cmd(config, work, *options, resume=False):
-    return [sys.executable, 'tools/train.py', config, '--work-dir', str(work), *(['--resume'] if resume else []),
-            '--cfg-options', *options]
+    """tools/train.py's command line; ``resume``: True (the latest checkpoint) or a checkpoint path."""
+    resume_args = [] if resume is False else ['--resume'] if resume is True else ['--resume', str(resume)]
+    return [sys.executable, 'tools/train.py', config, '--work-dir', str(work), *resume_args, '--cfg-options',
+            *options]
 
 
 ENV = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1')
@@ -163,3 +165,32 @@ def test_base_runtimes_register_the_hook():
         assert isinstance(HOOKS.build(cfg.custom_hooks[0]), ExactResumeHook)
     with pytest.raises(TypeError, match='atomic_checkpoints'):
         ExactResumeHook(atomic_checkpoints='yes')
+
+
+EPOCH_BASED = f"""
+_base_ = '{REPO}/configs/demo/maskrcnn_demo_synthetic.py'
+train_cfg = dict(_delete_=True, type='EpochBasedTrainLoop', max_epochs=2, val_interval=100)
+train_dataloader = dict(batch_size=2, sampler=dict(type='DefaultSampler', shuffle=True),
+                        dataset=dict(indices=4))
+default_hooks = dict(checkpoint=dict(by_epoch=False, interval=1, max_keep_ckpts=-1),
+                     logger=dict(interval=1))
+log_processor = dict(by_epoch=True)
+"""
+
+
+@pytest.mark.slow
+def test_epoch_based_resume_inside_an_epoch_is_exact(tmp_path):
+    """mmengine restarts a partly trained epoch; the hook skips its trained batches (2 per epoch here, the
+    checkpoint after the first batch of epoch 2 is resumed in a fresh work dir)."""
+    import shutil
+    config = tmp_path / 'epoch_based.py'
+    config.write_text(EPOCH_BASED)
+    run(train_cmd(str(config), tmp_path / 'unbroken', 'randomness.seed=0'))
+    (tmp_path / 'resumed').mkdir()
+    shutil.copy(tmp_path / 'unbroken' / 'iter_3.pth', tmp_path / 'resumed' / 'start.pth')
+    log = run(train_cmd(str(config), tmp_path / 'resumed', 'randomness.seed=0',
+                        resume=tmp_path / 'resumed' / 'start.pth'))
+    assert 'resumed epoch: 1, iter: 3' in log
+    assert 'Epoch(train) [2][1/1]' in log  # one batch of epoch 2 left, not the whole epoch again
+    unbroken = weights(tmp_path / 'unbroken' / 'iter_4.pth')
+    assert max_abs_diff(weights(tmp_path / 'resumed' / 'iter_4.pth'), unbroken) <= 1e-6
