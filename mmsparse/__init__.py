@@ -9,7 +9,7 @@ from .utils.checkpoint import allow_mmengine_checkpoint_objects
 
 allow_mmengine_checkpoint_objects()
 
-from . import datasets, models, ops  # noqa: E402,F401  (registers everything)
+from . import datasets, engine, models, ops  # noqa: E402,F401  (registers everything)
 from .registry import register_into_downstream  # noqa: E402
 
 register_into_downstream()

@@ -9,10 +9,13 @@ under ``default_scope='mmdet'`` or ``'mmseg'``. It never replaces a name those r
 import importlib
 import warnings
 
+from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import Registry
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmsparse', locations=['mmsparse.ops', 'mmsparse.models'])
+#: training hooks (``type='mmsparse.ExactResumeHook'`` from any default scope)
+HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mmsparse', locations=['mmsparse.engine'])
 
 #: scopes whose model registry receives our plain names, in the order they are tried
 DOWNSTREAM_SCOPES = ('mmdet', 'mmseg')

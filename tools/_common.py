@@ -28,6 +28,7 @@ def prepare(cfg, args):
             # mmengine's init_dist calls torch.cuda.set_device, which a CPU-only torch lacks; the Runner
             # skips its own initialisation when a process group already exists.
             torch.distributed.init_process_group(backend='gloo')
+        revert_sync_bn_on_cpu(cfg)
         if cfg.get('model_wrapper_cfg') is None:
             # mmengine passes device_ids=[LOCAL_RANK], which DDP rejects for CPU modules
             cfg.model_wrapper_cfg = dict(
@@ -36,6 +37,38 @@ def prepare(cfg, args):
     if args.launcher != 'none':
         os.environ.setdefault('LOCAL_RANK', str(getattr(args, 'local_rank', 0)))
     return task_of(cfg)
+
+
+def _sync_bn_to_bn(node):
+    """Replace ``type='SyncBN'`` by ``'BN'`` in a config tree, in place; returns how many were replaced."""
+    count = 0
+    if isinstance(node, dict):
+        if node.get('type') in ('SyncBN', 'SyncBatchNorm', 'MMSyncBN'):
+            node['type'] = 'BN'
+            count += 1
+        for value in node.values():
+            count += _sync_bn_to_bn(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            count += _sync_bn_to_bn(value)
+    return count
+
+
+def revert_sync_bn_on_cpu(cfg):
+    """SyncBN has no CPU implementation: in a CPU distributed run, build BN instead (with a one-line notice)."""
+    count = _sync_bn_to_bn(cfg.get('model') or {})
+    if cfg.get('sync_bn'):
+        cfg.sync_bn = None
+        count += 1
+    if count:
+        print('No GPU: SyncBN has no CPU implementation, so this distributed run uses per-process BN instead.')
+    return count
+
+
+def finish_distributed():
+    """Destroy the default process group if one exists (a clean exit for gloo / NCCL; safe to call always)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def load_config(args):

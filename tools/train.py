@@ -8,7 +8,8 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import amp_fallback_on_cpu, check_data, check_pretrained, check_torchvision, load_config  # noqa: E402
+from _common import (amp_fallback_on_cpu, check_data, check_pretrained, check_torchvision,  # noqa: E402
+                     finish_distributed, load_config)
 
 from mmengine.config import DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
@@ -70,4 +71,7 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    finally:  # also on errors: gloo threads alive at interpreter exit abort the process
+        finish_distributed()

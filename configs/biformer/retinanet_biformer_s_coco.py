@@ -4,7 +4,8 @@ The authors' recipe (object_detection/configs/coco/retinanet.1x.biformer_small.p
 AdamW lr 1e-4, weight decay 1e-4, default betas, no parameter-wise rules; linear warmup 500 iterations (ratio
 0.001) then x0.1 after epochs 8 and 11; native AMP with a static loss scale of 512 (do not pass --amp);
 find_unused_parameters=True as in the original; batch 16 in total. FPN from stride 8 (start_level 1, extra
-convs on the input, 5 levels; from the base).
+convs on the input, 5 levels; from the base), so the stride-4 output norm ``norm0`` gets no gradient: that is
+what ``unused_parameters`` lists (tests/test_configs/test_config_gradients.py checks the list is exact).
 Backbone: BiFormer_mm with n_win 16, topks [1, 4, 16, -2], auto_pad, drop path 0.2, BN statistics frozen
 (norm_eval=True), one LayerNorm2d per output.
 Backbone weights: the authors' ImageNet-1k checkpoint converted with
@@ -38,3 +39,5 @@ optim_wrapper = dict(
     loss_scale=512.,
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4))
 find_unused_parameters = True
+# what DDP finds unused (the FPN skips the stride-4 output); read by the gradient test, not by mmengine
+unused_parameters = ['backbone.norm0.weight', 'backbone.norm0.bias']

@@ -42,3 +42,4 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2))
 log_processor = dict(by_epoch=False)
+randomness = dict(seed=0, deterministic=False)  # reproducible runs; --resume continues the RNG streams

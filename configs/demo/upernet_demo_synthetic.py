@@ -35,3 +35,4 @@ param_scheduler = [
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2))
+randomness = dict(seed=0, deterministic=False)  # reproducible runs; --resume continues the RNG streams

@@ -5,4 +5,4 @@ model = dict(
         arch='base',
         drop_path_rate=0.3,
         init_cfg=dict(type='Pretrained', checkpoint='checkpoints/stvit_b_in1k_mmsparse.pth', prefix='backbone.')),
-    neck=dict(in_channels=[96, 192, 384, 512]))
+    neck=dict(in_channels=[192, 384, 512]))

@@ -5,4 +5,4 @@ model = dict(
         arch='large',
         drop_path_rate=0.4,
         init_cfg=dict(type='Pretrained', checkpoint='checkpoints/stvit_l_in1k_mmsparse.pth', prefix='backbone.')),
-    neck=dict(in_channels=[96, 192, 448, 640]))
+    neck=dict(in_channels=[192, 448, 640]))

@@ -2,7 +2,10 @@
 
 Standard hierarchical-transformer recipe (PVT / Swin RetinaNet 1x), not the authors' (none published): AdamW
 lr 1e-4, weight decay 1e-4 (0 for parameters whose name contains 'norm'), linear warmup 500 iterations then
-x0.1 after epochs 8 and 11, fp32, batch 16 in total. FPN from stride 8 (start_level 1, extra convs on input).
+x0.1 after epochs 8 and 11, fp32, batch 16 in total. FPN from stride 8 (extra convs on input): only stages 2-4
+are output (``out_indices=(1, 2, 3)``) and the FPN starts at its first input, the same network as
+``start_level=1`` on four inputs without an unused stride-4 output norm (which DDP rejects at the second
+iteration unless ``find_unused_parameters=True``).
 
 mmsparse choices as in maskrcnn_stvit_s_coco.py: super-token sizes [8, 4, 2, 1], frozen BN statistics,
 per-output LN2d; weights converted with tools/model_converters/official2mmsparse.py.
@@ -18,13 +21,13 @@ model = dict(
         arch='small',
         stoken_size=[8, 4, 2, 1],
         drop_path_rate=0.2,
-        out_indices=(0, 1, 2, 3),
+        out_indices=(1, 2, 3),
         norm_cfg=dict(type='BN', requires_grad=True),
         norm_eval=True,
         out_norm_cfg=dict(type='LN2d', eps=1e-6),
         with_cp=False,
         init_cfg=dict(type='Pretrained', checkpoint='checkpoints/stvit_s_in1k_mmsparse.pth', prefix='backbone.')),
-    neck=dict(in_channels=[64, 128, 320, 512]))
+    neck=dict(in_channels=[128, 320, 512], start_level=0, add_extra_convs='on_input', num_outs=5))
 train_dataloader = dict(batch_size=2, num_workers=2)
 optim_wrapper = dict(
     type='OptimWrapper',

@@ -1,0 +1,4 @@
+"""Training-time machinery registered in mmsparse's HOOKS (scope ``mmsparse``): :class:`ExactResumeHook`."""
+from .resume import ExactResumeHook, get_rng_state, latest_complete_checkpoint, set_rng_state
+
+__all__ = ['ExactResumeHook', 'get_rng_state', 'set_rng_state', 'latest_complete_checkpoint']
