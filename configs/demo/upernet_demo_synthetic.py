@@ -1,7 +1,9 @@
-"""Demo: UPerNet with the same reduced BiFormer, trained from scratch for 600 iterations on the embedded
-synthetic ADE20K-format data (5 classes, 128x128 crops). Minutes on a 2-core CPU.
+"""Demo: UPerNet with the same reduced BiFormer as the demo Mask R-CNN, trained from scratch (seeded) on the
+synthetic ADE20K-format data (5 classes, 128x128 crops). Minutes on a 2-core CPU; tools/demo.py runs it.
 
     python tools/train.py configs/demo/upernet_demo_synthetic.py
+
+Raw backbone outputs (``out_norm_cfg=None``), as in the demo detector (configs/biformer/README.md).
 """
 _base_ = [
     '../_base_/models/upernet.py', '../_base_/datasets/synthetic_ade20k.py', '../_base_/default_runtime_seg.py'
@@ -16,6 +18,7 @@ model = dict(
         arch=dict(embed_dims=widths, depths=[1, 1, 2, 1], head_dim=32),
         n_win=4,
         topks=(1, 2, 4, -2),
+        out_norm_cfg=None,
         drop_path_rate=0.),
     decode_head=dict(in_channels=widths, channels=64, num_classes=5, norm_cfg=norm_cfg),
     auxiliary_head=dict(in_channels=widths[2], channels=32, num_classes=5, norm_cfg=norm_cfg))
@@ -32,6 +35,7 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
     dict(type='PolyLR', power=1.0, eta_min=1e-5, by_epoch=False, begin=0, end=max_iters)
 ]
+randomness = dict(seed=0)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2))
