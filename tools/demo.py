@@ -1,5 +1,6 @@
-"""The main job on the embedded default: generate the synthetic data if missing, then for the demo Mask R-CNN and
-UPerNet (reduced BiFormer backbones, trained from scratch, seeded):
+"""The main job on the embedded default: generate the demo configs' synthetic data if missing (their
+``synthetic_data`` entries), then for the demo Mask R-CNN and UPerNet (reduced BiFormer backbones, trained
+from scratch, seeded):
 
 1. evaluate the initialised, untrained model through tools/test.py;
 2. train it through tools/train.py (mmengine's progress is shown);
@@ -40,7 +41,7 @@ PROGRESS = ('Iter(train)', 'Iter(test)', 'Saving checkpoint')
 def run(args):
     """Run a repository script with this interpreter, echo its progress, fail loudly with its log tail."""
     print('$ python ' + ' '.join(args), flush=True)
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''), PYTHONUNBUFFERED='1')
     tail = deque(maxlen=60)
     with subprocess.Popen([sys.executable] + args, cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
@@ -62,9 +63,9 @@ def schedule_options(cfg, iters):
     iters = iters or max_iters
     options = [f'train_cfg.max_iters={iters}', f'train_cfg.val_begin={iters + 1}',
                f'default_hooks.checkpoint.interval={iters}']
-    logger = cfg.default_hooks.get('logger') or {}
-    if logger.get('interval', 1) > iters:
-        options.append(f'default_hooks.logger.interval={iters}')
+    interval = (cfg.default_hooks.get('logger') or {}).get('interval', 1)
+    if interval > max(1, iters // 10):  # at least ~10 points on the loss curve of a short run
+        options.append(f'default_hooks.logger.interval={max(1, iters // 10)}')
     if iters != max_iters:
         schedulers = cfg.get('param_scheduler') or []
         schedulers = [schedulers] if isinstance(schedulers, dict) else schedulers
@@ -184,9 +185,9 @@ def main():
     start = time.time()
     work_root = osp.abspath(args.work_dir)
     os.makedirs(work_root, exist_ok=True)
-    run(['tools/dataset_converters/make_synthetic.py', '--skip-existing'])
     results, curves, pictures = {}, {}, {}
     for task, config, keys in JOBS:
+        run(['tools/dataset_converters/make_synthetic.py', '--config', config, '--skip-existing'])
         cfg = Config.fromfile(osp.join(REPO, config))
         iters, options = schedule_options(cfg, args.iters)
         work = osp.join(work_root, task)

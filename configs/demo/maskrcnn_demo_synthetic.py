@@ -2,7 +2,7 @@
 trained from scratch (seeded) on the synthetic COCO-format data of ``synthetic_data`` below. Minutes on a 2-core
 CPU; tools/demo.py generates the data, trains, evaluates and draws the results.
 
-    python tools/dataset_converters/make_synthetic.py --task coco --out data/demo_coco --num-train 400 --num-val 32
+    python tools/dataset_converters/make_synthetic.py --config configs/demo/maskrcnn_demo_synthetic.py
     python tools/train.py configs/demo/maskrcnn_demo_synthetic.py
 
 The backbone returns its raw stage outputs (``out_norm_cfg=None``): with BiFormer's default per-pixel LayerNorm
@@ -12,6 +12,14 @@ _base_ = [
     '../_base_/models/mask_rcnn_fpn.py', '../_base_/datasets/synthetic_coco_instance.py',
     '../_base_/default_runtime_det.py'
 ]
+# the demo's own synthetic set: more images than the default data/synthetic_coco (64 / 16)
+synthetic_data = dict(task='coco', out='data/demo_coco', num_train=400, num_val=32)
+data_root = synthetic_data['out'] + '/'
+train_dataloader = dict(dataset=dict(data_root=data_root))
+val_dataloader = dict(dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+test_evaluator = val_evaluator
 widths = [32, 64, 128, 256]
 model = dict(
     backbone=dict(
@@ -30,7 +38,7 @@ model = dict(
         bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=4),
         mask_roi_extractor=dict(out_channels=64),
         mask_head=dict(in_channels=64, conv_out_channels=64, num_classes=4)))
-max_iters = 1000
+max_iters = 600
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
@@ -43,7 +51,7 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
     dict(type='CosineAnnealingLR', T_max=max_iters, eta_min_ratio=0.01, by_epoch=False, begin=0, end=max_iters)
 ]
-train_dataloader = dict(sampler=dict(type='InfiniteSampler', shuffle=True), batch_sampler=None)
+train_dataloader.update(sampler=dict(type='InfiniteSampler', shuffle=True), batch_sampler=None)
 randomness = dict(seed=0)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20),

@@ -1,6 +1,7 @@
 """Demo: UPerNet with the same reduced BiFormer as the demo Mask R-CNN, trained from scratch (seeded) on the
 synthetic ADE20K-format data (5 classes, 128x128 crops). Minutes on a 2-core CPU; tools/demo.py runs it.
 
+    python tools/dataset_converters/make_synthetic.py --config configs/demo/upernet_demo_synthetic.py
     python tools/train.py configs/demo/upernet_demo_synthetic.py
 
 Raw backbone outputs (``out_norm_cfg=None``), as in the demo detector (configs/biformer/README.md).
@@ -8,6 +9,11 @@ Raw backbone outputs (``out_norm_cfg=None``), as in the demo detector (configs/b
 _base_ = [
     '../_base_/models/upernet.py', '../_base_/datasets/synthetic_ade20k.py', '../_base_/default_runtime_seg.py'
 ]
+# the demo's own synthetic set: more images than the default data/synthetic_ade20k (64 / 16)
+synthetic_data = dict(task='ade20k', out='data/demo_ade20k/ADEChallengeData2016', num_train=400, num_val=32)
+train_dataloader = dict(dataset=dict(data_root=synthetic_data['out']))
+val_dataloader = dict(dataset=dict(data_root=synthetic_data['out']))
+test_dataloader = val_dataloader
 widths = [32, 64, 128, 256]
 norm_cfg = dict(type='BN', requires_grad=True)
 model = dict(
