@@ -144,8 +144,9 @@ def plot_losses(curves, path):
 
 
 def draw_predictions(cfg, checkpoint, num_images, path):
-    """Ground truth (left) and prediction (right) of ``num_images`` validation images, one row each, drawn by
-    the config's visualizer (mmdet's DetLocalVisualizer / mmseg's SegLocalVisualizer) into one PNG."""
+    """Ground truth (left) and prediction (right) of ``num_images`` validation images, drawn by the config's
+    visualizer (mmdet's DetLocalVisualizer / mmseg's SegLocalVisualizer): one PNG per image in the folder
+    ``path`` without its extension, and all of them, one row each, in ``path``."""
     import mmcv
     import numpy as np
     import torch
@@ -162,11 +163,14 @@ def draw_predictions(cfg, checkpoint, num_images, path):
     rows = []
     for sample in samples:
         image = mmcv.imread(sample.img_path, channel_order='rgb')
-        visualizer.add_datasample('prediction', image, sample, draw_gt=True, draw_pred=True, show=False)
-        rows.append(visualizer.get_image())
+        # each image's drawing goes to its own file (mmseg's visualizer keeps only its last panel in get_image)
+        out_file = osp.join(osp.splitext(path)[0], osp.basename(sample.img_path).rsplit('.', 1)[0] + '.png')
+        visualizer.add_datasample('prediction', image, sample, draw_gt=True, draw_pred=True, show=False,
+                                  out_file=out_file)
+        rows.append(mmcv.imread(out_file))
     width = max(row.shape[1] for row in rows)
     rows = [np.pad(row, ((0, 4), (0, width - row.shape[1]), (0, 0)), constant_values=255) for row in rows]
-    mmcv.imwrite(np.concatenate(rows)[..., ::-1], path)
+    mmcv.imwrite(np.concatenate(rows), path)
 
 
 def main():

@@ -9,6 +9,7 @@ import os
 import os.path as osp
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,8 +137,13 @@ def test_short_demo_writes_summary_loss_curve_and_pictures(tmp_path):
     for task in ('detection', 'segmentation'):
         path = str(work / f'{task}_predictions.png')
         assert path in out
-        image = read_png(path)
-        assert image.shape[0] > image.shape[1] / 2  # two rows (images) of ground truth | prediction
+        grid = read_png(path)
+        singles = sorted((work / f'{task}_predictions').glob('*.png'))
+        assert len(singles) == 2, singles  # --num-images 2
+        single = read_png(str(singles[0]))
+        assert grid.shape[0] >= 2 * single.shape[0] and grid.shape[1] == single.shape[1]
+        source = next(Path(REPO, 'data').glob(f'demo_*/**/{singles[0].stem}.jpg'))
+        assert single.shape[1] == 2 * read_png(str(source)).shape[1]  # ground truth | prediction
     for task in ('detection', 'segmentation'):
         with open(next((work / task / 'train').glob('*/vis_data/scalars.json'))) as f:
             losses = [json.loads(line)['loss'] for line in f if '"loss"' in line]
