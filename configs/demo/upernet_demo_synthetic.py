@@ -11,17 +11,7 @@ _base_ = [
 ]
 # the demo's own synthetic set: more images than the default data/synthetic_ade20k (64 / 16)
 synthetic_data = dict(task='ade20k', out='data/demo_ade20k/ADEChallengeData2016', num_train=400, num_val=32)
-crop_size = (128, 128)
-# the shapes' colours and textures are random: photometric distortion only slows learning here
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='RandomResize', scale=(160, 160), ratio_range=(0.75, 1.5), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackSegInputs')
-]
-train_dataloader = dict(dataset=dict(data_root=synthetic_data['out'], pipeline=train_pipeline))
+train_dataloader = dict(dataset=dict(data_root=synthetic_data['out']))
 val_dataloader = dict(dataset=dict(data_root=synthetic_data['out']))
 test_dataloader = val_dataloader
 widths = [32, 64, 128, 256]
