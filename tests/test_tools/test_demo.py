@@ -23,7 +23,7 @@ NUM_IMAGES = 8
 BACKBONES = {
     'biformer': dict(type='mmsparse.BiFormer', arch=dict(embed_dims=[32, 64, 128, 256], depths=[1, 1, 2, 1],
                                                          head_dim=32),
-                     n_win=4, topks=(1, 2, 4, -2), out_norm_cfg=None),
+                     n_win=4, topks=(1, 2, 4, -2), out_norm_cfg=None, drop_path_rate=0.),
     'cloformer': dict(type='mmsparse.CloFormer',
                       arch=dict(embed_dims=[32, 64, 128, 256], depths=[1, 1, 2, 1], num_heads=[4, 4, 8, 16],
                                 group_splits=[[3, 1], [2, 2], [4, 4], [4, 12]], kernel_sizes=[[3], [5], [7], [9]],
