@@ -2,6 +2,10 @@
 
     python tools/dataset_converters/make_synthetic.py                 # both, under data/
     python tools/dataset_converters/make_synthetic.py --task coco --out data/synthetic_coco
+    python tools/dataset_converters/make_synthetic.py --config configs/demo/maskrcnn_demo_synthetic.py
+
+``--config`` takes the task, output folder and sizes from the config's ``synthetic_data`` entry, e.g.
+``synthetic_data = dict(task='coco', out='data/demo_coco', num_train=400, num_val=32)``.
 
 COCO layout: <out>/annotations/instances_{train,val}2017.json, <out>/{train,val}2017/*.jpg
 ADE20K layout: <out>/images/{training,validation}/*.jpg, <out>/annotations/{training,validation}/*.png
@@ -22,7 +26,18 @@ def main():
     parser.add_argument('--num-train', type=int, default=64)
     parser.add_argument('--num-val', type=int, default=16)
     parser.add_argument('--skip-existing', action='store_true', help='do nothing for a dataset already present')
+    parser.add_argument('--config', help='a config with a synthetic_data entry (task, out, num_train, num_val and '
+                        'optionally seed), which replaces those options')
     args = parser.parse_args()
+    if args.config:
+        from mmengine.config import Config
+        spec = Config.fromfile(args.config).get('synthetic_data')
+        if not isinstance(spec, dict) or spec.get('task') not in DEFAULT_OUT or 'out' not in spec:
+            parser.error(f'{args.config} has no synthetic_data=dict(task=\'coco\'|\'ade20k\', out=..., ...) entry')
+        unknown = set(spec) - {'task', 'out', 'seed', 'num_train', 'num_val'}
+        if unknown:
+            parser.error(f'synthetic_data in {args.config}: unknown keys {sorted(unknown)}')
+        vars(args).update(spec)
     tasks = ['coco', 'ade20k'] if args.task == 'all' else [args.task]
     if args.out and len(tasks) > 1:
         parser.error('--out needs a single --task (coco or ade20k)')

@@ -10,7 +10,7 @@ train_pipeline = [
     dict(type='RandomResize', scale=(160, 160), ratio_range=(0.75, 1.5), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
+    # no PhotoMetricDistortion: the shapes' colours and textures are random already, it only slows learning
     dict(type='PackSegInputs')
 ]
 test_pipeline = [
