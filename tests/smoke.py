@@ -122,13 +122,23 @@ def run_config_smoke(config_path, work_dir, data_root=None):
     return metrics
 
 
-def ensure_synthetic_data(root=osp.join(REPO, 'data')):
-    """Generate the synthetic datasets under ``root`` if they are not there yet; returns ``root``."""
+#: configs with their own synthetic sets (``synthetic_data`` entry, written by make_synthetic.py --config)
+DEMO_CONFIGS = ('configs/demo/maskrcnn_demo_synthetic.py', 'configs/demo/upernet_demo_synthetic.py')
+
+
+def _ensure(task, out, **sizes):
     from mmsparse.datasets import make_synthetic_ade20k, make_synthetic_coco
-    coco = osp.join(root, 'synthetic_coco')
-    ade = osp.join(root, 'synthetic_ade20k/ADEChallengeData2016')
-    if not osp.exists(osp.join(coco, 'annotations/instances_val2017.json')):
-        make_synthetic_coco(coco, seed=0)
-    if not osp.exists(osp.join(ade, 'annotations/validation')):
-        make_synthetic_ade20k(ade, seed=0)
+    marker = 'annotations/instances_val2017.json' if task == 'coco' else 'annotations/validation'
+    if not osp.exists(osp.join(out, marker)):
+        (make_synthetic_coco if task == 'coco' else make_synthetic_ade20k)(out, **sizes)
+
+
+def ensure_synthetic_data(root=osp.join(REPO, 'data')):
+    """Generate the synthetic datasets under ``root`` (and the demo configs' own sets, under the repository)
+    if they are not there yet; returns ``root``."""
+    _ensure('coco', osp.join(root, 'synthetic_coco'), seed=0)
+    _ensure('ade20k', osp.join(root, 'synthetic_ade20k/ADEChallengeData2016'), seed=0)
+    for config in DEMO_CONFIGS:
+        spec = dict(Config.fromfile(osp.join(REPO, config)).synthetic_data)
+        _ensure(spec.pop('task'), osp.join(REPO, spec.pop('out')), **spec)
     return root

@@ -52,7 +52,6 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', T_max=max_iters, eta_min_ratio=0.01, by_epoch=False, begin=0, end=max_iters)
 ]
 train_dataloader.update(sampler=dict(type='InfiniteSampler', shuffle=True), batch_sampler=None)
-randomness = dict(seed=0)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2))
