@@ -188,7 +188,7 @@ def test_syncbn_and_registry_build():
     (dict(drop_path_rate=1.5), ValueError, 'drop_path_rate'),
     (dict(impl='fused'), ValueError, "impl='fused' is not known"),
     (dict(arch=dict(embed_dims=[48, 64, 128, 256], depths=[1] * 4)), ValueError, 'head_dim=32 must divide'),
-    (dict(out_norm_cfg='LN'), TypeError, 'out_norm_cfg must be None or a dict with a "type"'),
+    (dict(out_norm_cfg='LN'), TypeError, r'out_norm_cfg \(or None\) must be a dict with a "type"'),
 ])
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -194,7 +194,7 @@ def test_config_builds(path):
     # detection replaces stage-3 global attention over 50x84 tokens by 2x2 super tokens; segmentation keeps it
     assert bb.stoken_size == ([8, 4, 2, 1] if cfg.default_scope == 'mmdet' else [8, 4, 1, 1])
     model = ROOT_MODELS.build(cfg.model)
-    dims = model.backbone.embed_dims
+    dims = [model.backbone.embed_dims[i] for i in model.backbone.out_indices]  # the returned stages
     head_in = cfg.model.neck.in_channels if 'neck' in cfg.model else cfg.model.decode_head.in_channels
     assert list(head_in) == dims
     if 'auxiliary_head' in cfg.model:
