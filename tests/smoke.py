@@ -69,6 +69,7 @@ def smoke_config(config_path, work_dir, data_root, img_scale=(128, 96)):
     cfg.default_hooks.pop('visualization', None)
     cfg.work_dir = str(work_dir)
     cfg.launcher = 'none'
+    cfg.randomness = dict(seed=0)  # the same initialisation and data order in every run of the suite
     return cfg
 
 
