@@ -1,6 +1,10 @@
 """Helpers shared by the tools (task detection, CPU distributed, data checks, pretrained-free models, fake samples)."""
+import gc
+import logging
 import os
 import os.path as osp
+import sys
+import traceback
 import warnings
 
 import torch
@@ -65,10 +69,56 @@ def revert_sync_bn_on_cpu(cfg):
     return count
 
 
-def finish_distributed():
-    """Destroy the default process group if one exists (a clean exit for gloo / NCCL; safe to call always)."""
+def _exit_code(exc):
+    """The exit status the interpreter would give for an uncaught ``exc`` (printing what it would print)."""
+    if isinstance(exc, SystemExit):
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+    traceback.print_exception(exc)
+    return 1
+
+
+def run_tool(main):
+    """Run a tool's ``main()``; a process of a distributed run then leaves through :func:`finish_distributed`.
+
+    Processes without a process group (single-process runs) end as usual, exceptions included.
+    """
+    try:
+        main()
+    except BaseException as exc:  # noqa: B902 (SystemExit and KeyboardInterrupt end a rank the same way)
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            raise
+        code = _exit_code(exc)
+    else:
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        code = 0
+    finish_distributed(code)
+
+
+def finish_distributed(code):
+    """End a process of a distributed run with status ``code``: free the run, destroy the process group, flush
+    the output, and leave with ``os._exit`` (no interpreter finalization).
+
+    Why not a normal exit: with torch 2.13, a ``DistributedDataParallel`` keeps references to its gloo process
+    group that outlive it, so ``destroy_process_group`` cannot free the group and its worker threads run until
+    the interpreter finalizes. A worker that is still releasing the tensors of the last collective then needs
+    the GIL; Python ends such threads inside C++ code, which aborts the process ("terminate called without an
+    active exception", exit -6) although the run succeeded (issue 11; about one run in 30 on a busy machine).
+    Everything a run writes (checkpoints, logs, visualizer backends) is closed before this point.
+    """
+    gc.collect()  # the Runner and its data loaders (their worker processes end with them)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe must not turn a finished run into a failure
+            pass
+    os._exit(code)
 
 
 def load_config(args):

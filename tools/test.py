@@ -8,7 +8,7 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import check_data, finish_distributed, load_config  # noqa: E402
+from _common import check_data, load_config, run_tool  # noqa: E402
 
 from mmengine.config import DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
@@ -68,7 +68,4 @@ def main():
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    finally:  # also on errors: gloo threads alive at interpreter exit abort the process
-        finish_distributed()
+    run_tool(main)

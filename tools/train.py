@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _common import (amp_fallback_on_cpu, check_data, check_pretrained, check_torchvision,  # noqa: E402
-                     finish_distributed, load_config)
+                     load_config, run_tool)
 
 from mmengine.config import DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
@@ -71,7 +71,4 @@ def main():
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    finally:  # also on errors: gloo threads alive at interpreter exit abort the process
-        finish_distributed()
+    run_tool(main)

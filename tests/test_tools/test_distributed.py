@@ -159,3 +159,60 @@ def test_ddp_resume_restores_every_rank(tmp_path):
     end = [torch.load(tmp_path / d / 'iter_4.pth', map_location='cpu', weights_only=False)['state_dict']
            for d in ('unbroken', 'resumed')]
     assert max((end[0][k].double() - end[1][k].double()).abs().max().item() for k in end[0]) <= 1e-6
+
+
+RANK_SCRIPT = """
+import os, sys
+sys.path.insert(0, {tools!r})
+import torch
+import torch.distributed as dist
+from _common import run_tool
+
+def main():
+    dist.init_process_group('gloo')
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(8, 8))
+    model(torch.randn(4, 8)).sum().backward()
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, torch.randn(16))
+    print(f'rank {{dist.get_rank()}} done', flush=False)  # block-buffered pipe: must still reach the log
+    behaviour = os.environ['BEHAVIOUR']
+    if behaviour == 'raise' and dist.get_rank() == 1:
+        raise ValueError('rank 1 failed on purpose')
+    if behaviour == 'systemexit':
+        raise SystemExit('stopped with a message')
+
+run_tool(main)
+print('unreachable: a distributed rank leaves through finish_distributed')
+"""
+
+
+@pytest.mark.parametrize('behaviour,code', [('ok', 0), ('raise', 1), ('systemexit', 1)])
+def test_distributed_rank_exit_status_and_output(tmp_path, behaviour, code):
+    """run_tool: a rank of a DDP run ends with main's status (0, 1 with the traceback, 1 with the SystemExit
+    message), its buffered output flushed, and no interpreter finalization (gloo threads alive there abort)."""
+    script = tmp_path / 'rank.py'
+    script.write_text(RANK_SCRIPT.format(tools=os.path.join(REPO, 'tools')))
+    env = dict(os.environ, BEHAVIOUR=behaviour, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
+                           str(free_port()), str(script)], env=env, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert (proc.returncode == 0) == (code == 0), log[-3000:]
+    assert 'rank 0 done' in proc.stdout and 'rank 1 done' in proc.stdout
+    assert 'unreachable' not in log and 'terminate called' not in log
+    if behaviour == 'raise':
+        assert 'ValueError: rank 1 failed on purpose' in log and 'exitcode  : 1' in log
+    if behaviour == 'systemexit':
+        assert 'stopped with a message' in log
+
+
+def test_single_process_tool_errors_propagate(tmp_path):
+    """Without a process group run_tool changes nothing: the exception reaches the interpreter as usual."""
+    sys.path.insert(0, os.path.join(REPO, 'tools'))
+    from _common import run_tool
+
+    def main():
+        raise ValueError('plain error')
+
+    with pytest.raises(ValueError, match='plain error'):
+        run_tool(main)
+    assert run_tool(lambda: None) is None
