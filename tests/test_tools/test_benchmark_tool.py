@@ -318,3 +318,18 @@ def test_NEW_API_flops_count_routed_attention(pkg):
     attention = tokens * (2 * 16) * (c + c)  # every token attends to topk=2 regions of 16 tokens
     assert macs >= projections + attention
     assert not math.isnan(macs)
+
+
+def test_backbone_constructor_overrides(bench, pkg):
+    """--layer-args also reach a --backbone (e.g. the authors' n_win 8 at 512) and name the case."""
+    cases, _, report = pkg
+    built = cases.build(dict(kind='backbone', name='biformer-t', batch=1, input_size=[64, 64], mode='fwd',
+                             layer_args=dict(n_win=2, topks=(1, 2, 4, -2))))
+    assert {m.n_win for m in built.module.modules() if hasattr(m, 'n_win')} == {2}
+    parsed = bench.cases_of(bench.parse_args(['--backbone', 'biformer-t', '--input-size', '64', '64',
+                                              '--layer-args', 'n_win=2']))
+    case = parsed[0][0]
+    assert case['layer_args'] == dict(n_win=2) and 'n_win=2' in report.case_label(case)
+    with pytest.raises(TypeError, match='no_such_arg'):
+        cases.build(dict(kind='backbone', name='biformer-t', batch=1, input_size=[64, 64], mode='fwd',
+                         layer_args=dict(no_such_arg=1)))

@@ -98,7 +98,8 @@ def parse_args(argv):
     what.add_argument('--plot', metavar='JSON', help='draw the size-sweep plots of a suite result file')
     what.add_argument('--_memory-worker', dest='memory_worker', help=argparse.SUPPRESS)
     p.add_argument('--shape', help='layer input N,C,H,W (e.g. 2,64,200,304)')
-    p.add_argument('--layer-args', nargs='*', default=[], help='layer constructor overrides, key=value')
+    p.add_argument('--layer-args', nargs='*', default=[],
+                   help='constructor overrides of the --layer or --backbone, key=value (e.g. n_win=8)')
     p.add_argument('--input-size', type=int, nargs=2, default=[224, 224], metavar=('H', 'W'))
     p.add_argument('--batch', type=int, default=1)
     p.add_argument('--dtype', choices=sorted(DTYPES), default='fp32',
@@ -139,7 +140,8 @@ def cases_of(args):
     elif args.layer:
         cases = [dict(kind='layer', name=args.layer, shape=args.shape, layer_args=parse_kwargs(args.layer_args))]
     elif args.backbone:
-        cases = [dict(kind='backbone', name=args.backbone, batch=args.batch, input_size=args.input_size)]
+        cases = [dict(kind='backbone', name=args.backbone, batch=args.batch, input_size=args.input_size,
+                      layer_args=parse_kwargs(args.layer_args))]
     else:
         cases = [dict(kind='config', name=args.config, batch=args.batch, input_size=args.input_size)]
     if not args.suite:

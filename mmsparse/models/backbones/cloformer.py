@@ -106,7 +106,9 @@ class EfficientBlock(nn.Module):
         attn_drop, drop (float): AttnConv dropout and FFN / projection dropout.
         qkv_bias (bool): biases of AttnConv's projections.
         norm_cfg (dict): norm of the stride-2 shortcut.
-        impl (str): AttnConv path, ``'fast'`` or ``'reference'`` (see :class:`~mmsparse.ops.AttnConv`).
+        impl (str): ``'fast'`` or ``'reference'``: the AttnConv path (see :class:`~mmsparse.ops.AttnConv`), and
+            for ``'fast'`` the FFN on channels-last memory (same maths; oneDNN's depthwise backward is several
+            times faster there than on NCHW, which made it two thirds of a CloFormer-S training step on CPU).
 
     Shapes:
         input (B, C, H, W) -> ``(mid, out)``: mid (B, C, H, W), out (B, out_channels, ceil(H/s), ceil(W/s)).
@@ -127,6 +129,7 @@ class EfficientBlock(nn.Module):
         if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
             raise ValueError(f'mlp_ratios entries must be positive numbers, got {mlp_ratio!r}')
         self.stride = stride
+        self.impl = impl
         self.norm1 = _gn(embed_dims)
         self.attn = AttnConv(embed_dims, num_heads, group_split, kernel_sizes, window_size, attn_drop=attn_drop,
                              proj_drop=drop, qkv_bias=qkv_bias, impl=impl)
@@ -145,7 +148,10 @@ class EfficientBlock(nn.Module):
 
     def forward(self, x):
         mid = x + self.drop_path(self.attn(self.norm1(x)))
-        out = self.downsample(mid) + self.drop_path(self.mlp(self.norm2(mid)))
+        ffn_in = self.norm2(mid)
+        if self.impl != 'reference':
+            ffn_in = ffn_in.contiguous(memory_format=torch.channels_last)
+        out = self.downsample(mid) + self.drop_path(self.mlp(ffn_in))
         return mid, out
 
 

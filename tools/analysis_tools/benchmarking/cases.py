@@ -3,7 +3,8 @@
 A *case* is a plain dict (what the JSON output and the suite files hold):
 
 * ``kind='layer'``: ``name`` (a key of :data:`LAYERS`), ``shape`` ``[N, C, H, W]``, optional ``layer_args``;
-* ``kind='backbone'``: ``name`` (a key of :data:`BACKBONES`), ``batch``, ``input_size`` ``[H, W]``;
+* ``kind='backbone'``: ``name`` (a key of :data:`BACKBONES`), ``batch``, ``input_size`` ``[H, W]``, optional
+  ``layer_args`` (constructor overrides, e.g. ``n_win=8`` for BiFormer at 512, as in the authors' ADE20K recipe);
 * ``kind='config'``: ``name`` (an mmdet / mmseg config path, relative to the repository root or absolute),
   ``batch``, ``input_size``;
 
@@ -119,7 +120,7 @@ def build(case, impl=None, device='cpu'):
     else:
         from mmsparse.registry import MODELS
         typ, kwargs = BACKBONES[case['name']]
-        module = MODELS.build(dict(type=typ, **kwargs, **with_impl))
+        module = MODELS.build(dict(type=typ, **{**kwargs, **case.get('layer_args', {})}, **with_impl))
         module.init_weights()
         shape = (case['batch'], 3, *case['input_size'])
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
