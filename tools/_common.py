@@ -85,14 +85,17 @@ def run_tool(main):
 
     Processes without a process group (single-process runs) end as usual, exceptions included.
     """
+    def distributed():
+        return torch.distributed.is_available() and torch.distributed.is_initialized()
+
     try:
         main()
     except BaseException as exc:  # noqa: B902 (SystemExit and KeyboardInterrupt end a rank the same way)
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        if not distributed():
             raise
         code = _exit_code(exc)
     else:
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        if not distributed():
             return
         code = 0
     finish_distributed(code)
@@ -110,7 +113,7 @@ def finish_distributed(code):
     Everything a run writes (checkpoints, logs, visualizer backends) is closed before this point.
     """
     gc.collect()  # the Runner and its data loaders (their worker processes end with them)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
