@@ -205,9 +205,10 @@ def test_distributed_rank_exit_status_and_output(tmp_path, behaviour, code):
         assert 'stopped with a message' in log
 
 
-def test_single_process_tool_errors_propagate(tmp_path):
+def test_single_process_tool_errors_propagate():
     """Without a process group run_tool changes nothing: the exception reaches the interpreter as usual."""
-    sys.path.insert(0, os.path.join(REPO, 'tools'))
+    if os.path.join(REPO, 'tools') not in sys.path:  # as tests/test_tools/test_common_helpers.py imports _common
+        sys.path.append(os.path.join(REPO, 'tools'))
     from _common import run_tool
 
     def main():
