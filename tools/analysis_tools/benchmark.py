@@ -43,8 +43,13 @@ Method.
   ``fwd`` mode and 3 x 2 x MACs in ``fwdbwd`` / ``train`` (backward ~ twice the forward; the optimizer step is
   not counted). ``gflops`` = ``flop_per_run`` / median time.
 * Roofline: once per run a plain float32 ``torch.mm`` of two ``--gemm-size`` squares (default 2048) is timed on
-  the same device with the same threads (median of 5 after a warm-up): ``meta.gemm_gflops``. Each case reports
+  the same device with the same threads, 10 times after a warm-up; the best sample is ``meta.gemm_gflops``
+  (load only lowers a sample; the median is ``meta.gemm_median_gflops``). Each case reports
   ``gemm_fraction`` = ``gflops / gemm_gflops`` (also for fp16 / bf16 cases: the roofline stays fp32).
+* Compilation: ``--compile`` (or ``compile: true`` in a suite case) times the layer / backbone through
+  ``torch.compile`` (inductor); the first warm-up run compiles. FLOPs are counted on the eager module.
+* Allocator: ``meta.allocator`` records the ``MALLOC_*`` / ``LD_PRELOAD`` environment of the run (the memory
+  subprocesses always use their own fixed ``MALLOC_*`` setting, see Memory).
 
 Implementations: ``reference`` (the authors-exact path) and ``fast`` (the default), for every operator family.
 Layers and backbones are built with ``impl=``; a config's operators are switched after building.
@@ -65,6 +70,14 @@ from benchmarking.cases import BACKBONES, IMPLS, LAYERS, MODES, load_suite  # no
 from benchmarking.measure import (DTYPES, gemm_gflops, limit_address_space, memory_worker,  # noqa: E402
                                   run_case)
 from benchmarking.report import case_label, plot_sweeps, ratios, table  # noqa: E402
+
+
+def allocator_settings():
+    """The environment that changes how this process allocates memory (glibc ``MALLOC_*``, ``LD_PRELOAD``).
+
+    Recorded with every result: on CPU the allocator moves the timings by up to ~20 % (docs/benchmarks.md).
+    """
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith('MALLOC_') or k == 'LD_PRELOAD'}
 
 
 def parse_value(text):
@@ -109,6 +122,9 @@ def parse_args(argv):
     p.add_argument('--impl', choices=IMPLS, help='implementation (default: as built, i.e. fast)')
     p.add_argument('--compare', nargs=2, choices=IMPLS, metavar=('IMPL_A', 'IMPL_B'),
                    help='two implementations, interleaved in one process; ratios are A / B')
+    p.add_argument('--compile', action='store_true',
+                   help='--layer / --backbone: run the module through torch.compile (inductor); the first '
+                        'warm-up run compiles')
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--repeats', type=int, default=10)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -121,6 +137,10 @@ def parse_args(argv):
     p.add_argument('--out', help='write the results as JSON here')
     p.add_argument('--figures', default=osp.join(REPO, 'docs/figures'), help='--plot / --suite: PNG folder')
     args = p.parse_args(argv)
+    if args.compile and not (args.layer or args.backbone):
+        p.error('--compile applies to --layer and --backbone (a suite case sets compile: true itself)')
+    if args.compile and args.warmup < 1:
+        p.error('--compile needs --warmup >= 1: the first run compiles and must not be timed')
     if args.layer:
         if not args.shape:
             p.error('--layer needs --shape N,C,H,W')
@@ -145,6 +165,8 @@ def cases_of(args):
     else:
         cases = [dict(kind='config', name=args.config, batch=args.batch, input_size=args.input_size)]
     if not args.suite:
+        if args.compile:
+            cases[0]['compile'] = True
         cases = [(cases[0], list(args.compare) if args.compare else [args.impl])]
     out = []
     for case, impls in cases:
@@ -173,12 +195,15 @@ def main(argv=None):
     meta = dict(machine=platform.machine(), processor=platform.processor(), python=platform.python_version(),
                 torch=torch.__version__, threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
                 device=args.device, cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                warmup=args.warmup, repeats=args.repeats, date=time.strftime('%Y-%m-%d %H:%M'))
+                warmup=args.warmup, repeats=args.repeats, date=time.strftime('%Y-%m-%d %H:%M'),
+                allocator=allocator_settings())
     gemm = gemm_gflops(args.device, args.gemm_size) if args.gemm_size else None
     meta.update(gemm or {})
     if gemm:
         print(f'== fp32 GEMM {args.gemm_size}^2 on {args.device}, {meta["threads"]} threads: '
               f'{gemm["gemm_gflops"]:.1f} GFLOP/s', flush=True)
+    print('== allocator: ' + (' '.join(f'{k}={v}' for k, v in meta['allocator'].items()) or 'defaults'),
+          flush=True)
 
     def dump(records):
         if args.out:  # rewritten after every case, so a long suite that is stopped keeps what it measured

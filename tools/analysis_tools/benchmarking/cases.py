@@ -9,7 +9,9 @@ A *case* is a plain dict (what the JSON output and the suite files hold):
   ``batch``, ``input_size``;
 
 and for every kind ``mode`` (one of :data:`MODES`), optionally ``device``, ``dtype``, ``threads``, ``warmup``,
-``repeats`` and ``sweep`` (the name of the size-sweep plot the case belongs to).
+``repeats`` and ``sweep`` (the name of the size-sweep plot the case belongs to); layer and backbone cases may
+set ``compile: true`` (the module runs through ``torch.compile``, default inductor backend; the first warm-up
+run compiles, so such a case needs ``warmup >= 1``).
 
 Implementations are ``'reference'`` and ``'fast'`` (:data:`IMPLS`) for every operator family. Layers and
 backbones are built with ``impl=...``; a config's model is built as the config says and then every module with a
@@ -52,7 +54,7 @@ BACKBONES = {
 #: keys a case of each kind must have, and those it may have
 _REQUIRED = {'layer': {'name', 'shape'}, 'backbone': {'name', 'batch', 'input_size'},
              'config': {'name', 'batch', 'input_size'}}
-_OPTIONAL = {'kind', 'mode', 'device', 'dtype', 'threads', 'warmup', 'repeats', 'sweep', 'layer_args'}
+_OPTIONAL = {'kind', 'mode', 'device', 'dtype', 'threads', 'warmup', 'repeats', 'sweep', 'layer_args', 'compile'}
 
 
 class Built:
@@ -91,6 +93,12 @@ def check_case(case):
         raise ValueError(f'mode={case["mode"]!r} is not known; choose one of {list(MODES)}')
     if kind == 'layer' and len(case['shape']) != 4:
         raise ValueError(f'a layer case needs shape [N, C, H, W], got {case["shape"]!r}')
+    if case.get('compile', False) not in (True, False):
+        raise ValueError(f'compile must be true or false, got {case["compile"]!r} in {case}')
+    if case.get('compile') and kind == 'config':
+        raise ValueError(f'compile applies to layer and backbone cases, not to a whole config ({case["name"]})')
+    if case.get('compile') and case.get('warmup', 1) < 1:
+        raise ValueError('a compile case needs warmup >= 1: the first run compiles and must not be timed')
 
 
 def check_impl(impl):
@@ -124,7 +132,12 @@ def build(case, impl=None, device='cpu'):
         module.init_weights()
         shape = (case['batch'], 3, *case['input_size'])
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    return Built(module.to(device), (x.to(device), ), run_tensor_model)
+    module = module.to(device)
+    if not case.get('compile'):
+        return Built(module, (x.to(device), ), run_tensor_model)
+    # ``Built.module`` stays the eager module (same parameters): FLOP counting and train()/eval() act on it
+    compiled = torch.compile(module)
+    return Built(module, (x.to(device), ), lambda _, args, mode: run_tensor_model(compiled, args, mode))
 
 
 def run_tensor_model(module, args, mode):

@@ -16,7 +16,8 @@ def case_label(case):
         f'{case["batch"]}x3x{case["input_size"][0]}x{case["input_size"][1]}'
     extra = ' '.join(f'{k}={v}' for k, v in case.get('layer_args', {}).items())
     name = osp.basename(str(case['name']))
-    return f'{case["kind"]} {name} {size} {extra} {case["mode"]} {case.get("dtype", "fp32")}'.strip()
+    compiled = ' compiled' if case.get('compile') else ''
+    return f'{case["kind"]} {name} {size} {extra} {case["mode"]} {case.get("dtype", "fp32")}{compiled}'.strip()
 
 
 def ratios(results):
