@@ -49,7 +49,7 @@ Method.
 * Compilation: ``--compile`` (or ``compile: true`` in a suite case) times the layer / backbone through
   ``torch.compile`` (inductor); the first warm-up run compiles. FLOPs are counted on the eager module.
 * Allocator: ``meta.allocator`` records the ``MALLOC_*`` / ``LD_PRELOAD`` environment of the run (the memory
-  subprocesses always use their own fixed ``MALLOC_*`` setting, see Memory).
+  subprocesses set their own ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_``, see Memory).
 
 Implementations: ``reference`` (the authors-exact path) and ``fast`` (the default), for every operator family.
 Layers and backbones are built with ``impl=``; a config's operators are switched after building.
