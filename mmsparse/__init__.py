@@ -10,8 +10,9 @@ from .utils.checkpoint import allow_mmengine_checkpoint_objects
 allow_mmengine_checkpoint_objects()
 
 from . import datasets, engine, models, ops  # noqa: E402,F401  (registers everything)
+from .ops import set_impl  # noqa: E402
 from .registry import register_into_downstream  # noqa: E402
 
 register_into_downstream()
 
-__all__ = ['__version__']
+__all__ = ['__version__', 'set_impl']

@@ -3,10 +3,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmsparse.ops._checks import check_nchw
+from mmsparse.ops.checks import check_each, check_nchw, check_positive_int, check_rate
 from mmsparse.registry import register_in_root
 
-__all__ = ['LayerNorm2d', 'LayerScale2d', 'per_stage']
+__all__ = ['LayerNorm2d', 'LayerScale2d', 'per_stage', 'drop_path_rates']
 
 
 @register_in_root('LN2d')
@@ -66,3 +66,17 @@ def per_stage(value, name, num_stages, types=(int, float)):
         raise ValueError(f'{name} must be one {accepted} or a sequence of {num_stages} of them (one per stage), '
                          f'got {value!r}')
     return list(value)
+
+
+def drop_path_rates(rate, depths):
+    """Stochastic-depth rates per stage: ``rate`` spread linearly over all blocks, from 0 at the first block to
+    ``rate`` at the last (``torch.linspace(0, rate, sum(depths))``), split into one list per stage.
+
+    Computed on the CPU whatever the default device, so that a backbone also builds under
+    ``with torch.device('meta'):``. e.g. ``drop_path_rates(0.3, [1, 2]) == [[0.0], [0.15, 0.3]]``.
+    """
+    rate = check_rate(rate, 'drop_path_rate')
+    depths = check_each(depths, check_positive_int, 'depths')
+    rates = torch.linspace(0, rate, sum(depths), device='cpu').tolist()
+    starts = [sum(depths[:i]) for i in range(len(depths))]
+    return [rates[start:start + depth] for start, depth in zip(starts, depths)]

@@ -38,7 +38,8 @@ from einops import rearrange
 
 from mmsparse.registry import MODELS
 
-from ._checks import DEFAULT_IMPL, check_impl, check_nchw, check_positive_int, check_rate
+from .checks import DEFAULT_IMPL, check_nchw, check_each, check_odd_kernel, check_positive_int, check_rate
+from .impl import ImplOperator
 
 __all__ = ['AttnConv', 'GLOBAL_ATTENTION_IMPLS', 'global_attention_reference', 'global_attention_fast']
 
@@ -85,7 +86,7 @@ def _identity(t):
 
 
 @MODELS.register_module()
-class AttnConv(nn.Module):
+class AttnConv(ImplOperator, nn.Module):
     """CloFormer's AttnConv mixer: local convolutional-attention groups plus a pooled global group.
 
     Args:
@@ -121,12 +122,9 @@ class AttnConv(nn.Module):
         if len(group_split) != len(kernel_sizes) + 1:
             raise ValueError(f'group_split needs one entry per kernel size plus one for the global group: '
                              f'len(group_split)={len(group_split)}, len(kernel_sizes)={len(kernel_sizes)}')
-        for ks in kernel_sizes:
-            check_positive_int(ks, 'kernel_sizes entries')
-            if ks % 2 == 0:
-                raise ValueError(f'kernel_sizes entries must be odd (same-size depthwise conv), got {kernel_sizes}')
+        check_each(kernel_sizes, check_odd_kernel, 'kernel_sizes')
         check_positive_int(window_size, 'window_size')
-        self.impl = check_impl(impl, type(self).__name__)
+        self.impl = impl
 
         self.embed_dims = embed_dims
         self.num_heads = num_heads

@@ -25,7 +25,8 @@ from torch.utils.checkpoint import checkpoint
 from mmsparse.registry import MODELS
 
 from ._amp import amp_backward, amp_forward
-from ._checks import DEFAULT_IMPL, IMPLS, check_bool, check_impl, check_nchw, check_positive_int, check_scale
+from .checks import DEFAULT_IMPL, IMPLS, check_bool, check_nchw, check_positive_int, check_scale
+from .impl import ImplOperator
 
 __all__ = ['BiLevelRoutingAttention', 'GlobalAttentionLePE', 'BRA_IMPLS', 'bra_reference', 'bra_fast', 'bra_flex',
            'check_bra_impl', 'flex_available']
@@ -220,7 +221,7 @@ def check_bra_impl(impl, owner):
 
     The message keeps the shared vocabulary (:data:`IMPLS`) first and names BRA's extra ``'flex'`` after it.
     """
-    if impl not in BRA_IMPLS:
+    if not isinstance(impl, str) or impl not in BRA_IMPLS:
         extra = [name for name in BRA_IMPLS if name not in IMPLS]
         raise ValueError(f'{owner}: impl={impl!r} is not known; choose one of {list(IMPLS)} '
                          f'(BRA also takes {", ".join(map(repr, extra))})')
@@ -287,7 +288,7 @@ def _lepe_conv(channels, side_dwconv):
 
 
 @MODELS.register_module()
-class BiLevelRoutingAttention(nn.Module):
+class BiLevelRoutingAttention(ImplOperator, nn.Module):
     """Bi-Level Routing Attention (BRA), the authors' legacy version used by all released BiFormers.
 
     Steps, for an input that is already normalised (the block's ``norm1`` runs before this layer):
@@ -326,6 +327,13 @@ class BiLevelRoutingAttention(nn.Module):
             region indices in ``routing_idx`` (for tests and inspection). Off by default.
     """
 
+    impls = tuple(BRA_IMPLS)
+
+    @ImplOperator.impl.setter
+    def impl(self, value):
+        # BRA's own message: the shared vocabulary first, then its extra 'flex'
+        self._impl = check_bra_impl(value, type(self).__name__)
+
     def __init__(self, embed_dims, num_heads=8, n_win=7, topk=4, qk_dim=None, qk_scale=None, side_dwconv=5,
                  auto_pad=False, impl=DEFAULT_IMPL):
         super().__init__()
@@ -338,7 +346,7 @@ class BiLevelRoutingAttention(nn.Module):
         if topk > n_win * n_win:
             raise ValueError(f'topk={topk} must be <= n_win**2 = {n_win * n_win} (the number of regions)')
         _check_side_dwconv(side_dwconv)
-        self.impl = check_bra_impl(impl, type(self).__name__)
+        self.impl = impl
         self.embed_dims = embed_dims
         self.qk_dim = qk_dim
         self.num_heads = num_heads
@@ -396,7 +404,7 @@ class BiLevelRoutingAttention(nn.Module):
 
 
 @MODELS.register_module()
-class GlobalAttentionLePE(nn.Module):
+class GlobalAttentionLePE(ImplOperator, nn.Module):
     """Global multi-head self-attention plus a depthwise LePE on the input (BiFormer's stage 4).
 
     ``out = proj(MHSA(x) + DW(x))`` over all H*W tokens. The qkv projection has no bias by default and its
@@ -424,7 +432,7 @@ class GlobalAttentionLePE(nn.Module):
         if embed_dims % num_heads:
             raise ValueError(f'num_heads={num_heads} must divide embed_dims={embed_dims}')
         _check_side_dwconv(side_dwconv)
-        self.impl = check_impl(impl, type(self).__name__)
+        self.impl = impl
         self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.scale = check_scale(qk_scale) or (embed_dims // num_heads) ** -0.5

@@ -32,7 +32,8 @@ from einops import rearrange
 from mmsparse.registry import MODELS
 
 from ._amp import amp_backward, amp_forward
-from ._checks import DEFAULT_IMPL, check_impl, check_nchw, check_positive_int, check_rate, check_scale
+from .checks import DEFAULT_IMPL, check_nchw, check_positive_int, check_rate, check_scale
+from .impl import ImplOperator
 
 __all__ = ['TokenMHSA', 'SuperTokenAttention', 'STA_IMPLS',
            'sta_reference', 'sta_fast', 'neighbour_gather', 'neighbour_scatter']
@@ -229,7 +230,7 @@ STA_IMPLS = {'reference': sta_reference, 'fast': sta_fast}
 
 
 @MODELS.register_module()
-class TokenMHSA(nn.Module):
+class TokenMHSA(ImplOperator, nn.Module):
     """Multi-head self-attention over all positions of an NCHW map (the authors' ``Attention``).
 
     The 1×1 ``qkv`` projection is laid out *per head*: output channels ``[3dj, 3dj+d)``, ``[3dj+d, 3dj+2d)``
@@ -258,7 +259,7 @@ class TokenMHSA(nn.Module):
         check_positive_int(num_heads, 'num_heads')
         if embed_dims % num_heads:
             raise ValueError(f'num_heads={num_heads} must divide embed_dims={embed_dims}')
-        self.impl = check_impl(impl, type(self).__name__)
+        self.impl = impl
         self.num_heads = num_heads
         self.embed_dims = embed_dims
         self.head_dims = embed_dims // num_heads
@@ -283,7 +284,7 @@ class TokenMHSA(nn.Module):
 
 
 @MODELS.register_module()
-class SuperTokenAttention(nn.Module):
+class SuperTokenAttention(ImplOperator, nn.Module):
     """Super Token Attention (STViT's ``StokenAttention``) on NCHW maps.
 
     Args:
@@ -315,19 +316,15 @@ class SuperTokenAttention(nn.Module):
         check_positive_int(n_iter, 'n_iter')
         self.embed_dims = embed_dims
         self.n_iter = n_iter
-        self._impl = check_impl(impl, type(self).__name__)
         self.scale = embed_dims ** -0.5  # association scale: full width, not head_dim (authors' choice)
         self.refine = TokenMHSA(embed_dims, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
                                 attn_drop=attn_drop, proj_drop=proj_drop, impl=impl)
+        self.impl = impl
 
-    @property
-    def impl(self):
-        """``'reference'`` or ``'fast'``; setting it also switches the refinement MHSA."""
-        return self._impl
-
-    @impl.setter
+    @ImplOperator.impl.setter
     def impl(self, value):
-        self._impl = check_impl(value, type(self).__name__)
+        # one switch for sampling and refinement
+        ImplOperator.impl.fset(self, value)
         self.refine.impl = self._impl
 
     @property

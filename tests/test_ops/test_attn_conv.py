@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from mmsparse.testing import model_from_official
 from mmsparse.ops import AttnConv
-from mmsparse.ops._checks import IMPLS
+from mmsparse.ops.checks import IMPLS
 from tests.conftest import assert_close_to_reference, assert_impls_agree, load_fixture
 
 FIXTURE = 'cloformer_efficient_attention_d64.pt'

@@ -3,7 +3,7 @@ implementations give the same outputs on the same weights."""
 import pytest
 import torch
 
-from mmsparse.ops._checks import IMPLS
+from mmsparse.ops.checks import IMPLS
 from mmsparse.registry import MODELS
 
 OPERATORS = [

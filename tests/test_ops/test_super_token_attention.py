@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from mmsparse.testing import model_from_official
-from mmsparse.ops._checks import IMPLS
+from mmsparse.ops.checks import IMPLS
 from mmsparse.ops.super_token_attention import SuperTokenAttention, TokenMHSA, neighbour_gather, neighbour_scatter
 from tests.conftest import ATOL, assert_close_to_reference, assert_impls_agree, load_fixture, max_diff
 

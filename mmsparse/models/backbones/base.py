@@ -7,6 +7,7 @@ at all), ``frozen_stages``, ``norm_eval``, ``with_cp``, ``impl``, loud pretraine
 ``init_cfg``) and the upgrade of checkpoints written by older mmsparse layouts.
 """
 import copy
+import os.path as osp
 import warnings
 
 import torch
@@ -16,7 +17,8 @@ from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmsparse.ops._checks import DEFAULT_IMPL, check_bool, check_impl, check_layer_cfg
+from mmsparse.ops.checks import IMPLS, check_bool, check_impl, check_layer_cfg
+from mmsparse.ops.impl import ImplModel
 from mmsparse.utils.checkpoint import load_pretrained
 
 __all__ = ['SparseBackbone', 'BackboneStage', 'resolve_arch', 'check_out_indices']
@@ -70,7 +72,35 @@ def _split_pretrained(init_cfg):
     return (pretrained[0] if pretrained else None), (others or None)
 
 
-class SparseBackbone(BaseModule):
+#: checkpoint schemes of other model zoos (mmengine's loaders): their weights belong to other architectures
+FOREIGN_ZOOS = ('open-mmlab://', 'openmmlab://', 'torchvision://', 'mmcls://', 'mmpretrain://', 'modelzoo://')
+
+#: what the missing-weights and foreign-weights errors say about training without pretrained weights
+FROM_SCRATCH_HINT = ('to train from scratch instead, remove the checkpoint (init_cfg=None, and model.pretrained=None '
+                     'where the config sets it) and set out_norm_cfg=None: the default output norm stalls '
+                     'training from random weights')
+
+
+def check_checkpoint(owner, checkpoint, via_pretrained):
+    """Raise at build time when a Pretrained ``checkpoint`` cannot be an mmsparse backbone's weights.
+
+    Stock mmseg configs set ``pretrained='open-mmlab://resnet50_v1c'`` on the EncoderDecoder, which mmseg
+    forwards to the backbone; loading it would fail deep in the key matching, so the error names the override.
+    """
+    if not isinstance(checkpoint, str):
+        return
+    zoo = next((z for z in FOREIGN_ZOOS if checkpoint.startswith(z)), None)
+    if zoo is None:
+        return
+    where = ('model.pretrained (a stock mmseg config sets it for its ResNet; mmseg passes it to the backbone): '
+             'override it with model.pretrained=None, e.g. --cfg-options model.pretrained=None'
+             if via_pretrained else 'the init_cfg Pretrained entry: point it at an mmsparse or official '
+             f'{owner} checkpoint, or remove it')
+    raise ValueError(f'{owner}: pretrained checkpoint {checkpoint!r} is a {zoo} model-zoo name, the weights of '
+                     f'another architecture, and cannot initialise {owner}. It comes from {where}')
+
+
+class SparseBackbone(ImplModel, BaseModule):
     """Base class of the mmsparse backbones.
 
     A subclass calls :meth:`setup_skeleton` in ``__init__`` before building its modules, builds ``stem`` and
@@ -79,6 +109,9 @@ class SparseBackbone(BaseModule):
     mmsparse layout -> the current one), both plain functions of a state dict.
 
     ``frozen_stages = k`` freezes the stem and stages ``0 .. k-1`` with their output norms (``-1``: nothing).
+
+    ``impl`` is one switch for every operator inside (:class:`~mmsparse.ops.impl.ImplModel`): set it after
+    building and each operator follows. A subclass sets ``self.impl = impl`` once its operators exist.
     """
 
     #: version 2: the ``stem`` / ``stages[i]`` / ``norm{i}`` layout; older checkpoints are upgraded on load
@@ -86,6 +119,8 @@ class SparseBackbone(BaseModule):
     num_stages = 4
     official_converter = None
     upgrade_state_dict = None
+    #: the ``impl`` values the backbone accepts at build time
+    impls = IMPLS
 
     def __init__(self, init_cfg=None, pretrained=None):
         # ``pretrained``: the deprecated mmseg-style argument; stock mmseg models (EncoderDecoder) pass their
@@ -99,7 +134,12 @@ class SparseBackbone(BaseModule):
                 raise TypeError(f'{type(self).__name__}: pretrained must be a str (a checkpoint path or URL) or '
                                 f'None, got {type(pretrained).__name__}')
             warnings.warn('DeprecationWarning: pretrained is deprecated, please use "init_cfg" instead')
+            check_checkpoint(type(self).__name__, pretrained, via_pretrained=True)
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        else:
+            entry = _split_pretrained(init_cfg)[0]
+            if entry is not None:
+                check_checkpoint(type(self).__name__, entry.get('checkpoint'), via_pretrained=False)
         super().__init__(init_cfg=init_cfg)
 
     def setup_skeleton(self, out_indices, frozen_stages, norm_eval, with_cp, impl):
@@ -113,7 +153,7 @@ class SparseBackbone(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
-        self.impl = check_impl(impl, type(self).__name__)
+        self._impl = check_impl(impl, type(self).__name__, self.impls)
 
     def build_out_norms(self, out_norm_cfg, channels):
         """Add ``norm{i}`` for each ``i`` in ``out_indices``; ``out_norm_cfg=None`` adds none."""
@@ -193,7 +233,12 @@ class SparseBackbone(BaseModule):
         if unknown or 'checkpoint' not in pretrained:
             raise ValueError(f'init_cfg Pretrained entry {pretrained!r}: needs "checkpoint" and accepts "prefix", '
                              f'"map_location", "allow_partial"; unknown keys {sorted(unknown)}')
-        load_pretrained(self, pretrained['checkpoint'], prefix=pretrained.get('prefix'),
+        checkpoint = pretrained['checkpoint']
+        if isinstance(checkpoint, str) and '://' not in checkpoint and not osp.isfile(checkpoint):
+            raise FileNotFoundError(f'{type(self).__name__}: the pretrained checkpoint {checkpoint!r} (init_cfg / '
+                                    f'pretrained) does not exist; download or convert it there '
+                                    f'(tools/model_converters), or, {FROM_SCRATCH_HINT}')
+        load_pretrained(self, checkpoint, prefix=pretrained.get('prefix'),
                         logger=MMLogger.get_current_instance(), allow_partial=pretrained.get('allow_partial', False))
         self._is_init = True
 

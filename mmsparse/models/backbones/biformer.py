@@ -14,15 +14,15 @@ official recipes exempt every parameter whose name contains ``norm`` from weight
 import warnings
 from collections import OrderedDict
 
-import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule
 from mmcv.cnn.bricks import DropPath
 
 from mmsparse.converters import biformer as biformer_keys
-from mmsparse.models.layers import LayerNorm2d, per_stage
-from mmsparse.ops import BiLevelRoutingAttention, GlobalAttentionLePE
-from mmsparse.ops._checks import DEFAULT_IMPL, check_layer_cfg, check_nchw, check_positive_int, check_rate
+from mmsparse.models.layers import LayerNorm2d, drop_path_rates, per_stage
+from mmsparse.ops import BRA_IMPLS, BiLevelRoutingAttention, GlobalAttentionLePE
+from mmsparse.ops.checks import (DEFAULT_IMPL, IMPLS, check_each, check_layer_cfg, check_nchw, check_positive_int,
+                                 check_positive_number)
 from mmsparse.registry import MODELS
 from .base import BackboneStage, SparseBackbone, resolve_arch
 
@@ -73,8 +73,7 @@ class BiFormerBlock(nn.Module):
             raise ValueError(f'topk={topk!r} is not supported; use a positive int (routing attention) or '
                              f'{GLOBAL_ATTENTION} (global attention + LePE)')
         self.norm2 = LayerNorm2d(embed_dims, eps=1e-6)
-        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
-            raise ValueError(f'mlp_ratio must be a positive number, got {mlp_ratio!r}')
+        check_positive_number(mlp_ratio, 'mlp_ratio')
         hidden = int(mlp_ratio * embed_dims)
         self.mlp = nn.Sequential(OrderedDict(
             fc1=nn.Conv2d(embed_dims, hidden, 1), act=nn.GELU(), fc2=nn.Conv2d(hidden, embed_dims, 1)))
@@ -120,7 +119,8 @@ class BiFormer(SparseBackbone):
             raw stage outputs. Default: ``dict(type='LN2d', eps=1e-6)`` (the authors' dense recipe).
         with_cp (bool): Gradient checkpointing per block. Default: False.
         impl (str): ``'fast'`` (default) or ``'reference'`` (the authors-exact paths of every operator; same
-            routing and outputs up to float rounding).
+            routing and outputs up to float rounding), or ``'flex'`` (BRA through FlexAttention, the stage-4
+            global attention on ``'fast'``). Also a property: setting it after building switches every operator.
         init_cfg (dict | list[dict], optional): e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``;
             the authors' raw ``{'model': ...}`` files are converted on the fly.
         pretrained (str, optional): Deprecated (mmseg style, what stock mmseg models pass): a checkpoint,
@@ -141,6 +141,7 @@ class BiFormer(SparseBackbone):
         'base': dict(embed_dims=[96, 192, 384, 768], depths=[4, 4, 18, 4]),
     }
     arch_aliases = {'t': 'tiny', 's': 'small', 'b': 'base'}
+    impls = tuple(BRA_IMPLS)
 
     def __init__(self,
                  arch='tiny',
@@ -172,12 +173,11 @@ class BiFormer(SparseBackbone):
         head_dim = check_positive_int(arch.get('head_dim', 32), 'arch["head_dim"]')
         global_num_heads = check_positive_int(arch.get('global_num_heads', 8), 'arch["global_num_heads"]')
         for name, values in (('embed_dims', embed_dims), ('depths', depths), ('qk_dims', qk_dims)):
-            for v in values:
-                check_positive_int(v, f'arch["{name}"] entries')
+            check_each(values, check_positive_int, f'arch["{name}"]')
+        check_each(mlp_ratios, check_positive_number, 'arch["mlp_ratios"]')
         self.in_channels = check_positive_int(in_channels, 'in_channels')
         check_layer_cfg(norm_cfg, 'norm_cfg', 'BN')
         check_positive_int(n_win, 'n_win')
-        drop_path_rate = check_rate(drop_path_rate, 'drop_path_rate')
         for i, (topk, qk_dim) in enumerate(zip(topks, qk_dims)):
             if topk > 0 and qk_dim % head_dim:
                 raise ValueError(f'arch head_dim={head_dim} must divide qk_dims[{i}]={qk_dim}')
@@ -192,7 +192,8 @@ class BiFormer(SparseBackbone):
         def conv_bn(cin, cout, act_cfg=None):
             return ConvModule(cin, cout, 3, stride=2, padding=1, bias=True, norm_cfg=norm_cfg, act_cfg=act_cfg)
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()  # cpu: also under meta
+        dpr = drop_path_rates(drop_path_rate, depths)
+        block_impl = impl if impl in IMPLS else DEFAULT_IMPL  # 'flex' reaches the BRAs through self.impl below
         with warnings.catch_warnings():
             warnings.filterwarnings('ignore', message='Unnecessary conv bias')
             self.stem = nn.Sequential(conv_bn(in_channels, embed_dims[0] // 2, dict(type='GELU')),
@@ -203,12 +204,13 @@ class BiFormer(SparseBackbone):
                     BiFormerBlock(embed_dims[i], topk=topks[i], num_heads=qk_dims[i] // head_dim, n_win=n_win,
                                   qk_dim=qk_dims[i], qk_scale=qk_scale, global_num_heads=global_num_heads,
                                   mlp_ratio=mlp_ratios[i], side_dwconv=side_dwconv, auto_pad=auto_pad,
-                                  drop_path=dpr[sum(depths[:i]) + j], impl=impl) for j in range(depths[i])
+                                  drop_path=dpr[i][j], impl=block_impl) for j in range(depths[i])
                 ]
                 downsample = conv_bn(embed_dims[i - 1], embed_dims[i]) if i > 0 else None
                 self.stages.append(BackboneStage(blocks, downsample))
         self.build_out_norms(out_norm_cfg, embed_dims)
         self._freeze_stages()
+        self.impl = impl
 
     def init_default_weights(self):
         """Official init: trunc-normal(0.02) Linear layers (and the MLP's 1x1 convs), unit LayerNorms."""

@@ -23,9 +23,11 @@ from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 
 from mmsparse.converters import cloformer as cloformer_keys
-from mmsparse.models.layers import per_stage
+from mmsparse.models.layers import drop_path_rates, per_stage
 from mmsparse.ops import AttnConv
-from mmsparse.ops._checks import DEFAULT_IMPL, check_layer_cfg, check_nchw, check_positive_int, check_rate
+from mmsparse.ops.checks import (DEFAULT_IMPL, check_each, check_layer_cfg, check_nchw, check_odd_kernel,
+                                 check_positive_int, check_positive_number, check_rate)
+from mmsparse.ops.impl import ImplOperator
 from mmsparse.registry import MODELS
 from .base import BackboneStage, SparseBackbone, resolve_arch
 
@@ -89,7 +91,7 @@ class CloFormerFFN(nn.Module):
         return self.drop(self.fc2(x))
 
 
-class EfficientBlock(nn.Module):
+class EfficientBlock(ImplOperator, nn.Module):
     """CloFormer block: ``mid = x + DropPath(AttnConv(GN1(x)))``; ``out = Shortcut(mid) + DropPath(FFN(GN2(mid)))``.
 
     With ``stride=2`` the shortcut is a dense k x k stride-2 conv -> norm -> 1x1 conv to ``out_channels`` and the
@@ -123,11 +125,8 @@ class EfficientBlock(nn.Module):
         if stride == 1 and out_channels != embed_dims:
             raise ValueError(f'a stride-1 block keeps its width: out_channels={out_channels} != '
                              f'embed_dims={embed_dims}')
-        check_positive_int(mlp_kernel_size, 'mlp_kernel_sizes entries')
-        if mlp_kernel_size % 2 == 0:
-            raise ValueError(f'mlp_kernel_sizes entries must be odd (same-size depthwise conv), got {mlp_kernel_size}')
-        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
-            raise ValueError(f'mlp_ratios entries must be positive numbers, got {mlp_ratio!r}')
+        check_odd_kernel(mlp_kernel_size, 'mlp_kernel_size')
+        check_positive_number(mlp_ratio, 'mlp_ratio')
         self.stride = stride
         self.impl = impl
         self.norm1 = _gn(embed_dims)
@@ -181,7 +180,8 @@ class CloFormer(SparseBackbone):
             ``dict(type='GN', num_groups=1)`` is the GroupNorm(1, C) used everywhere else in CloFormer (and by
             the authors' successor FAT for its dense outputs); ``None`` returns the raw taps.
         impl (str): AttnConv path, ``'fast'`` (fused projections, channels-last, SDPA) or ``'reference'``
-            (the authors' layer-by-layer maths). Default: ``'fast'``.
+            (the authors' layer-by-layer maths). Default: ``'fast'``. Also a property: setting it after
+            building switches every operator.
         init_cfg (dict | list[dict] | None): e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``;
             raw official files are converted on the fly.
         pretrained (str, optional): Deprecated (mmseg style, what stock mmseg models pass): a checkpoint,
@@ -221,11 +221,11 @@ class CloFormer(SparseBackbone):
         for key in self.arch_keys:
             arch[key] = per_stage(arch[key], f'arch["{key}"]', n, (int, float, list, tuple))
         for key in ('embed_dims', 'depths', 'num_heads', 'window_sizes'):
-            for v in arch[key]:
-                check_positive_int(v, f'arch["{key}"] entries')
+            check_each(arch[key], check_positive_int, f'arch["{key}"]')
+        check_each(arch['mlp_kernel_sizes'], check_odd_kernel, 'arch["mlp_kernel_sizes"]')
+        check_each(arch['mlp_ratios'], check_positive_number, 'arch["mlp_ratios"]')
         self.setup_skeleton(out_indices, frozen_stages, norm_eval, with_cp, impl)
         self.in_channels = check_positive_int(in_channels, 'in_channels')
-        drop_path_rate = check_rate(drop_path_rate, 'drop_path_rate')
         attn_drop_rate = check_rate(attn_drop_rate, 'attn_drop_rate')
         drop_rate = check_rate(drop_rate, 'drop_rate')
         check_layer_cfg(norm_cfg, 'norm_cfg', 'BN')
@@ -233,9 +233,8 @@ class CloFormer(SparseBackbone):
         self.embed_dims = list(arch['embed_dims'])
 
         self.stem = ConvStem(in_channels, self.embed_dims[0], norm_cfg)
-        dpr = torch.linspace(0, drop_path_rate, sum(arch['depths'])).tolist()
+        dpr = drop_path_rates(drop_path_rate, arch['depths'])
         self.stages = nn.ModuleList()
-        cursor = 0
         for i, depth in enumerate(arch['depths']):
             dim = self.embed_dims[i]
             blocks = []
@@ -246,12 +245,12 @@ class CloFormer(SparseBackbone):
                 blocks.append(EfficientBlock(
                     dim, out_channels, arch['num_heads'][i], arch['group_splits'][i], arch['kernel_sizes'][i],
                     arch['window_sizes'][i], arch['mlp_kernel_sizes'][i], arch['mlp_ratios'][i], stride,
-                    drop_path=dpr[cursor + j], attn_drop=attn_drop_rate, drop=drop_rate, qkv_bias=qkv_bias,
+                    drop_path=dpr[i][j], attn_drop=attn_drop_rate, drop=drop_rate, qkv_bias=qkv_bias,
                     norm_cfg=norm_cfg, impl=impl))
-            cursor += depth
             self.stages.append(BackboneStage(blocks))
         self.build_out_norms(out_norm_cfg, self.embed_dims)
         self._freeze_stages()
+        self.impl = impl
 
     def forward(self, x):
         """x: (B, in_channels, H, W) -> tuple of (B, embed_dims[i], ceil(H/2^(i+2)), ceil(W/2^(i+2)))."""

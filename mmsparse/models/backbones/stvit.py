@@ -6,15 +6,15 @@ module tree follows the mmsparse skeleton (``stem``, ``stages.i.{downsample,bloc
 """
 from collections import OrderedDict
 
-import torch
 import torch.nn as nn
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 
 from mmsparse.converters import stvit as stvit_keys
-from mmsparse.models.layers import LayerScale2d, per_stage
+from mmsparse.models.layers import LayerScale2d, drop_path_rates, per_stage
 from mmsparse.ops import SuperTokenAttention
-from mmsparse.ops._checks import DEFAULT_IMPL, check_layer_cfg, check_nchw, check_positive_int, check_rate
+from mmsparse.ops.checks import (DEFAULT_IMPL, check_each, check_layer_cfg, check_nchw, check_positive_int,
+                                 check_positive_number, check_rate)
 from mmsparse.registry import MODELS
 from .base import BackboneStage, SparseBackbone, resolve_arch
 
@@ -128,7 +128,8 @@ class STViT(SparseBackbone):
             backbone, a freshly initialised LN per output gives the neck inputs of a comparable scale.
             ``None`` returns the raw features (equal to the authors' model).
         impl (str): ``'fast'`` (default; fused SDPA, memory-efficient where available, which global attention
-            at detection scale needs) or ``'reference'`` (the authors' numerics).
+            at detection scale needs) or ``'reference'`` (the authors' numerics). Also a property: setting it
+            after building switches every operator.
         init_cfg (dict | list | None): e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``;
             raw official checkpoints are converted on the fly.
         pretrained (str, optional): Deprecated (mmseg style, what stock mmseg models pass): a checkpoint,
@@ -163,19 +164,16 @@ class STViT(SparseBackbone):
         dims, depths, heads = (per_stage(arch[k], f'arch["{k}"]', n, int) for k in ('embed_dims', 'depths',
                                                                                       'num_heads'))
         for key, values in (('embed_dims', dims), ('depths', depths), ('num_heads', heads)):
-            for v in values:
-                check_positive_int(v, f'arch["{key}"] entries')
+            check_each(values, check_positive_int, f'arch["{key}"]')
         stoken_size = per_stage([8, 4, 1, 1] if stoken_size is None else stoken_size, 'stoken_size', n,
                                 (int, tuple, list))
         n_iter = per_stage(n_iter, 'n_iter', n, int)
         if layer_scale is None:
             layer_scale = arch.get('layer_scale', [False] * n)
         layer_scale = per_stage(layer_scale, 'layer_scale', n, bool)
-        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
-            raise ValueError(f'mlp_ratio must be a positive number, got {mlp_ratio!r}')
+        check_positive_number(mlp_ratio, 'mlp_ratio')
         self.in_channels = check_positive_int(in_channels, 'in_channels')
         check_layer_cfg(norm_cfg, 'norm_cfg', 'BN')
-        drop_path_rate = check_rate(drop_path_rate, 'drop_path_rate')
         drop_rate = check_rate(drop_rate, 'drop_rate')
         attn_drop_rate = check_rate(attn_drop_rate, 'attn_drop_rate')
         self.embed_dims = dims
@@ -186,7 +184,7 @@ class STViT(SparseBackbone):
             _conv_act_norm(half, dims[0], 2, norm_cfg), _conv_act_norm(dims[0], dims[0], 1, norm_cfg))
         self.stem_drop = nn.Dropout(drop_rate)
 
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = drop_path_rates(drop_path_rate, depths)
         self.stages = nn.ModuleList()
         for i in range(n):
             downsample = None
@@ -195,13 +193,14 @@ class STViT(SparseBackbone):
                     conv=nn.Conv2d(dims[i - 1], dims[i], 3, 2, 1), norm=build_norm_layer(norm_cfg, dims[i])[1]))
             blocks = [
                 STViTBlock(dims[i], heads[i], stoken_size[i], n_iter[i], mlp_ratio, qkv_bias, qk_scale,
-                           drop=drop_rate, attn_drop=attn_drop_rate, drop_path=rates[sum(depths[:i]) + j],
+                           drop=drop_rate, attn_drop=attn_drop_rate, drop_path=rates[i][j],
                            layer_scale=layer_scale[i], layer_scale_init_value=layer_scale_init_value,
                            norm_cfg=norm_cfg, impl=impl) for j in range(depths[i])
             ]
             self.stages.append(BackboneStage(blocks, downsample))
         self.build_out_norms(out_norm_cfg, dims)
         self._freeze_stages()
+        self.impl = impl
 
     def forward_stages(self, x):
         """The raw stage features (no output norms), all four, as a list."""

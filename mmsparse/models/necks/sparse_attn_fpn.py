@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
 
-from mmsparse.ops._checks import check_positive_int
+from mmsparse.ops.checks import check_positive_int
 from mmsparse.registry import MODELS
 from .level_attention import build_level_blocks
 

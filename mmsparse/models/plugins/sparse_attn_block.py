@@ -24,7 +24,7 @@ from mmengine.model import BaseModule
 
 from mmsparse.models.layers import LayerScale2d
 from mmsparse.ops import AttnConv, BiLevelRoutingAttention, SuperTokenAttention
-from mmsparse.ops._checks import check_nchw, check_positive_int, check_rate
+from mmsparse.ops.checks import check_nchw, check_number, check_positive_int, check_rate
 from mmsparse.registry import MODELS, register_in_root
 
 __all__ = ['SparseAttnBlock', 'DWConvFFN', 'ATTN_TYPES', 'build_sparse_attention']
@@ -148,10 +148,8 @@ class SparseAttnBlock(BaseModule):
         check_positive_int(in_channels, 'in_channels')
         embed_dims = in_channels if embed_dims is None else embed_dims
         check_positive_int(embed_dims, 'embed_dims')
-        if isinstance(ffn_ratio, bool) or not isinstance(ffn_ratio, (int, float)) or ffn_ratio < 0:
-            raise ValueError(f'ffn_ratio must be a number >= 0 (0 disables the FFN), got {ffn_ratio!r}')
-        if not isinstance(layer_scale_init_value, (int, float)) or isinstance(layer_scale_init_value, bool):
-            raise ValueError(f'layer_scale_init_value must be a float, got {layer_scale_init_value!r}')
+        check_number(ffn_ratio, 'ffn_ratio', minimum=0)  # 0 disables the FFN
+        check_number(layer_scale_init_value, 'layer_scale_init_value')
         drop_path_rate = check_rate(drop_path_rate, 'drop_path_rate')
         self.in_channels = in_channels
         self.embed_dims = embed_dims

@@ -10,10 +10,11 @@ IMPLS = ('reference', 'fast')
 DEFAULT_IMPL = 'fast'
 
 
-def check_impl(impl, owner):
-    """Return ``impl`` if it is one of :data:`IMPLS`, else raise ``ValueError`` naming ``owner``."""
-    if impl not in IMPLS:
-        raise ValueError(f'{owner}: impl={impl!r} is not known; choose one of {list(IMPLS)}')
+def check_impl(impl, owner, accepted=IMPLS):
+    """Return ``impl`` if it is one of ``accepted`` (default :data:`IMPLS`), else raise ``ValueError`` naming
+    ``owner``."""
+    if not isinstance(impl, str) or impl not in accepted:
+        raise ValueError(f'{owner}: impl={impl!r} is not known; choose one of {list(accepted)}')
     return impl
 
 
@@ -22,6 +23,40 @@ def check_positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f'{name} must be a positive int, got {value!r}')
     return value
+
+
+def check_positive_number(value, name):
+    """Return ``value`` as a float if it is a number > 0 (bools rejected), else raise ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f'{name} must be a positive number, got {value!r}')
+    return float(value)
+
+
+def check_number(value, name, minimum=None):
+    """Return ``value`` as a float if it is a number (bools rejected) and, when given, ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (minimum is not None and value < minimum):
+        bound = '' if minimum is None else f' >= {minimum:g}'
+        raise ValueError(f'{name} must be a number{bound}, got {value!r}')
+    return float(value)
+
+
+def check_odd_kernel(value, name):
+    """Return ``value`` if it is a positive odd int (a 'same'-size convolution kernel), else raise ``ValueError``."""
+    check_positive_int(value, name)
+    if value % 2 == 0:
+        raise ValueError(f'{name} must be odd (a same-size convolution kernel), got {value!r}')
+    return value
+
+
+def check_each(values, check, name):
+    """Apply ``check(entry, f'{name} entries')`` to every entry of the sequence ``values``; return them as a list.
+
+    e.g. ``check_each(depths, check_positive_int, 'arch["depths"]')`` raises
+    ``arch["depths"] entries must be a positive int, got 0``.
+    """
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise TypeError(f'{name} must be a list or tuple, got {values!r}')
+    return [check(v, f'{name} entries') for v in values]
 
 
 def check_rate(value, name):
