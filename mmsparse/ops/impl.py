@@ -82,12 +82,16 @@ def set_impl(module, impl):
     ops = _operators(module)
     name = type(module).__name__
     if not ops:
+        # a typo is reported as such before the missing operators
+        if not isinstance(impl, str) or impl not in IMPLS + ('flex', ):
+            raise ValueError(f'set_impl: impl={impl!r} is not known; choose one of {list(IMPLS)} '
+                             "(BiLevelRoutingAttention also takes 'flex')")
         raise ValueError(f'set_impl: {name} contains no mmsparse operator, so impl={impl!r} would change nothing')
     accepted = accepted_impls(module)
     if not isinstance(impl, str) or impl not in accepted:
         extra = ''
         if impl == 'flex':
-            extra = ' (\'flex\' is offered by BiLevelRoutingAttention only, and this model has none)'
+            extra = " ('flex' is offered by BiLevelRoutingAttention only, and this model has none)"
         raise ValueError(f'set_impl: impl={impl!r} is not known for {name}; choose one of {accepted}{extra}')
     for m in ops:
         m.impl = impl if impl in m.impls else DEFAULT_IMPL

@@ -43,10 +43,7 @@ def stvit_head(x, sd):
 def test_logits_through_our_backbone_match_the_authors(name, head, impl):
     fx = load_fixture(name)
     model = model_from_official(fx['official_class'], fx['config'], fx['state_dict'])
-    model.impl = impl
-    for m in model.modules():
-        if hasattr(m, 'impl') and isinstance(m.impl, str):
-            m.impl = impl
+    model.impl = impl  # the backbone's one switch reaches every operator
     for i, (x, ref) in enumerate(zip(fx['inputs'], fx['outputs'])):
         with torch.no_grad():
             last = model(x)[-1]

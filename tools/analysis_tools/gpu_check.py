@@ -217,15 +217,16 @@ def forward_macs(module, x):
 
 
 def run_operators(check):
+    from mmsparse.ops import accepted_impls, set_impl
     dev = check.device
     for name, (cls_name, kwargs, shape, dry_shape) in OPERATORS.items():
         shape = dry_shape if check.dry else shape
         module = build_operator(cls_name, kwargs, shape, check.dry).to(dev).train()
         x = torch.randn(shape, device=dev)
-        module.impl = 'fast'
+        set_impl(module, 'fast')
         macs, macs_note = forward_macs(module, x)
         flop = 6 * macs if macs else None
-        impls = ['reference', 'fast'] + (['flex'] if cls_name == 'BiLevelRoutingAttention' else [])
+        impls = accepted_impls(module)  # BRA: reference, fast, flex
         for dtype_name in ('fp32', 'bf16'):
             roof = None
             for impl in impls:
@@ -244,7 +245,8 @@ def run_operators(check):
 
 
 def measure_impl(module, x, impl, dev, dtype_name, check, flop, roof):
-    module.impl = impl
+    from mmsparse.ops import set_impl
+    set_impl(module, impl)
     rec = {}
     if impl == 'flex' and dev.type == 'cpu':
         rec['note'] = 'FlexAttention has no backward on CPU: the flex layer ran the fast path'

@@ -16,7 +16,6 @@ Checkpoints of the first mmsparse layout (bare ``gamma1`` / ``gamma2`` parameter
 """
 import copy
 
-import torch
 import torch.nn as nn
 from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath

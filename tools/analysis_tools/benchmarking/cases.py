@@ -14,9 +14,8 @@ set ``compile: true`` (the module runs through ``torch.compile``, default induct
 run compiles, so such a case needs ``warmup >= 1``).
 
 Implementations are ``'reference'`` and ``'fast'`` (:data:`IMPLS`) for every operator family. Layers and
-backbones are built with ``impl=...``; a config's model is built as the config says and then every module with a
-string ``impl`` attribute (each operator stores its own) is switched, since the operators may sit in the
-backbone, in plug-ins or in the neck.
+backbones are built with ``impl=...``; a config's model is built as the config says and then switched with
+:func:`mmsparse.set_impl`, which reaches the operators wherever they sit (backbone, plug-ins, neck).
 """
 import os
 import os.path as osp
@@ -24,8 +23,9 @@ import os.path as osp
 import torch
 import yaml
 
-from mmsparse.ops._checks import IMPLS
-from mmsparse.ops._checks import check_impl as _check_impl
+from mmsparse import set_impl
+from mmsparse.ops.checks import IMPLS
+from mmsparse.ops.checks import check_impl as _check_impl
 from . import REPO
 
 MODES = ('fwd', 'fwdbwd', 'train')
@@ -150,17 +150,6 @@ def run_tensor_model(module, args, mode):
     sum(o.float().square().mean() for o in outs).backward()
 
 
-def set_impl(model, impl):
-    """Switch every operator of a built model (each module with a string ``impl``) to ``impl``; returns the count."""
-    check_impl(impl)
-    switched = 0
-    for m in model.modules():
-        if isinstance(getattr(m, 'impl', None), str):
-            m.impl = impl
-            switched += 1
-    return switched
-
-
 def _build_config(case, impl, device):
     """A whole mmdet / mmseg model from a config, its own AdamW, and synthetic data samples of the case's size."""
     from _common import drop_pretrained, fake_data_sample, task_of
@@ -172,9 +161,8 @@ def _build_config(case, impl, device):
     drop_pretrained(cfg.model)  # random weights time the same, and nothing is downloaded
     model = _import(f'{task}.registry.MODELS').build(cfg.model)
     model.init_weights()
-    if impl is not None and not set_impl(model, impl):
-        raise ValueError(f'{case["name"]}: no operator with an implementation choice, so impl={impl!r} does not '
-                         f'apply')
+    if impl is not None:
+        set_impl(model, impl)  # raises when the model holds no mmsparse operator
     model.to(device)
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     batch, (h, w) = case['batch'], case['input_size']

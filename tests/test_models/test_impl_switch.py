@@ -1,0 +1,211 @@
+"""One ``impl`` switch: ``backbone.impl = ...`` and :func:`mmsparse.set_impl` after building reach every operator,
+give the outputs of a model built with that implementation, accept ``'flex'`` only where BRA is, and reject
+unknown values. Also: every backbone builds on the meta device, with :func:`drop_path_rates`."""
+import copy
+
+import pytest
+import torch
+from mmcv.cnn.bricks import DropPath
+
+import mmsparse
+from mmsparse import set_impl
+from mmsparse.models import BiFormer, CloFormer, SparseAttnBlock, STViT
+from mmsparse.models.backbones.cloformer import EfficientBlock
+from mmsparse.models.layers import drop_path_rates
+from mmsparse.ops import (AttnConv, BiLevelRoutingAttention, GlobalAttentionLePE, SuperTokenAttention, TokenMHSA,
+                          accepted_impls)
+from tests.conftest import REPO
+
+#: every module class that carries an implementation choice
+SWITCHED = (BiLevelRoutingAttention, GlobalAttentionLePE, AttnConv, SuperTokenAttention, TokenMHSA, EfficientBlock)
+
+SMALL = {
+    BiFormer: dict(arch=dict(embed_dims=[16, 32, 64, 64], depths=[1, 2, 1, 1], head_dim=16), n_win=2,
+                   topks=(1, 2, 2, -2)),
+    CloFormer: dict(arch=dict(embed_dims=[16, 32, 32, 32], depths=[1, 2, 1, 1], num_heads=[2, 2, 2, 2],
+                              group_splits=[[1, 1]] * 4, kernel_sizes=[[3]] * 4, window_sizes=[4, 2, 1, 1],
+                              mlp_kernel_sizes=[3] * 4, mlp_ratios=[2] * 4)),
+    STViT: dict(arch=dict(embed_dims=[16, 32, 32, 32], depths=[1, 2, 1, 1], num_heads=[1, 2, 2, 2]),
+                stoken_size=[2, 2, 1, 1], mlp_ratio=2.),
+}
+FAMILIES = list(SMALL)
+
+
+def impls_inside(model):
+    """class name -> set of impl values of every switchable module inside ``model``."""
+    found = {}
+    for m in model.modules():
+        if isinstance(m, SWITCHED):
+            found.setdefault(type(m).__name__, set()).add(m.impl)
+    return found
+
+
+def features(model, x):
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+@pytest.mark.parametrize('cls', FAMILIES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize('built, switched', [('fast', 'reference'), ('reference', 'fast')])
+def test_backbone_impl_set_after_build_equals_built_with_it(cls, built, switched):
+    """Catches a property that records the value but leaves operators behind (e.g. the pre-property attribute,
+    or EfficientBlock's channels-last FFN not following): the operators, and the outputs, must be those of the
+    model built with the new value."""
+    torch.manual_seed(0)
+    model = cls(**SMALL[cls], impl=built)
+    target = cls(**SMALL[cls], impl=switched)
+    target.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 37, 45)
+    before = features(model, x)
+    model.impl = switched
+    assert model.impl == switched
+    kinds = impls_inside(model)
+    assert kinds == impls_inside(target) and all(v == {switched} for v in kinds.values()), kinds
+    if cls is CloFormer:
+        assert 'EfficientBlock' in kinds  # the block's own FFN layout follows the switch too
+    after, expected = features(model, x), features(target, x)
+    for a, e, b in zip(after, expected, before):
+        assert torch.equal(a, e)
+    # the two implementations differ in their float rounding, so equality above is not vacuous
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))
+
+
+def test_biformer_flex_reaches_bra_only_and_equals_building_with_it():
+    """'flex' is BRA's: the stage-4 global attention runs 'fast'; building with 'flex' gives the same modules."""
+    model = BiFormer(**SMALL[BiFormer])
+    model.impl = 'flex'
+    assert model.impl == 'flex'
+    assert impls_inside(model) == {'BiLevelRoutingAttention': {'flex'}, 'GlobalAttentionLePE': {'fast'}}
+    assert impls_inside(BiFormer(**SMALL[BiFormer], impl='flex')) == impls_inside(model)
+    assert BiFormer(**SMALL[BiFormer], impl='flex').impl == 'flex'
+    model.impl = 'reference'
+    assert impls_inside(model) == {'BiLevelRoutingAttention': {'reference'}, 'GlobalAttentionLePE': {'reference'}}
+
+
+@pytest.mark.parametrize('cls', [CloFormer, STViT], ids=lambda c: c.__name__)
+def test_flex_rejected_without_bra(cls):
+    model = cls(**SMALL[cls], impl='reference')
+    with pytest.raises(ValueError, match=r"impl='flex' is not known for .*choose one of \['reference', 'fast'\] "
+                                         r"\('flex' is offered by BiLevelRoutingAttention only"):
+        model.impl = 'flex'
+    with pytest.raises(ValueError, match=r"impl='flex' is not known; choose one of \['reference', 'fast'\]"):
+        cls(**SMALL[cls], impl='flex')
+    assert model.impl == 'reference' and all(v == {'reference'} for v in impls_inside(model).values())
+
+
+@pytest.mark.parametrize('cls', FAMILIES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize('bad', ['cuda', 'Fast', None, 1])
+def test_unknown_impl_raises_and_changes_nothing(cls, bad):
+    """The check runs before any operator is touched: a rejected value leaves the whole model as it was."""
+    model = cls(**SMALL[cls], impl='reference')
+    with pytest.raises(ValueError, match=rf"impl={bad!r} is not known for {cls.__name__}; choose one of "
+                                         r"\['reference', 'fast'"):
+        model.impl = bad
+    assert model.impl == 'reference' and all(v == {'reference'} for v in impls_inside(model).values())
+
+
+def test_set_impl_on_modules_without_backbone():
+    block = SparseAttnBlock(16, dict(type='SuperTokenAttention', num_heads=2, stoken_size=2))
+    assert set_impl(block, 'reference') == 2  # the STA and its refinement MHSA
+    assert impls_inside(block) == {'SuperTokenAttention': {'reference'}, 'TokenMHSA': {'reference'}}
+    assert accepted_impls(block) == ['reference', 'fast']
+    bra = SparseAttnBlock(16, dict(type='BiLevelRoutingAttention', num_heads=2, n_win=2, topk=1))
+    assert accepted_impls(bra) == ['reference', 'fast', 'flex'] and set_impl(bra, 'flex') == 1
+    assert bra.attn.impl == 'flex'
+    with pytest.raises(ValueError, match='Sequential contains no mmsparse operator'):
+        set_impl(torch.nn.Sequential(torch.nn.Linear(2, 2)), 'fast')
+    with pytest.raises(ValueError, match=r"impl='triton' is not known; choose one of \['reference', 'fast'\]"):
+        set_impl(torch.nn.Linear(2, 2), 'triton')
+    with pytest.raises(ValueError, match=r"TokenMHSA: impl='flex' is not known"):
+        TokenMHSA(16, 2).impl = 'flex'  # an operator's own attribute checks its value too
+    assert mmsparse.set_impl is set_impl
+
+
+def _build_from_config(name, **backbone):
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(str(REPO / 'configs' / name))
+    init_default_scope(cfg.default_scope)
+    model_cfg = copy.deepcopy(cfg.model)
+    if model_cfg.get('pretrained'):
+        model_cfg.pretrained = None  # stock ResNet weights are downloads; the switch does not depend on them
+    if (model_cfg.backbone.get('init_cfg') or {}).get('type') == 'Pretrained':
+        model_cfg.backbone.init_cfg = None
+    model_cfg.backbone.update(backbone)
+    return __import__(f'{cfg.default_scope}.registry', fromlist=['MODELS']).MODELS.build(model_cfg)
+
+
+def test_set_impl_on_a_detector_from_a_demo_config_equals_building_with_it():
+    """A whole Mask R-CNN (configs/demo): set_impl reaches the backbone's operators and its ``impl`` property,
+    and the features equal those of the detector built with ``backbone.impl='reference'``."""
+    torch.manual_seed(0)
+    detector = _build_from_config('demo/maskrcnn_demo_synthetic.py')
+    target = _build_from_config('demo/maskrcnn_demo_synthetic.py', impl='reference')
+    target.load_state_dict(detector.state_dict())
+    assert detector.backbone.impl == 'fast' and target.backbone.impl == 'reference'
+    n = sum(isinstance(m, SWITCHED) for m in detector.modules())
+    assert set_impl(detector, 'reference') == n > 0
+    assert detector.backbone.impl == 'reference'
+    assert impls_inside(detector) == impls_inside(target) == {'BiLevelRoutingAttention': {'reference'},
+                                                              'GlobalAttentionLePE': {'reference'}}
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        for a, e in zip(detector.eval().extract_feat(x), target.eval().extract_feat(x)):
+            assert torch.equal(a, e)
+
+
+@pytest.mark.parametrize('name, kind, flex', [
+    ('plugins/retinanet_r50-bra-c4-c5_fpn_1x_coco.py', 'BiLevelRoutingAttention', True),
+    ('plugins/retinanet_r50-sta-c4-c5_fpn_1x_coco.py', 'SuperTokenAttention', False),
+])
+def test_set_impl_reaches_plugins_inside_a_stock_resnet(name, kind, flex):
+    detector = _build_from_config(name)
+    set_impl(detector, 'reference')
+    assert impls_inside(detector)[kind] == {'reference'}
+    if flex:
+        set_impl(detector, 'flex')
+        assert impls_inside(detector) == {kind: {'flex'}}
+    else:
+        with pytest.raises(ValueError, match=r"impl='flex' is not known for RetinaNet; choose one of "
+                                             r"\['reference', 'fast'\]"):
+            set_impl(detector, 'flex')
+        assert impls_inside(detector)[kind] == {'reference'}
+
+
+# ------------------------------------------------------------------------------ meta device, drop-path rates
+
+@pytest.mark.parametrize('cls, arch', [(c, a) for c in FAMILIES for a in c.arch_zoo],
+                         ids=lambda v: v.__name__ if isinstance(v, type) else v)
+def test_every_arch_builds_on_the_meta_device(cls, arch):
+    """CloFormer and STViT used to call ``torch.linspace`` on the default device (meta has no ``tolist``)."""
+    with torch.device('meta'):
+        model = cls(arch=arch, drop_path_rate=0.2)
+    assert {p.device.type for p in model.parameters()} == {'meta'}
+    rates = [m.drop_prob for m in model.modules() if isinstance(m, DropPath)]
+    depths = cls.arch_zoo[arch]['depths']
+    assert len(rates) == sum(depths) - 1  # the first block's rate is 0: no DropPath
+    assert rates[-1] == pytest.approx(0.2)
+
+
+def test_drop_path_rates_hand_computed():
+    assert drop_path_rates(0.3, [1, 2]) == [[0.0], pytest.approx([0.15, 0.3])]
+    assert drop_path_rates(0.4, (2, 1, 2)) == [[0.0, pytest.approx(0.1)], [pytest.approx(0.2)],
+                                              pytest.approx([0.3, 0.4])]
+    assert drop_path_rates(0., [2, 2]) == [[0.0, 0.0], [0.0, 0.0]]
+    with torch.device('meta'):
+        assert drop_path_rates(0.1, [1, 1]) == [[0.0], [pytest.approx(0.1)]]
+    with pytest.raises(ValueError, match=r'drop_path_rate must be a float in \[0, 1\), got 1.5'):
+        drop_path_rates(1.5, [1])
+    with pytest.raises(ValueError, match='depths entries must be a positive int, got 0'):
+        drop_path_rates(0.1, [1, 0])
+
+
+@pytest.mark.parametrize('cls', FAMILIES, ids=lambda c: c.__name__)
+def test_backbones_take_their_block_rates_from_drop_path_rates(cls):
+    """Block ``j`` of stage ``i`` gets ``drop_path_rates(rate, depths)[i][j]`` (linear over all blocks)."""
+    model = cls(**SMALL[cls], drop_path_rate=0.25)
+    expected = drop_path_rates(0.25, SMALL[cls]['arch']['depths'])
+    for i, stage in enumerate(model.stages):
+        for j, block in enumerate(stage.blocks):
+            got = block.drop_path.drop_prob if isinstance(block.drop_path, DropPath) else 0.
+            assert got == pytest.approx(expected[i][j]), (i, j)
