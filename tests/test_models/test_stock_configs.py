@@ -1,5 +1,6 @@
 """A stock mmseg config with an mmsparse backbone swapped in: mmseg passes the model's ``pretrained=`` to the
 backbone, which maps it to a Pretrained init_cfg (mmseg's deprecation warning) and loads it loudly."""
+import copy
 import warnings
 
 import pytest
@@ -74,3 +75,53 @@ def test_pretrained_argument_is_mapped_or_refused(cls):
         cls(pretrained='a.pth', init_cfg=dict(type='Pretrained', checkpoint='b.pth'))
     with pytest.raises(TypeError, match='pretrained must be a str'):
         cls(pretrained=True)
+
+
+def _stock_base_upernet(backbone, channels, tmp_path):
+    """mmseg's own ``_base_/models/upernet_r50.py`` (``pretrained='open-mmlab://resnet50_v1c'`` on the
+    EncoderDecoder) with an mmsparse backbone swapped in, nothing else overridden but the head widths."""
+    path = tmp_path / 'user_upernet.py'
+    path.write_text("_base_ = ['mmseg::_base_/models/upernet_r50.py']\n"
+                    "custom_imports = dict(imports=['mmsparse'], allow_failed_imports=False)\n"
+                    f"model = dict(backbone=dict(_delete_=True, **{backbone!r}))\n")
+    cfg = Config.fromfile(str(path))
+    assert cfg.model.pretrained == 'open-mmlab://resnet50_v1c'
+    cfg.model.decode_head.update(in_channels=channels, channels=32, norm_cfg=dict(type='BN', requires_grad=True))
+    cfg.model.auxiliary_head.update(in_channels=channels[2], channels=16, norm_cfg=dict(type='BN', requires_grad=True))
+    cfg.model.data_preprocessor = None
+    return cfg
+
+
+@pytest.mark.parametrize('name', list(TINY))
+def test_stock_pretrained_without_override_is_refused_naming_it(name, tmp_path):
+    """Without ``model.pretrained=None`` the ResNet zoo name would reach our backbone; the build stops and says
+    which override to write. With it, the same config builds and runs."""
+    from mmengine.utils import import_modules_from_strings
+    from mmseg.registry import MODELS
+    backbone, channels = TINY[name]
+    cfg = _stock_base_upernet(backbone, channels, tmp_path)
+    import_modules_from_strings(**cfg.custom_imports)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        with pytest.raises(ValueError, match=r"pretrained checkpoint 'open-mmlab://resnet50_v1c' is a open-mmlab:// "
+                                             r'model-zoo name.*override it with model.pretrained=None'):
+            MODELS.build(copy.deepcopy(cfg.model))  # mmseg writes model.pretrained into the backbone dict
+    cfg.model.pretrained = None
+    model = MODELS.build(cfg.model)
+    assert model.backbone.init_cfg is None
+    model.init_weights()
+    with torch.no_grad():
+        out = model.eval()(torch.randn(1, 3, 64, 64), mode='tensor')
+    assert out.shape == (1, cfg.model.decode_head.num_classes, 16, 16) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('cls', [BiFormer, CloFormer, STViT])
+def test_missing_checkpoint_file_names_the_from_scratch_setting(cls, tmp_path):
+    """A configured checkpoint that is not there: the error names the file and ``out_norm_cfg=None`` (training
+    from scratch with the default output norm stalls)."""
+    missing = str(tmp_path / 'weights' / 'absent.pth')
+    model = cls(init_cfg=dict(type='Pretrained', checkpoint=missing))
+    with pytest.raises(FileNotFoundError) as info:
+        model.init_weights()
+    msg = str(info.value)
+    assert missing in msg and 'does not exist' in msg and 'out_norm_cfg=None' in msg and 'init_cfg=None' in msg
