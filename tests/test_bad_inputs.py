@@ -183,7 +183,7 @@ CASES = [
     ('pretrained-stock-openmmlab', lambda t: stv(pretrained='open-mmlab://resnet50_v1c'), ValueError,
      'override it with model.pretrained=None'),
     ('init_cfg-torchvision', lambda t: bif(init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet50')),
-     ValueError, "'torchvision://resnet50' is a torchvision:// model-zoo name, the weights of another architecture"),
+     ValueError, "'torchvision://resnet50' is from the torchvision:// model zoo: the weights of another architecture"),
     ('pretrained-file-absent', lambda t: init_with(dict(type='Pretrained', checkpoint=str(t / 'absent.pth'))),
      FileNotFoundError, 'to train from scratch instead, remove the checkpoint (init_cfg=None, and '
      'model.pretrained=None where the config sets it) and set out_norm_cfg=None'),

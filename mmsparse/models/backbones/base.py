@@ -96,7 +96,7 @@ def check_checkpoint(owner, checkpoint, via_pretrained):
              'override it with model.pretrained=None, e.g. --cfg-options model.pretrained=None'
              if via_pretrained else 'the init_cfg Pretrained entry: point it at an mmsparse or official '
              f'{owner} checkpoint, or remove it')
-    raise ValueError(f'{owner}: pretrained checkpoint {checkpoint!r} is a {zoo} model-zoo name, the weights of '
+    raise ValueError(f'{owner}: pretrained checkpoint {checkpoint!r} is from the {zoo} model zoo: the weights of '
                      f'another architecture, and cannot initialise {owner}. It comes from {where}')
 
 
