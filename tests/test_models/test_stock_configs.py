@@ -103,8 +103,8 @@ def test_stock_pretrained_without_override_is_refused_naming_it(name, tmp_path):
     import_modules_from_strings(**cfg.custom_imports)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        with pytest.raises(ValueError, match=r"pretrained checkpoint 'open-mmlab://resnet50_v1c' is from the open-mmlab:// "
-                                             r'model zoo.*override it with model.pretrained=None'):
+        with pytest.raises(ValueError, match=r"checkpoint 'open-mmlab://resnet50_v1c' is from the open-mmlab:// model "
+                                             r'zoo.*override it with model.pretrained=None'):
             MODELS.build(copy.deepcopy(cfg.model))  # mmseg writes model.pretrained into the backbone dict
     cfg.model.pretrained = None
     model = MODELS.build(cfg.model)
