@@ -89,8 +89,9 @@ def check_torchvision(cfg, importer=None):
         f'This config loads torchvision:// checkpoints ({where}); that scheme needs torchvision, which cannot '
         f'be imported ({reason}).\nEither install the torchvision release built for your torch '
         f'({torch.__version__}): pip install torchvision==<the matching version>, or switch the entry to a '
-        f'checkpoint that needs no torchvision: a local file{local}, e.g. --cfg-options {path}=checkpoints/resnet50.pth, or an open-mmlab:// checkpoint of the '
-        f'same architecture, e.g. --cfg-options {path}=open-mmlab://... (see mmengine/hub/openmmlab.json).')
+        f'checkpoint that needs no torchvision: a local file{local}, e.g. --cfg-options '
+        f'{path}=checkpoints/resnet50.pth, or an open-mmlab:// checkpoint of the same architecture, e.g. '
+        f'--cfg-options {path}=open-mmlab://... (see mmengine/hub/openmmlab.json).')
 
 
 def _torchvision_url(name):
