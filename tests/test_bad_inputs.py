@@ -6,24 +6,17 @@ error then comes from deep inside PyTorch (another type or text) or does not com
 """
 import contextlib
 import io
-import os.path as osp
-import sys
 
 import pytest
 import torch
 from mmengine.config import ConfigDict
 
+from mmsparse.apis import check_pretrained, check_torchvision, task_of
 from mmsparse.converters import convert
 from mmsparse.models import BiFormer, CloFormer, MultiLevelSparseAttn, SparseAttnBlock, SparseAttnFPN, STViT
 from mmsparse.ops import AttnConv, BiLevelRoutingAttention, GlobalAttentionLePE, SuperTokenAttention, TokenMHSA
 from mmsparse.testing.official import model_from_official
 from mmsparse.utils.checkpoint import CheckpointFileError, load_checkpoint_file, load_pretrained, unwrap_state_dict
-
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-for sub in ('tools', 'tools/analysis_tools', 'tools/model_converters'):
-    if osp.join(REPO, sub) not in sys.path:
-        sys.path.append(osp.join(REPO, sub))
-from _common import check_pretrained, check_torchvision, task_of  # noqa: E402
 
 # tiny valid arguments that each row spoils in one place
 BIF = dict(embed_dims=[16, 32, 64, 64], depths=[1, 1, 1, 1], head_dim=16)

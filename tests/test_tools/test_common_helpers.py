@@ -1,15 +1,12 @@
-"""tools/_common.py helpers shared by the tools and tests/smoke.py: drop_pretrained, fake_data_sample."""
+"""mmsparse.apis helpers shared by the tools and the smoke runs: drop_pretrained, fake_data_sample."""
 import os.path as osp
-import sys
 
 import pytest
 import torch
 from mmengine.config import Config, ConfigDict
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if osp.join(REPO, 'tools') not in sys.path:
-    sys.path.append(osp.join(REPO, 'tools'))
-from _common import drop_pretrained, fake_data_sample  # noqa: E402
+from mmsparse.apis import drop_pretrained, fake_data_sample
+from tests.conftest import REPO, smoke_config
 
 
 def test_drop_pretrained_dict_list_and_mmseg_forms():
@@ -28,7 +25,6 @@ def test_drop_pretrained_dict_list_and_mmseg_forms():
 
 
 def test_smoke_config_drops_the_pretrained_checkpoint(tmp_path):
-    from tests.smoke import smoke_config
     path = osp.join(REPO, 'configs/biformer/maskrcnn_biformer_s_coco.py')
     assert Config.fromfile(path).model.backbone.init_cfg.type == 'Pretrained'
     assert smoke_config(path, tmp_path, str(tmp_path)).model.backbone.init_cfg is None
