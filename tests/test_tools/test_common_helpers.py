@@ -5,7 +5,7 @@ import pytest
 import torch
 from mmengine.config import Config, ConfigDict
 
-from mmsparse.apis import drop_pretrained, fake_data_sample
+from mmsparse.apis import drop_pretrained, fake_data_sample, load_task_config
 from tests.conftest import REPO, smoke_config
 
 
@@ -50,3 +50,16 @@ def test_fake_segmentation_sample_and_bad_task():
     assert s.gt_sem_seg.data.shape == (1, 8, 12) and 0 <= s.gt_sem_seg.data.min() <= s.gt_sem_seg.data.max() < 5
     with pytest.raises(ValueError, match=r"task='mmpretrain'; fake data samples exist for \['mmdet', 'mmseg'\]"):
         fake_data_sample('mmpretrain', 8, 8)
+
+
+def test_load_task_config_names_the_file_and_the_scope(tmp_path):
+    """tools/infer.py's config check, now :func:`mmsparse.apis.load_task_config`."""
+    with pytest.raises(FileNotFoundError, match='config: no such file: nope.py'):
+        load_task_config('nope.py')
+    path = tmp_path / 'cls.py'
+    path.write_text("default_scope = 'mmpretrain'\n")
+    with pytest.raises(ValueError, match=rf"{path}: default_scope='mmpretrain' in the config; .*'mmdet', 'mmseg'"):
+        load_task_config(str(path))
+    cfg, task = load_task_config(osp.join(REPO, 'configs/demo/upernet_demo_synthetic.py'),
+                                 {'train_cfg.max_iters': 3})
+    assert task == 'mmseg' and cfg.train_cfg.max_iters == 3
