@@ -252,7 +252,8 @@ SYNTHETIC = {
 SYNTHETIC_COCO_OPTIONS = [
     f'{loader}.dataset.{key}' for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')
     for key in ('data_root=data/synthetic_coco/', "metainfo.classes=('disc','square','triangle','ring')")
-] + [f'{e}.ann_file=data/synthetic_coco/annotations/instances_val2017.json' for e in ('val_evaluator', 'test_evaluator')]
+] + [f'{evaluator}.ann_file=data/synthetic_coco/annotations/instances_val2017.json'
+     for evaluator in ('val_evaluator', 'test_evaluator')]
 
 
 def data_kind(cfg):
