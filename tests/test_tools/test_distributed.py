@@ -171,7 +171,7 @@ def main():
     model(torch.randn(4, 8)).sum().backward()
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, torch.randn(16))
-    print(f'rank {{dist.get_rank()}} done', flush=False)  # block-buffered pipe: must still reach the log
+    print(f'rank {dist.get_rank()} done', flush=False)  # block-buffered pipe: must still reach the log
     behaviour = os.environ['BEHAVIOUR']
     if behaviour == 'raise' and dist.get_rank() == 1:
         raise ValueError('rank 1 failed on purpose')
