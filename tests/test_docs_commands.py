@@ -14,9 +14,8 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import load_fixture
+from tests.conftest import REPO, load_fixture
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DOCS = ['README.md'] + sorted(glob.glob(osp.join(REPO, 'docs', '*.md'))) + \
     sorted(glob.glob(osp.join(REPO, 'configs', '*', 'README.md')))
 CONVERTER = 'tools/model_converters/official2mmsparse.py'

@@ -28,7 +28,6 @@ import time
 from collections import deque
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)  # this checkout's mmsparse, as in the tools it runs (PYTHONPATH below)
 # (task, config, metrics shown in the summary)
 JOBS = [
     ('detection', 'configs/demo/maskrcnn_demo_synthetic.py',

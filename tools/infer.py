@@ -21,6 +21,8 @@ import warnings
 
 from mmengine.config import DictAction
 
+from mmsparse.apis import load_task_config
+
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
@@ -64,20 +66,6 @@ def expand_inputs(inputs):
     return found
 
 
-def load_config(path, cfg_options=None):
-    from mmengine.config import Config
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'config: no such file: {path}')
-    import mmsparse  # noqa: F401  (our models, also under mmdet / mmseg names)
-    cfg = Config.fromfile(path)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    scope = cfg.get('default_scope')
-    if scope not in ('mmdet', 'mmseg'):
-        raise ValueError(f'{path}: default_scope is {scope!r}; tools/infer.py runs mmdet or mmseg configs')
-    return cfg, scope
-
-
 def _det_entry(pred, classes):
     entry = dict(pred)
     if classes:
@@ -99,7 +87,7 @@ def _seg_entry(label_map, classes, written, out_dir, image):
 def run(args):
     warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
     images = expand_inputs(args.inputs)
-    cfg, scope = load_config(args.config, args.cfg_options)
+    cfg, scope = load_task_config(args.config, args.cfg_options)
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint: no such file: {args.checkpoint}')
     os.makedirs(args.out_dir, exist_ok=True)

@@ -5,15 +5,12 @@
 """
 import argparse
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import (amp_fallback_on_cpu, check_data, check_pretrained, check_torchvision,  # noqa: E402
-                     load_config, run_tool)
+from mmengine.config import DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
 
-from mmengine.config import DictAction  # noqa: E402
-from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+from mmsparse.apis import amp_fallback_on_cpu, check_data, check_pretrained, check_torchvision, load_config, run_tool
 
 
 def parse_args():
@@ -35,7 +32,6 @@ def parse_args():
 def main():
     args = parse_args()
     cfg, task = load_config(args)
-
 
     if args.amp:
         wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')

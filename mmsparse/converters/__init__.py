@@ -1,8 +1,9 @@
 """The authors' checkpoints -> mmsparse: pure key maps, one module per family, no model imports.
 
 Each family module provides ``convert_state_dict(sd)`` (the authors' backbone keys -> mmsparse keys, raising
-:class:`UnmappedKeysError` on anything unknown) and ``upgrade_state_dict(sd)`` (an older mmsparse layout ->
-the current one). BiFormer also converts whole detection / segmentation checkpoints
+:class:`UnmappedKeysError` on anything unknown and :class:`ForeignStateDictError` when no key is the family's)
+and ``upgrade_state_dict(sd)`` (an older mmsparse layout -> the current one), all through
+:func:`~mmsparse.converters.common.apply_key_map`. BiFormer also converts whole detection / segmentation checkpoints
 (``convert_dense_state_dict``). Each backbone names its functions directly (``official_converter``,
 ``upgrade_state_dict``); this package only offers them by family name to the command-line converter.
 """
@@ -11,12 +12,12 @@ from collections import OrderedDict
 from mmsparse.utils.checkpoint import unwrap_state_dict
 
 from . import biformer, cloformer, stvit
-from .common import UnmappedKeysError
+from .common import ForeignStateDictError, UnmappedKeysError
 
 #: family name -> its converter module (the names ``tools/model_converters/official2mmsparse.py`` accepts)
 FAMILIES = {'biformer': biformer, 'cloformer': cloformer, 'stvit': stvit}
 
-__all__ = ['FAMILIES', 'UnmappedKeysError', 'family_module', 'convert', 'convert_checkpoint']
+__all__ = ['FAMILIES', 'UnmappedKeysError', 'ForeignStateDictError', 'family_module', 'convert', 'convert_checkpoint']
 
 
 def family_module(family):

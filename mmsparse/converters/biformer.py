@@ -16,7 +16,8 @@ Key mapping (official -> mmsparse):
 
 No mmsparse key equals an official one, so a raw official file is always recognised as such. Everything
 else in a block (``pos_embed``, ``norm1``, ``norm2``, ``attn.lepe``, stage 4's ``attn.qkv`` and
-``attn.proj``) keeps its name. Unknown keys raise :class:`UnmappedKeysError`.
+``attn.proj``) keeps its name. Unknown keys raise :class:`UnmappedKeysError`; a state dict without any
+BiFormer key (an empty one, another model's) raises :class:`ForeignStateDictError`.
 
 :func:`upgrade_state_dict` maps the first mmsparse layout (``layers.s.j``, ``downsamples.{i-1}``,
 ``out_norms.{i}``) to the current one.
@@ -29,9 +30,17 @@ from .common import UnmappedKeysError, apply_key_map
 __all__ = ['convert_state_dict', 'convert_dense_state_dict', 'upgrade_state_dict']
 
 FAMILY = 'biformer'
+#: what the authors' keys look like (for the error on a state dict holding none of them)
+EXPECTED = "'downsample_layers.*' and 'stages.<s>.<j>.*' (and 'extra_norms.*' in BiFormer_mm)"
+
+
+def _mlp_as_conv(key, value):
+    """The authors' MLP is two Linear layers; ours are 1x1 convolutions."""
+    return value[:, :, None, None] if key.endswith('.weight') and value.dim() == 2 else value
+
 
 _BLOCK = r'^stages\.([0-3])\.(\d+)\.'
-# (pattern, replacement) tried in order; the first match wins
+# (pattern, replacement[, transform]) tried in order; the first match wins (see ``apply_key_map``)
 _RULES = [
     (re.compile(r'^downsample_layers\.0\.0\.(weight|bias)$'), r'stem.0.conv.\1'),
     (re.compile(r'^downsample_layers\.0\.1\.(\w+)$'), r'stem.0.bn.\1'),
@@ -44,8 +53,8 @@ _RULES = [
     (re.compile(_BLOCK + r'attn\.qkv\.qkv\.(weight|bias)$'), r'stages.\1.blocks.\2.attn.qkv.\3'),
     (re.compile(_BLOCK + r'attn\.qkv\.weight$'), r'stages.\1.blocks.\2.attn.qkv.weight'),
     (re.compile(_BLOCK + r'attn\.wo\.(weight|bias)$'), r'stages.\1.blocks.\2.attn.proj.\3'),
-    (re.compile(_BLOCK + r'mlp\.0\.(weight|bias)$'), r'stages.\1.blocks.\2.mlp.fc1.\3'),
-    (re.compile(_BLOCK + r'mlp\.3\.(weight|bias)$'), r'stages.\1.blocks.\2.mlp.fc2.\3'),
+    (re.compile(_BLOCK + r'mlp\.0\.(weight|bias)$'), r'stages.\1.blocks.\2.mlp.fc1.\3', _mlp_as_conv),
+    (re.compile(_BLOCK + r'mlp\.3\.(weight|bias)$'), r'stages.\1.blocks.\2.mlp.fc2.\3', _mlp_as_conv),
     (re.compile(r'^extra_norms\.([0-3])\.(weight|bias)$'), r'norm\1.\2'),
 ]
 
@@ -61,13 +70,10 @@ def convert_state_dict(state_dict):
     """Official ``BiFormer`` / ``BiFormer_mm`` keys -> mmsparse ``BiFormer`` keys.
 
     Drops the classification ``norm.*`` and ``head.*``; reshapes the MLP Linear weights to 1x1-conv
-    weights; raises :class:`UnmappedKeysError` listing every key it does not know.
+    weights; raises :class:`UnmappedKeysError` listing every key it does not know, and
+    :class:`ForeignStateDictError` when none is a BiFormer key.
     """
-    out = apply_key_map(state_dict, _RULES, FAMILY, drop=r'^(norm|head)\.')
-    for key, value in out.items():
-        if re.search(r'\.mlp\.fc[12]\.weight$', key) and value.dim() == 2:
-            out[key] = value[:, :, None, None]
-    return out
+    return apply_key_map(state_dict, _RULES, FAMILY, drop=r'^(norm|head)\.', expected=EXPECTED)
 
 
 def upgrade_state_dict(state_dict):

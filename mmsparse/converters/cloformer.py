@@ -2,65 +2,55 @@
 
 mmsparse's CloFormer keeps the authors' names inside a block; only the containers follow the mmsparse skeleton:
 ``patch_embed.`` -> ``stem.`` and ``layers.i.blocks.j.`` -> ``stages.i.blocks.j.``. Every key is validated
-(anything unknown raises) and the classification head (``norm.*``, ``head.*``) is dropped. The authors
-released no checkpoints yet; this targets what their code saves. The first mmsparse layout used the authors'
-container names, so :func:`upgrade_state_dict` is the same renaming applied leniently.
+(anything unknown raises, and so does a state dict without any CloFormer key) and the classification head
+(``norm.*``, ``head.*``) is dropped. The authors released no checkpoints yet; this targets what their code
+saves. The first mmsparse layout used the authors' container names, so :func:`upgrade_state_dict` is the same
+renaming applied leniently.
 """
-import re
-from collections import OrderedDict
-
-from .common import UnmappedKeysError, rename_by_rules
+from .common import apply_key_map
 
 __all__ = ['convert_state_dict', 'convert_attention_state_dict', 'upgrade_state_dict']
 
-_BN = r'(weight|bias|running_mean|running_var|num_batches_tracked)'
-_WB = r'(weight|bias)'
-_ATTN = (rf'(global_q|global_kv|proj)\.{_WB}'
-         rf'|(convs|qkvs)\.\d+\.{_WB}'
+FAMILY = 'cloformer'
+#: what the authors' keys look like (for the error on a state dict holding none of them)
+EXPECTED = "'patch_embed.*' and 'layers.<i>.blocks.<j>.*'"
+EXPECTED_ATTENTION = "the keys of an EfficientAttention: 'global_q.*', 'global_kv.*', 'proj.*', 'convs.*', " \
+                     "'qkvs.*', 'act_blocks.*'"
+
+_BN = r'(?:weight|bias|running_mean|running_var|num_batches_tracked)'
+_WB = r'(?:weight|bias)'
+_ATTN = (rf'(?:global_q|global_kv|proj)\.{_WB}'
+         rf'|(?:convs|qkvs)\.\d+\.{_WB}'
          rf'|act_blocks\.\d+\.act_block\.[02]\.{_WB}')
-
-#: full-match patterns of the official backbone keys (identical in mmsparse)
-_BACKBONE_KEYS = re.compile('|'.join([
-    rf'patch_embed\.conv[1-4]\.conv\.0\.{_WB}',
-    rf'patch_embed\.conv[1-4]\.conv\.1\.{_BN}',
-    rf'patch_embed\.(conv5|layernorm)\.{_WB}',
-    rf'layers\.\d+\.blocks\.\d+\.(norm1|norm2)\.{_WB}',
-    rf'layers\.\d+\.blocks\.\d+\.attn\.({_ATTN})',
-    rf'layers\.\d+\.blocks\.\d+\.mlp\.(fc1|dwconv|fc2)\.{_WB}',
-    rf'layers\.\d+\.blocks\.\d+\.downsample\.[02]\.{_WB}',
-    rf'layers\.\d+\.blocks\.\d+\.downsample\.1\.{_BN}',
-]))
-_CLASSIFICATION_KEYS = re.compile(rf'(norm|head)\.{_WB}')
-_ATTN_KEYS = re.compile(_ATTN)
-
-
-def _map(state_dict, keep, drop=None):
-    out, unknown = OrderedDict(), []
-    for k, v in state_dict.items():
-        if keep.fullmatch(k):
-            out[k] = v
-        elif drop is None or not drop.fullmatch(k):
-            unknown.append(k)
-    if unknown:
-        raise UnmappedKeysError('cloformer', unknown)
-    return out
-
-
-_CONTAINERS = [(re.compile(r'^patch_embed\.(.+)$'), r'stem.\1'),
-               (re.compile(r'^layers\.(\d+)\.blocks\.(.+)$'), r'stages.\1.blocks.\2')]
+#: the official stem and block keys (the same names in mmsparse, inside other containers)
+_STEM_KEYS = '|'.join([rf'conv[1-4]\.conv\.0\.{_WB}', rf'conv[1-4]\.conv\.1\.{_BN}', rf'(?:conv5|layernorm)\.{_WB}'])
+_BLOCK_KEYS = '|'.join([
+    rf'(?:norm1|norm2)\.{_WB}',
+    rf'attn\.(?:{_ATTN})',
+    rf'mlp\.(?:fc1|dwconv|fc2)\.{_WB}',
+    rf'downsample\.[02]\.{_WB}',
+    rf'downsample\.1\.{_BN}',
+])
+_CONTAINERS = [(r'patch_embed\.(.+)', r'stem.\1'), (r'layers\.(\d+)\.blocks\.(.+)', r'stages.\1.blocks.\2')]
+_RULES = [(rf'patch_embed\.((?:{_STEM_KEYS}))', r'stem.\1'),
+          (rf'layers\.(\d+)\.blocks\.(\d+\.(?:{_BLOCK_KEYS}))', r'stages.\1.blocks.\2')]
+_CLASSIFICATION_KEYS = rf'(?:norm|head)\.{_WB}$'
 
 
 def convert_state_dict(state_dict):
-    """Official ``CloFormer`` keys -> mmsparse ``CloFormer`` backbone keys (classification head dropped)."""
-    checked = _map(state_dict, _BACKBONE_KEYS, _CLASSIFICATION_KEYS)
-    return OrderedDict((rename_by_rules(k, _CONTAINERS), v) for k, v in checked.items())
+    """Official ``CloFormer`` keys -> mmsparse ``CloFormer`` backbone keys (classification head dropped).
+
+    Raises :class:`UnmappedKeysError` listing every key it does not know, and :class:`ForeignStateDictError`
+    when none is a CloFormer key.
+    """
+    return apply_key_map(state_dict, _RULES, FAMILY, drop=_CLASSIFICATION_KEYS, expected=EXPECTED)
 
 
 def upgrade_state_dict(state_dict):
     """A state dict of the first mmsparse ``CloFormer`` layout -> the current keys (others unchanged)."""
-    return OrderedDict((rename_by_rules(k, _CONTAINERS) or k, v) for k, v in state_dict.items())
+    return apply_key_map(state_dict, _CONTAINERS, FAMILY, strict=False)
 
 
 def convert_attention_state_dict(state_dict):
     """Official ``EfficientAttention`` keys -> :class:`mmsparse.ops.AttnConv` keys (the same names, checked)."""
-    return _map(state_dict, _ATTN_KEYS)
+    return apply_key_map(state_dict, [(_ATTN, r'\g<0>')], FAMILY, expected=EXPECTED_ATTENTION)

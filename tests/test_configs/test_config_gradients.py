@@ -4,16 +4,13 @@ dropped, a 2x3x128x160 batch with synthetic targets) reaches every trainable par
 ``unused_parameters`` list (so a new unused branch, or a list gone stale, fails here instead of in DDP)."""
 import glob
 import os.path as osp
-import sys
 
 import pytest
 import torch
 from mmengine.config import Config
 
-from tests.smoke import REPO
-
-sys.path.append(osp.join(REPO, 'tools'))
-from _common import drop_pretrained, fake_data_sample, revert_sync_bn_on_cpu, task_of  # noqa: E402
+from mmsparse.apis import drop_pretrained, fake_data_sample, revert_sync_bn_on_cpu, task_of
+from tests.conftest import REPO
 
 CONFIGS = sorted(p for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True)
                  if '_base_' not in p.split(osp.sep))

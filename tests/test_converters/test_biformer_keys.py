@@ -11,14 +11,14 @@ import torch
 from mmsparse.converters import UnmappedKeysError, convert, convert_checkpoint
 from mmsparse.models.backbones import BiFormer
 from mmsparse.testing import model_from_official
-from tests.conftest import REPO, assert_close_to_reference, load_fixture
-from tests.test_models.test_biformer import REDUCED, count, read_key_list
+from tests.conftest import BIFORMER_REDUCED as REDUCED
+from tests.conftest import REPO, assert_close_to_reference, load_fixture, num_elements, official_state_dict
 
 @pytest.mark.parametrize('name, arch, learnable', [
     ('biformer_tiny', 'tiny', 13_142_760), ('biformer_small', 'small', 25_536_232),
     ('biformer_base', 'base', 56_804_968)])
 def test_official_key_lists_convert_and_load_strictly(name, arch, learnable):
-    official = read_key_list(name)
+    official = official_state_dict(name, device='meta')
     assert len(official) == (264 if arch == 'tiny' else 518)
     buffers = re.compile(r'running_(mean|var)|num_batches_tracked')
     assert sum(v.numel() for k, v in official.items() if not buffers.search(k)) == learnable
@@ -29,8 +29,8 @@ def test_official_key_lists_convert_and_load_strictly(name, arch, learnable):
     model.load_state_dict(ours, strict=True, assign=True)
     head_and_norm = sum(v.numel() for k, v in official.items() if k.startswith(('head.', 'norm.'))
                         and not buffers.search(k))
-    assert count(model) == learnable - head_and_norm
-    assert count(model, with_buffers=True) == sum(v.numel() for v in ours.values())
+    assert num_elements(model) == learnable - head_and_norm
+    assert num_elements(model, with_buffers=True) == sum(v.numel() for v in ours.values())
 
 
 def test_converter_rejects_unknown_keys():

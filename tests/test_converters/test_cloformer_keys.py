@@ -1,5 +1,4 @@
 """CloFormer key maps: the authors' key lists, unknown keys, the command-line converter."""
-import re
 import subprocess
 import sys
 
@@ -9,22 +8,13 @@ import torch
 from mmsparse.converters import UnmappedKeysError, convert
 from mmsparse.models import CloFormer
 from mmsparse.testing import model_from_official
-from tests.conftest import REPO, assert_close_to_reference, load_fixture
-from tests.test_models.test_cloformer import KEYS, REDUCED, _expected, official  # noqa: F401 (a fixture)
-
-def _zero_state_dict(variant):
-    sd = {}
-    for line in (KEYS / f'cloformer_{variant}.txt').read_text().splitlines():
-        key, shape = line.split('\t')
-        sd[key] = torch.zeros(tuple(int(s) for s in re.findall(r'\d+', shape)))
-    return sd
+from tests.conftest import CLOFORMER_REDUCED as REDUCED
+from tests.conftest import REPO, assert_close_to_reference, load_fixture, official_state_dict
 
 
 @pytest.mark.parametrize('variant', ['xxs', 'xs', 's'])
 def test_convert_official_key_lists(variant):
-    if not (KEYS / f'cloformer_{variant}.txt').is_file():
-        pytest.skip(f'official key list {KEYS}/cloformer_{variant}.txt is absent')
-    sd = _zero_state_dict(variant)
+    sd = official_state_dict(f'cloformer_{variant}')
     assert len(sd) == 351
     converted = convert('cloformer', {'model': sd})
     assert not any(k.startswith(('norm.', 'head.')) for k in converted)
@@ -49,8 +39,8 @@ def test_model_from_official_attention_rejects_backbone_keys():
         model_from_official('EfficientAttention', fx['config'], sd)
 
 
-def test_cli_round_trip_and_pretrained_init(official, tmp_path):
-    fx, _ = official
+def test_cli_round_trip_and_pretrained_init(tmp_path):
+    fx = load_fixture('cloformer_reduced.pt')
     src, dst = tmp_path / 'official.pth', tmp_path / 'converted.pth'
     torch.save({'model': fx['state_dict'], 'epoch': 300}, src)
     proc = subprocess.run([sys.executable, 'tools/model_converters/official2mmsparse.py', 'cloformer',
@@ -66,5 +56,6 @@ def test_cli_round_trip_and_pretrained_init(official, tmp_path):
         model.eval()
         with torch.no_grad():
             outs = model(x)
-        for s, (ours, exp) in enumerate(zip(outs, _expected(ref))):
+        # the fixture's dense outputs: taps inside the stride-2 blocks of stages 1-3, then stage 4's output
+        for s, (ours, exp) in enumerate(zip(outs, list(ref['dense_taps']) + [ref['stages'][3]])):
             assert_close_to_reference(ours, exp, f'{checkpoint} output {s}')

@@ -1,7 +1,6 @@
 """The layering of docs/architecture.md, checked on the source: converters are key maps that never import the
 models, and the operators import neither models nor converters."""
 import ast
-from pathlib import Path
 
 import pytest
 

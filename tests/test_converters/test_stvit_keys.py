@@ -10,18 +10,15 @@ from mmsparse.converters import UnmappedKeysError, convert, convert_checkpoint
 from mmsparse.models import STViT
 from mmsparse.testing import model_from_official
 from tests.conftest import REPO, load_fixture
-from tests.test_models.test_stvit import KEYS, MODEL_FIXTURES
+from tests.conftest import official_state_dict as key_list_state_dict
+
 
 def official_state_dict(arch):
     """Zero tensors of the listed shapes (the frozen unfold/fold constants as the eye kernels they are)."""
-    path = KEYS / f'stvit_{arch}.txt'
-    if not path.is_file():
-        pytest.skip(f'key list {path} is absent')
-    sd = {}
-    for line in path.read_text().splitlines():
-        key, shape = line.split('\t')
-        shape = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
-        sd[key] = torch.eye(9).view(9, 1, 3, 3) if key.endswith('fold.weights') else torch.zeros(shape)
+    sd = key_list_state_dict(f'stvit_{arch}')
+    for key in sd:
+        if key.endswith('fold.weights'):
+            sd[key] = torch.eye(9).view(9, 1, 3, 3)
     return sd
 
 
@@ -52,7 +49,7 @@ def test_converter_errors():
 
 
 def test_cli_round_trip_and_pretrained_init(tmp_path):
-    fx = load_fixture(MODEL_FIXTURES[0])
+    fx = load_fixture('stvit_reduced_layerscale.pt')
     src, dst = tmp_path / 'official.pth', tmp_path / 'converted.pth'
     # the authors' training checkpoints pickle an argparse.Namespace next to the weights
     torch.save({'model': fx['state_dict'], 'args': argparse.Namespace(model='stvit')}, src)

@@ -6,38 +6,8 @@ Reduced architectures keep the run short; the operators and their precision hand
 import pytest
 import torch
 
-from mmsparse.models.backbones.biformer import BiFormer
-from mmsparse.models.backbones.cloformer import CloFormer
-from mmsparse.models.backbones.stvit import STViT
-
-BUILDERS = {
-    'biformer': lambda: BiFormer(arch=dict(embed_dims=[32, 64, 128, 256], depths=[1, 1, 1, 1], head_dim=16),
-                                 n_win=4, topks=[1, 2, 4, -2]),
-    'cloformer': lambda: CloFormer(arch='xxs'),
-    'stvit': lambda: STViT(arch=dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 4])),
-}
-
-
-def fwd_bwd(model, x, device_type, dtype):
-    model.train()
-    model.zero_grad()
-    with torch.autocast(device_type, dtype=dtype):
-        outs = model(x)
-    loss = sum(o.float().square().mean() for o in outs)
-    loss.backward()
-    return outs, loss
-
-
-def check_finite(model, outs, loss, dtype):
-    assert all(o.dtype == dtype for o in outs), [o.dtype for o in outs]
-    assert torch.isfinite(loss)
-    for i, o in enumerate(outs):
-        assert torch.isfinite(o).all(), f'output {i} has NaN/Inf'
-    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
-    missing = [n for n, g in grads.items() if g is None]
-    assert not missing, f'no gradient for {missing[:5]}'
-    bad = [n for n, g in grads.items() if not torch.isfinite(g).all()]
-    assert not bad, f'NaN/Inf gradients in {bad[:5]}'
+from tests.conftest import AMP_BUILDERS as BUILDERS
+from tests.conftest import check_finite, fwd_bwd
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])

@@ -1,28 +1,15 @@
 """The skeleton the three backbones share: names, ``impl``, output norms, freezing with ``with_cp``, and
 checkpoints written by the first mmsparse layout (``tests/data/mmsparse_v1_checkpoints.pth``, saved by mmsparse
 at commit 105ca5e before the rename) loading into the current modules."""
-from pathlib import Path
-
 import pytest
 import torch
 
-from mmsparse.models import BiFormer, CloFormer, SparseAttnBlock, STViT
+from mmsparse.models import BiFormer, CloFormer, STViT
 from mmsparse.ops import AttnConv, BiLevelRoutingAttention, GlobalAttentionLePE, SuperTokenAttention, TokenMHSA
+from tests.conftest import REPO, V1_MODELS
 
-V1_FILE = Path(__file__).resolve().parents[1] / 'data' / 'mmsparse_v1_checkpoints.pth'
+V1_FILE = REPO / 'tests' / 'data' / 'mmsparse_v1_checkpoints.pth'
 
-#: the modules the v1 file was written from, built with today's arguments
-V1_MODELS = {
-    'biformer': lambda: BiFormer(arch=dict(embed_dims=[16, 32, 64, 64], depths=[1, 1, 1, 1], head_dim=16), n_win=2,
-                                 topks=(1, 2, 2, -2)),
-    'cloformer': lambda: CloFormer(arch=dict(
-        embed_dims=[16, 32, 32, 32], depths=[1, 1, 1, 1], num_heads=[2, 2, 2, 2], group_splits=[[1, 1]] * 4,
-        kernel_sizes=[[3]] * 4, window_sizes=[4, 2, 1, 1], mlp_kernel_sizes=[3] * 4, mlp_ratios=[2] * 4)),
-    'stvit': lambda: STViT(arch=dict(embed_dims=[16, 32, 32, 32], depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 2],
-                                     layer_scale=[False, False, True, True]), mlp_ratio=2.),
-    'sparse_attn_block': lambda: SparseAttnBlock(32, dict(type='SuperTokenAttention', num_heads=2, stoken_size=2),
-                                                 ffn_ratio=1.),
-}
 OPERATORS = (BiLevelRoutingAttention, GlobalAttentionLePE, AttnConv, SuperTokenAttention, TokenMHSA)
 
 

@@ -1,6 +1,4 @@
 """BiFormer backbone: parity with the authors' code, checkpoint conversion, options, errors."""
-from collections import OrderedDict
-
 import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -9,11 +7,10 @@ from mmsparse.models.backbones import BiFormer
 from mmsparse.testing import model_from_official
 from mmsparse.ops.routing_attention import BiLevelRoutingAttention
 from mmsparse.registry import MODELS
-from tests.conftest import REPO, assert_close_to_reference, load_fixture, assert_same_outputs_and_grads
-from tests.test_ops.test_routing_attention import assert_same_routing, padded_regions
-
-KEYS_DIR = REPO.parent / 'shared' / 'reference' / 'keys'
-REDUCED = dict(arch=dict(embed_dims=[32, 64, 128, 256], depths=[1, 1, 2, 1]), n_win=4, topks=[1, 2, 4, -2])
+from tests.conftest import BIFORMER_REDUCED as REDUCED
+from tests.conftest import num_elements as count
+from tests.conftest import (REPO, assert_close_to_reference, assert_same_outputs_and_grads, assert_same_routing,
+                            load_fixture, padded_regions)
 
 
 def run_with_routing(model, x):
@@ -67,11 +64,6 @@ def test_dense_fixture_normalised_outputs():
 
 # ------------------------------------------------------------------------------------------- sizes / counts
 
-def count(model, with_buffers=False):
-    tensors = list(model.parameters()) + (list(model.buffers()) if with_buffers else [])
-    return sum(t.numel() for t in tensors)
-
-
 @pytest.mark.parametrize('arch, plain, with_norms', [
     ('tiny', 12_628_736, 12_628_736 + 2 * (64 + 128 + 256 + 512)),
     ('s', 25_022_208, 25_024_128),
@@ -83,15 +75,6 @@ def test_parameter_counts_match_spec(arch, plain, with_norms):
         assert count(BiFormer(arch)) == with_norms
 
 
-def read_key_list(name):
-    path = KEYS_DIR / f'{name}.txt'
-    if not path.is_file():
-        pytest.skip(f'official key list {path} is absent')
-    sd = OrderedDict()
-    for line in path.read_text().splitlines():
-        key, shape = line.split('\t')
-        sd[key] = torch.zeros(eval(shape), device='meta')  # shapes are written as Python tuples
-    return sd
 
 
 
@@ -255,7 +238,7 @@ def test_config_builds_with_recipe(path):
 @pytest.mark.slow
 @pytest.mark.parametrize('path', [p for p in CONFIGS if '_s_' in p.name], ids=lambda p: p.stem)
 def test_config_smoke(path, tmp_path):
-    smoke = pytest.importorskip('tests.smoke', reason='tests/smoke.py (run_config_smoke) is not available yet')
+    from tests import conftest as smoke
     smoke.run_config_smoke(str(path), str(tmp_path))  # checks the task's metrics are reported and finite
 
 

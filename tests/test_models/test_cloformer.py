@@ -8,15 +8,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mmsparse.testing import model_from_official
 from mmsparse.models import CloFormer
 from mmsparse.registry import MODELS
-from tests.conftest import REPO, assert_close_to_reference, load_fixture, assert_same_outputs_and_grads
+from tests.conftest import CLOFORMER_REDUCED as REDUCED
+from tests.conftest import REPO, assert_close_to_reference, assert_same_outputs_and_grads, load_fixture
 
 FIXTURE = 'cloformer_reduced.pt'
-KEYS = REPO.parent / 'shared' / 'reference' / 'keys'
-
-# the reduced configuration of the fixture, as an mmsparse arch dict
-REDUCED = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 2, 1], num_heads=[2, 2, 4, 8],
-               group_splits=[[1, 1], [1, 1], [2, 2], [2, 6]], kernel_sizes=[[3], [5], [7], [9]],
-               window_sizes=[8, 4, 2, 1], mlp_kernel_sizes=[5] * 4, mlp_ratios=[4] * 4)
 
 
 def _expected(ref):
@@ -203,7 +198,7 @@ def test_config_builds_and_wires_channels(path):
 @pytest.mark.slow
 @pytest.mark.parametrize('path', [p for p in CONFIGS if '_xxs_' in p.name], ids=lambda p: p.stem)
 def test_config_smoke_train_and_test(path, tmp_path):
-    smoke = pytest.importorskip('tests.smoke', reason='tests/smoke.py (run_config_smoke) is not available')
+    from tests import conftest as smoke
     smoke.run_config_smoke(str(path), str(tmp_path))  # checks the task's metrics are reported and finite
 
 

@@ -293,7 +293,7 @@ def test_plugin_config_builds(path):
 @pytest.mark.slow
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.stem)
 def test_plugin_config_smoke_train_and_test(path, tmp_path):
-    smoke = pytest.importorskip('tests.smoke', reason='tests/smoke.py (run_config_smoke) is not available')
+    from tests import conftest as smoke
     from mmengine.runner import Runner
 
     cfg = smoke.smoke_config(str(path), str(tmp_path), smoke.ensure_synthetic_data())

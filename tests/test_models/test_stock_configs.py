@@ -8,7 +8,7 @@ import torch
 from mmengine.config import Config
 
 from mmsparse.models import BiFormer, CloFormer, STViT
-from tests.test_models.test_backbone_skeleton import V1_MODELS
+from tests.conftest import V1_MODELS
 
 pytest.importorskip('mmseg')
 

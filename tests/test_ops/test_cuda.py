@@ -20,12 +20,10 @@ import torch
 os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
 
 from mmsparse.ops import AttnConv, BiLevelRoutingAttention, GlobalAttentionLePE, SuperTokenAttention  # noqa: E402
-from tests.conftest import ATOL, max_diff  # noqa: E402
-from tests.test_models.test_amp_compile import BUILDERS, check_finite, fwd_bwd  # noqa: E402
+from tests.conftest import AMP_BUILDERS as BUILDERS  # noqa: E402
+from tests.conftest import ATOL, REPO, check_finite, fwd_bwd, max_diff  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device (none here)')
-
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 #: name -> (builder, input shape); odd sizes exercise every padding path
 OPERATORS = {
@@ -145,9 +143,6 @@ def test_detector_and_segmentor_amp_training_step(config, size, needs_ops):
         (f'{p} is not installed' for p in ('mmseg', 'mmcv') if importlib.util.find_spec(p) is None), None)
     if reason:
         pytest.skip(reason)
-    import sys
-    sys.path.insert(0, osp.join(REPO, 'tools', 'analysis_tools'))
-    sys.path.insert(0, osp.join(REPO, 'tools'))
     from benchmarking.cases import build
     from benchmarking.measure import one_run
     case = dict(kind='config', name=osp.join(REPO, config), batch=2, input_size=list(size), mode='train')

@@ -1,32 +1,11 @@
 """BiLevelRoutingAttention / GlobalAttentionLePE: parity with the authors' legacy operator, errors, contract."""
-import math
-
 import pytest
 import torch
 
 from mmsparse.testing import model_from_official
 from mmsparse.ops.routing_attention import BRA_IMPLS, BRA_RECOMPUTE_TOPK, BiLevelRoutingAttention, GlobalAttentionLePE
-from tests.conftest import ATOL, assert_close_to_reference, assert_impls_agree, load_fixture, max_diff
-
-
-def padded_regions(h, w, n_win):
-    """Row-major indices of the regions that hold only auto-padding for an h x w map."""
-    rh, rw = math.ceil(h / n_win), math.ceil(w / n_win)
-    return {r * n_win + c for r in range(n_win) for c in range(n_win) if r * rh >= h or c * rw >= w}
-
-
-def assert_same_routing(ours, ref, pad_regions, name='routing'):
-    """Compare top-k region indices per row as sets; fully padded regions are interchangeable."""
-    assert ours.shape == ref.shape, f'{name}: shape {tuple(ours.shape)} != {tuple(ref.shape)}'
-
-    def canon(row):
-        real = sorted(int(i) for i in row if int(i) not in pad_regions)
-        return real, len(row) - len(real)
-
-    for n in range(ref.shape[0]):
-        for p in range(ref.shape[1]):
-            assert canon(ours[n, p]) == canon(ref[n, p]), (
-                f'{name}: region {p} of sample {n} routes to {ours[n, p].tolist()}, reference {ref[n, p].tolist()}')
+from tests.conftest import (ATOL, assert_close_to_reference, assert_impls_agree, assert_same_routing, load_fixture,
+                            max_diff, padded_regions)
 
 
 def test_bra_matches_official_legacy_operator():

@@ -4,7 +4,7 @@ The tests marked ``NEW_API`` build layers with ``embed_dims=`` / backbones with 
 the others use the STA operator (whose names are the same before and after the rename) or configs whose
 operators are switched through their ``impl`` attribute.
 """
-import importlib.util
+import importlib
 import json
 import math
 import os.path as osp
@@ -13,7 +13,8 @@ import resource
 import pytest
 import torch
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+from tests.conftest import REPO
+
 STA_CASE = dict(kind='layer', name='sta', shape=[2, 64, 128, 128], layer_args=dict(num_heads=1, stoken_size=8),
                 mode='fwdbwd', device='cpu', dtype='fp32', threads=1)
 TINY = ['--warmup', '1', '--repeats', '2', '--threads', '1', '--gemm-size', '128']
@@ -21,11 +22,8 @@ TINY = ['--warmup', '1', '--repeats', '2', '--threads', '1', '--gemm-size', '128
 
 @pytest.fixture(scope='module')
 def bench():
-    """The CLI module (loading it puts ``tools/analysis_tools`` on ``sys.path`` for the package)."""
-    spec = importlib.util.spec_from_file_location('benchmark', osp.join(REPO, 'tools/analysis_tools/benchmark.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The CLI module (``tools/analysis_tools`` is on ``sys.path`` through pytest.ini, as for the script)."""
+    return importlib.import_module('benchmark')
 
 
 @pytest.fixture(scope='module')

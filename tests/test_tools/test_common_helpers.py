@@ -1,15 +1,12 @@
-"""tools/_common.py helpers shared by the tools and tests/smoke.py: drop_pretrained, fake_data_sample."""
+"""mmsparse.apis helpers shared by the tools and the smoke runs: drop_pretrained, fake_data_sample."""
 import os.path as osp
-import sys
 
 import pytest
 import torch
 from mmengine.config import Config, ConfigDict
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if osp.join(REPO, 'tools') not in sys.path:
-    sys.path.append(osp.join(REPO, 'tools'))
-from _common import drop_pretrained, fake_data_sample  # noqa: E402
+from mmsparse.apis import drop_pretrained, fake_data_sample, load_task_config
+from tests.conftest import REPO, smoke_config
 
 
 def test_drop_pretrained_dict_list_and_mmseg_forms():
@@ -28,7 +25,6 @@ def test_drop_pretrained_dict_list_and_mmseg_forms():
 
 
 def test_smoke_config_drops_the_pretrained_checkpoint(tmp_path):
-    from tests.smoke import smoke_config
     path = osp.join(REPO, 'configs/biformer/maskrcnn_biformer_s_coco.py')
     assert Config.fromfile(path).model.backbone.init_cfg.type == 'Pretrained'
     assert smoke_config(path, tmp_path, str(tmp_path)).model.backbone.init_cfg is None
@@ -54,3 +50,16 @@ def test_fake_segmentation_sample_and_bad_task():
     assert s.gt_sem_seg.data.shape == (1, 8, 12) and 0 <= s.gt_sem_seg.data.min() <= s.gt_sem_seg.data.max() < 5
     with pytest.raises(ValueError, match=r"task='mmpretrain'; fake data samples exist for \['mmdet', 'mmseg'\]"):
         fake_data_sample('mmpretrain', 8, 8)
+
+
+def test_load_task_config_names_the_file_and_the_scope(tmp_path):
+    """tools/infer.py's config check, now :func:`mmsparse.apis.load_task_config`."""
+    with pytest.raises(FileNotFoundError, match='config: no such file: nope.py'):
+        load_task_config('nope.py')
+    path = tmp_path / 'cls.py'
+    path.write_text("default_scope = 'mmpretrain'\n")
+    with pytest.raises(ValueError, match=rf"{path}: default_scope='mmpretrain' in the config; .*'mmdet', 'mmseg'"):
+        load_task_config(str(path))
+    cfg, task = load_task_config(osp.join(REPO, 'configs/demo/upernet_demo_synthetic.py'),
+                                 {'train_cfg.max_iters': 3})
+    assert task == 'mmseg' and cfg.train_cfg.max_iters == 3

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+from tests.conftest import REPO
+
 DET_DEMO = osp.join(REPO, 'configs/demo/maskrcnn_demo_synthetic.py')
 OVERFIT_ITERS = 200
 NUM_IMAGES = 8
@@ -42,7 +43,7 @@ def load_demo():
 
 
 def run_tool(*args, timeout=900):
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
     proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from tests.smoke import REPO, ensure_synthetic_data
-from tests.test_tools.test_train_test import SYNTHETIC_COCO_OPTIONS
+from mmsparse.apis import revert_sync_bn_on_cpu, run_tool
+from tests.conftest import REPO, SYNTHETIC_COCO_OPTIONS, ensure_synthetic_data
 
 SEG_DEMO = 'configs/demo/upernet_demo_synthetic.py'
 SYNTHETIC_ADE = 'data/synthetic_ade20k/ADEChallengeData2016'
@@ -135,8 +135,6 @@ def test_family_config_trains_two_iterations_under_ddp(config, tmp_path):
 
 def test_sync_bn_becomes_bn_for_cpu_ddp(capsys):
     from mmengine.config import Config
-
-    from _common import revert_sync_bn_on_cpu
     cfg = Config.fromfile(f'{REPO}/configs/cloformer/upernet_cloformer_xxs_ade20k.py')
     assert revert_sync_bn_on_cpu(cfg) >= 2  # backbone and heads
     assert 'SyncBN' not in str(cfg.model)
@@ -162,11 +160,10 @@ def test_ddp_resume_restores_every_rank(tmp_path):
 
 
 RANK_SCRIPT = """
-import os, sys
-sys.path.insert(0, {tools!r})
+import os
 import torch
 import torch.distributed as dist
-from _common import run_tool
+from mmsparse.apis import run_tool
 
 def main():
     dist.init_process_group('gloo')
@@ -174,7 +171,7 @@ def main():
     model(torch.randn(4, 8)).sum().backward()
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, torch.randn(16))
-    print(f'rank {{dist.get_rank()}} done', flush=False)  # block-buffered pipe: must still reach the log
+    print(f'rank {dist.get_rank()} done', flush=False)  # block-buffered pipe: must still reach the log
     behaviour = os.environ['BEHAVIOUR']
     if behaviour == 'raise' and dist.get_rank() == 1:
         raise ValueError('rank 1 failed on purpose')
@@ -191,8 +188,8 @@ def test_distributed_rank_exit_status_and_output(tmp_path, behaviour, code):
     """run_tool: a rank of a DDP run ends with main's status (0, 1 with the traceback, 1 with the SystemExit
     message), its buffered output flushed, and no interpreter finalization (gloo threads alive there abort)."""
     script = tmp_path / 'rank.py'
-    script.write_text(RANK_SCRIPT.format(tools=os.path.join(REPO, 'tools')))
-    env = dict(os.environ, BEHAVIOUR=behaviour, OMP_NUM_THREADS='1')
+    script.write_text(RANK_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=REPO, BEHAVIOUR=behaviour, OMP_NUM_THREADS='1')
     proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
                            str(free_port()), str(script)], env=env, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
@@ -207,10 +204,6 @@ def test_distributed_rank_exit_status_and_output(tmp_path, behaviour, code):
 
 def test_single_process_tool_errors_propagate():
     """Without a process group run_tool changes nothing: the exception reaches the interpreter as usual."""
-    if os.path.join(REPO, 'tools') not in sys.path:  # as tests/test_tools/test_common_helpers.py imports _common
-        sys.path.append(os.path.join(REPO, 'tools'))
-    from _common import run_tool
-
     def main():
         raise ValueError('plain error')
 

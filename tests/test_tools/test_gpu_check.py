@@ -5,7 +5,8 @@ import os.path as osp
 import subprocess
 import sys
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+from tests.conftest import REPO
+
 SCRIPT = osp.join(REPO, 'tools/analysis_tools/gpu_check.py')
 
 

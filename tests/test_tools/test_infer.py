@@ -9,7 +9,7 @@ import sys
 import cv2
 import pytest
 
-from tests.smoke import REPO, ensure_synthetic_data
+from tests.conftest import REPO, ensure_synthetic_data
 
 DET_DEMO = 'configs/demo/maskrcnn_demo_synthetic.py'
 SEG_DEMO = 'configs/demo/upernet_demo_synthetic.py'

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from tests.smoke import REPO, ensure_synthetic_data
+from tests.conftest import REPO, ensure_synthetic_data
 
 DET_DEMO = 'configs/demo/maskrcnn_demo_synthetic.py'
 SEG_DEMO = 'configs/demo/upernet_demo_synthetic.py'

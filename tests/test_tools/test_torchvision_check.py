@@ -7,10 +7,8 @@ import sys
 import pytest
 from mmengine.config import Config, ConfigDict
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if osp.join(REPO, 'tools') not in sys.path:
-    sys.path.append(osp.join(REPO, 'tools'))
-from _common import check_torchvision  # noqa: E402
+from mmsparse.apis import check_torchvision
+from tests.conftest import REPO
 
 PLUGIN_CFG = osp.join(REPO, 'configs/plugins/retinanet_r50-bra-c4-c5_fpn_1x_coco.py')
 
@@ -57,7 +55,7 @@ def test_configs_without_torchvision_pass_and_the_plugin_config_is_caught():
 def test_train_py_stops_before_training(tmp_path):
     # a sitecustomize makes `import torchvision` fail in the child, whether or not it is installed here
     (tmp_path / 'sitecustomize.py').write_text("import sys\nsys.modules['torchvision'] = None\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), REPO, os.environ.get('PYTHONPATH', '')]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO), os.environ.get('PYTHONPATH', '')]))
     proc = subprocess.run([sys.executable, 'tools/train.py', PLUGIN_CFG, '--work-dir', str(tmp_path / 'w')],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0

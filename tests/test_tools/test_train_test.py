@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from tests.smoke import REPO, ensure_synthetic_data
+from tests.conftest import REPO, SYNTHETIC_COCO_OPTIONS, ensure_synthetic_data
 
 DET_DEMO = 'configs/demo/maskrcnn_demo_synthetic.py'
 SEG_DEMO = 'configs/demo/upernet_demo_synthetic.py'
@@ -100,12 +100,6 @@ def test_two_process_dist_train_on_cpu(tmp_path):
 
 
 # What a user types to run a real COCO config on the synthetic data (docs/get_started.md shows the same).
-SYNTHETIC_COCO_OPTIONS = [
-    f'{loader}.dataset.{key}' for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')
-    for key in ('data_root=data/synthetic_coco/', "metainfo.classes=('disc','square','triangle','ring')")
-] + [f'{e}.ann_file=data/synthetic_coco/annotations/instances_val2017.json' for e in ('val_evaluator', 'test_evaluator')]
-
-
 def test_real_coco_config_without_data_says_where_to_put_it(tmp_path):
     proc = run_tool('tools/train.py', 'configs/biformer/maskrcnn_biformer_s_coco.py', '--work-dir', str(tmp_path))
     assert proc.returncode != 0

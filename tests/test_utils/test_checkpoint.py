@@ -18,7 +18,7 @@ def test_load_checkpoint_file_refuses_arbitrary_objects(tmp_path):
 # ---------------------------------------------------------------- files that are not checkpoints
 
 from mmsparse.utils.checkpoint import CheckpointFileError, load_pretrained  # noqa: E402
-from tests.test_models.test_backbone_skeleton import V1_MODELS  # noqa: E402  (tiny BiFormer / CloFormer / STViT)
+from tests.conftest import V1_MODELS  # noqa: E402  (tiny BiFormer / CloFormer / STViT)
 
 BACKBONES = ('biformer', 'cloformer', 'stvit')
 

@@ -59,17 +59,14 @@ import json
 import os
 import os.path as osp
 import platform
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from benchmarking import REPO  # noqa: E402
-from benchmarking.cases import BACKBONES, IMPLS, LAYERS, MODES, load_suite  # noqa: E402
-from benchmarking.measure import (DTYPES, gemm_gflops, limit_address_space, memory_worker,  # noqa: E402
-                                  run_case)
-from benchmarking.report import case_label, plot_sweeps, ratios, table  # noqa: E402
+from benchmarking import REPO  # the package next to this script (the script's folder is on sys.path)
+from benchmarking.cases import BACKBONES, IMPLS, LAYERS, MODES, load_suite
+from benchmarking.measure import DTYPES, gemm_gflops, limit_address_space, memory_worker, run_case
+from benchmarking.report import case_label, plot_sweeps, ratios, table
 
 
 def allocator_settings():

@@ -12,16 +12,12 @@ modules and the total of every ``SparseAttnBlock`` (mmsparse's attention plug-in
 """
 import argparse
 import math
-import os.path as osp
-import sys
 
 import torch
 import torch.nn as nn
 from mmengine.config import Config, DictAction
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-sys.path.append(osp.dirname(osp.dirname(osp.abspath(__file__))))  # tools/, for _common
-from _common import drop_pretrained, fake_data_sample  # noqa: E402
+from mmsparse.apis import drop_pretrained, fake_data_sample
 
 
 def parse_args():

@@ -6,10 +6,6 @@
 * :mod:`.report`: the Markdown table, the ratios and the size-sweep plots.
 """
 import os.path as osp
-import sys
 
+#: the repository root (configs, suites and figures are found from it)
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)  # mmsparse from this checkout
-if osp.join(REPO, 'tools') not in sys.path:
-    sys.path.append(osp.join(REPO, 'tools'))  # for _common; appended, as tools/test.py must not shadow anything

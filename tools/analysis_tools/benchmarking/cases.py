@@ -152,7 +152,7 @@ def run_tensor_model(module, args, mode):
 
 def _build_config(case, impl, device):
     """A whole mmdet / mmseg model from a config, its own AdamW, and synthetic data samples of the case's size."""
-    from _common import drop_pretrained, fake_data_sample, task_of
+    from mmsparse.apis import drop_pretrained, fake_data_sample, task_of
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     cfg = Config.fromfile(config_path(case['name']))
