@@ -203,7 +203,7 @@ def test_config_builds_and_wires_channels(path):
 @pytest.mark.slow
 @pytest.mark.parametrize('path', [p for p in CONFIGS if '_xxs_' in p.name], ids=lambda p: p.stem)
 def test_config_smoke_train_and_test(path, tmp_path):
-    smoke = pytest.importorskip('tests.smoke', reason='tests/smoke.py (run_config_smoke) is not available')
+    from tests import smoke
     smoke.run_config_smoke(str(path), str(tmp_path))  # checks the task's metrics are reported and finite
 
 

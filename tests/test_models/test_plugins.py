@@ -308,20 +308,24 @@ def test_plugin_config_builds(path):
 @pytest.mark.slow
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.stem)
 def test_plugin_config_smoke_train_and_test(path, tmp_path):
-    smoke = pytest.importorskip('tests.smoke', reason='tests/smoke.py (run_config_smoke) is not available')
+    """One training step and one test batch of every plug-in config; every config, RTMDet's included, reports
+    its task's metrics.
+
+    Catches: a neck whose inference output is not finite (``MultiLevelSparseAttn.forward`` returning NaN maps in
+    eval mode): RTMDet then keeps no box and mmdet reports ``{}``, which this test accepted before."""
     from mmengine.runner import Runner
 
+    from tests import smoke
     cfg = smoke.smoke_config(str(path), str(tmp_path), smoke.ensure_synthetic_data())
     assert cfg.model.get('pretrained') is None and not (cfg.model.backbone.get('init_cfg') or {}).get('checkpoint')
+    if path.stem.startswith('rtmdet'):
+        # after one warm-up step (lr 4e-8 x 0.004) RTMDet's ReLU distance head still predicts zero-size boxes, which
+        # min_bbox_size=0 drops (w > 0 fails), so mmdet would return {}; keeping them lets COCO metrics be computed
+        cfg.model.test_cfg.min_bbox_size = -1
     runner = Runner.from_cfg(cfg)
     runner.train()
     metrics = runner.test()
-    if path.stem.startswith('rtmdet'):
-        # RTMDet after one step (warm-up lr 4e-8 x its 0.004) keeps no box at all here (mmdet returns {}, seed 0):
-        # only the type is checked; the neck assertion below shows the training step reached the attention
-        assert isinstance(metrics, dict)
-    else:
-        smoke.check_metrics(cfg, metrics)
+    smoke.check_metrics(cfg, metrics)
     if EXPECTED[path.stem][2] == 'neck':
         # the neck's layer scales left zero after one step: the training signal reaches the attention.
         # (Backbone plugins get none here: without the dropped pretrained weights mmdet's ResNet zero-inits

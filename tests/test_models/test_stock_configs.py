@@ -9,8 +9,6 @@ from mmengine.config import Config
 from mmsparse.models import BiFormer, CloFormer, STViT
 from tests.test_models.test_backbone_skeleton import V1_MODELS
 
-pytest.importorskip('mmseg')
-
 TINY = {'biformer': (dict(type='mmsparse.BiFormer', arch=dict(embed_dims=[16, 32, 64, 64], depths=[1, 1, 1, 1],
                                                                   head_dim=16), n_win=2, topks=(1, 2, 2, -2)),
                      [16, 32, 64, 64]),
