@@ -118,9 +118,12 @@ def read_png(path):
 
 @pytest.mark.slow
 def test_short_demo_writes_summary_loss_curve_and_pictures(tmp_path):
+    """Catches: a summary without its "trained" column, or with the two columns swapped (the header check used to
+    be ``'untrained' in out and 'trained' in out``, which the first word alone satisfies)."""
     work = tmp_path / 'demo'
     out = run_tool('tools/demo.py', '--iters', '3', '--work-dir', str(work), '--num-images', '2', timeout=1200)
-    assert 'untrained' in out and 'trained' in out
+    header = next((ln.split() for ln in out.splitlines() if ln.startswith('task ')), None)
+    assert header == ['task', 'metric', 'untrained', 'trained'], f'summary header: {header}\n{out[-3000:]}'
     for metric in ('coco/bbox_mAP', 'coco/segm_mAP', 'mIoU'):
         line = next((ln for ln in out.splitlines() if metric + ' ' in ln), None)
         assert line is not None, f'summary has no {metric} row:\n{out[-3000:]}'
@@ -128,8 +131,10 @@ def test_short_demo_writes_summary_loss_curve_and_pictures(tmp_path):
         assert 0 <= before <= 100 and 0 <= after <= 100
     # the summary's numbers are the ones tools/test.py wrote
     demo = load_demo()
+    untrained = demo.test_metrics(str(work / 'segmentation' / 'test_untrained'))
     trained = demo.test_metrics(str(work / 'segmentation' / 'test_trained'))
-    assert f"{trained['mIoU']:.2f}" in next(ln for ln in out.splitlines() if 'mIoU ' in ln)
+    row = next(ln for ln in out.splitlines() if 'mIoU ' in ln).split()
+    assert row[-2:] == [f"{untrained['mIoU']:.2f}", f"{trained['mIoU']:.2f}"]  # in the header's column order
 
     loss_png = str(work / 'training_loss.png')
     assert loss_png in out
