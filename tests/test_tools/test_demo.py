@@ -99,7 +99,7 @@ def test_schedule_options_stretch_the_schedulers_that_end_with_training():
     max_iters = cfg.train_cfg.max_iters
     iters, options = demo.schedule_options(cfg, 7)
     assert iters == 7
-    assert f'train_cfg.max_iters=7' in options and 'default_hooks.checkpoint.interval=7' in options
+    assert 'train_cfg.max_iters=7' in options and 'default_hooks.checkpoint.interval=7' in options
     stretched = {opt.split('=')[0] for opt in options if opt.startswith('param_scheduler.')}
     expected = {f'param_scheduler.{i}.{key}' for i, s in enumerate(cfg.param_scheduler)
                 for key in ('end', 'T_max') if s.get(key) == max_iters}

@@ -243,7 +243,8 @@ def test_sta_association_is_the_operators_and_drawn(configs):
         for label in np.unique(labels):
             pixels = tint[same & (up == label)]
             assert len(pixels), f'stage {sm.stage}: super token {label} has no interior pixel'
-            assert (pixels.max(0) - pixels.min(0)).max() <= 2, f'stage {sm.stage}: super token {label} is not one colour'
+            spread = (pixels.max(0) - pixels.min(0)).max()
+            assert spread <= 2, f'stage {sm.stage}: super token {label} is not one colour'
             colours[label] = pixels.mean(0)
         if -1 in colours:
             assert np.abs(colours.pop(-1)).max() <= 1  # out-of-grid argmax: black
