@@ -67,8 +67,8 @@ def load_results(out_dir):
 
 
 def test_detector_on_photograph_and_glob(checkpoints, tmp_path):
-    """Catches: results without detections (the demo's ``test_cfg.rcnn.score_thr`` raised above 1), on which the
-    mask check used to be skipped."""
+    """Catches: results.json without detections (``_det_entry`` in tools/infer.py returning every list emptied),
+    on which the mask check used to be skipped."""
     out = tmp_path / 'det'
     pattern = os.path.join(REPO, 'data/synthetic_coco/val2017/00001[01].jpg')
     ok(run_tool('tools/infer.py', DET_DEMO, checkpoints['det'], photograph(), pattern, '--out-dir', out,
