@@ -118,8 +118,11 @@ def read_png(path):
 
 @pytest.mark.slow
 def test_short_demo_writes_summary_loss_curve_and_pictures(tmp_path):
-    """Catches: a summary without its "trained" column, or with the two columns swapped (the header check used to
-    be ``'untrained' in out and 'trained' in out``, which the first word alone satisfies)."""
+    """The summary's header names both columns and its mIoU row holds tools/test.py's untrained and trained
+    results in that order.
+
+    Catches: a header without its "trained" column (``{"trained":>10}`` dropped from tools/demo.py), which the
+    old ``'untrained' in out and 'trained' in out`` passed: the first word contains the second."""
     work = tmp_path / 'demo'
     out = run_tool('tools/demo.py', '--iters', '3', '--work-dir', str(work), '--num-images', '2', timeout=1200)
     header = next((ln.split() for ln in out.splitlines() if ln.startswith('task ')), None)
