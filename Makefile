@@ -1,13 +1,17 @@
-# The README's two commands: `make demo` (main job on the embedded synthetic data) and `make test`.
+# The README's two commands: `make demo` (main job on the embedded synthetic data) and `make test` (style check
+# with flake8, settings in setup.cfg, then the test suite).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test
+.PHONY: install demo lint test
 install:
 	VENV=$(VENV) bash tools/setup_env.sh
 
 demo: install
 	$(PY) tools/demo.py
 
-test: install
+lint: install
+	$(PY) -m flake8 mmsparse tools tests configs setup.py
+
+test: install lint
 	$(PY) -m pytest tests -q -ra

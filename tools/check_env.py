@@ -13,7 +13,7 @@ PINS = {
     'mmdet': '3.3.0',
     'mmseg': '1.2.2',
 }
-PLAIN = ['pkg_resources', 'torch', 'einops', 'pycocotools', 'ftfy', 'regex', 'pytest', 'mmsparse']
+PLAIN = ['pkg_resources', 'torch', 'einops', 'pycocotools', 'ftfy', 'regex', 'pytest', 'flake8', 'mmsparse']
 
 
 def check(only=None):

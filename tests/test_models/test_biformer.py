@@ -77,18 +77,7 @@ def test_parameter_counts_match_spec(arch, plain, with_norms):
 
 
 
-
-
-
-
-
-
 # ------------------------------------------------------------------------------------------- checkpoints
-
-
-
-
-
 
 
 # ------------------------------------------------------------------------------------------- options
@@ -128,8 +117,6 @@ def test_with_cp_same_outputs_and_gradients():
     assert_same_outputs_and_grads(plain, cp, torch.randn(2, 3, 72, 60))
 
 
-
-
 def test_norm_eval_keeps_bn_in_eval():
     model = BiFormer(**REDUCED, norm_eval=True)
     model.train()
@@ -163,7 +150,8 @@ def test_syncbn_and_registry_build():
 @pytest.mark.parametrize('kwargs, error, match', [
     (dict(arch='huge'), ValueError, "arch='huge' is not a known variant"),
     (dict(arch=dict(embed_dims=[32] * 4)), ValueError, "missing the keys \\['depths'\\]"),
-    (dict(arch=dict(embed_dims=[32, 64, 128], depths=[1, 1, 1])), ValueError, r'arch\["embed_dims"\] must be one int or a sequence of 4'),
+    (dict(arch=dict(embed_dims=[32, 64, 128], depths=[1, 1, 1])), ValueError,
+     r'arch\["embed_dims"\] must be one int or a sequence of 4'),
     (dict(topks=[1, 2, 4]), ValueError, 'topks must be one int or a sequence of 4'),
     (dict(topks=[1, 2, 0, -2]), ValueError, 'topk=0 is not supported'),
     (dict(n_win=0), ValueError, 'n_win must be a positive int'),
@@ -176,8 +164,6 @@ def test_syncbn_and_registry_build():
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         BiFormer(**{**dict(arch='tiny'), **kwargs})
-
-
 
 
 # ------------------------------------------------------------------------------------------- configs
@@ -249,8 +235,7 @@ def test_init_weights_follows_official_init():
     for layer in (block.attn.qkv, block.attn.proj, block.mlp.fc1, model.stages[3].blocks[0].attn.qkv):
         assert abs(layer.weight.std().item() - 0.02) < 0.004  # timm truncates at +-2 absolute: ~plain normal
     assert torch.count_nonzero(block.mlp.fc2.bias) == 0
-    assert torch.equal(block.norm1.weight, torch.ones(128)) and torch.equal(model.norm2.bias,
-                                                                           torch.zeros(128))
+    assert torch.equal(block.norm1.weight, torch.ones(128)) and torch.equal(model.norm2.bias, torch.zeros(128))
 
 
 # ------------------------------------------------------------------- fast vs reference implementation

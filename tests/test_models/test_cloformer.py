@@ -92,8 +92,6 @@ def test_with_cp_same_outputs_and_gradients():
     assert_same_outputs_and_grads(plain, ckpt, torch.randn(2, 3, 64, 64))
 
 
-
-
 def test_norm_eval():
     model = CloFormer(REDUCED, norm_eval=True)
     model.train()
@@ -139,15 +137,6 @@ def test_registered_in_mmsparse_scope():
 
 
 # ---------------------------------------------------------------- conversion
-
-
-
-
-
-
-
-
-
 
 
 # ---------------------------------------------------------------- configs

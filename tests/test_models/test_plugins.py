@@ -50,31 +50,46 @@ def test_block_any_size_once_trained(kind, size):
 
 
 @pytest.mark.parametrize('kind', ATTN)
-def test_layer_scales_scale_each_residual_branch_per_channel(kind):
-    """Properties of ``x + g1 * A(x)`` and ``y + g2 * F(y)``: each branch is linear in its own scale, a zero scale
-    leaves its channel untouched, and the FFN branch acts on the attention block's output."""
+def test_block_computes_its_documented_formula(kind):
+    """``x + g1 * proj_out(attn(proj_in(norm1(x))))``, then ``+ g2 * ffn(norm2(.))``, recomputed by hand on a
+    hand-set block: channel LayerNorm, 1x1 convs and the FFN written with torch.functional, the operator called on
+    its own. Hand-set per-channel scales and norm affines, an input whose channels have unequal means and scales
+    (so a missing norm shows), and reduced operator width (so ``proj_in`` / ``proj_out`` are exercised).
+
+    Catches: removing both pre-norms from ``SparseAttnBlock.forward`` (``self.attn(self.proj_in(x))``,
+    ``self.ffn(x)``), which every other plug-in test passes."""
     torch.manual_seed(0)
-    block = SparseAttnBlock(32, ATTN[kind], ffn_ratio=1.).eval()
-    x = torch.randn(2, 32, 9, 11)
+    c, e, hidden = 8, 4, 8
+    attn_cfg = dict(ATTN[kind], num_heads=2)
+    if kind == 'attnconv':
+        attn_cfg['group_split'] = [1, 1]
+    block = SparseAttnBlock(c, attn_cfg, embed_dims=e, ffn_ratio=hidden / c).eval()
+    with torch.no_grad():
+        block.gamma1.gamma.copy_(torch.linspace(-1., 1.5, c).view(c, 1, 1))
+        block.gamma2.gamma.copy_(torch.linspace(2., -0.5, c).view(c, 1, 1))
+        for norm in (block.norm1, block.norm2):
+            norm.weight.copy_(torch.rand(c) + 0.5)
+            norm.bias.copy_(torch.randn(c))
+    x = torch.randn(2, c, 9, 11) * torch.linspace(0.5, 4., c).view(1, c, 1, 1) + torch.arange(c).view(1, c, 1, 1)
 
-    def run(g1, g2):
-        with torch.no_grad():
-            block.gamma1.gamma.copy_(torch.as_tensor(g1).expand(32, 1, 1))
-            block.gamma2.gamma.copy_(torch.as_tensor(g2).expand(32, 1, 1))
-            return block(x)
+    def layer_norm(t, norm):  # over channels, biased variance, eps inside the root
+        mean = t.mean(1, keepdim=True)
+        var = ((t - mean) ** 2).mean(1, keepdim=True)
+        return (t - mean) / torch.sqrt(var + 1e-6) * norm.weight.view(1, c, 1, 1) + norm.bias.view(1, c, 1, 1)
 
-    attn_half, attn_full = run(0.5, 0.) - x, run(1., 0.) - x
-    assert attn_half.abs().max() > 1e-3
-    torch.testing.assert_close(attn_full, 2 * attn_half, atol=1e-5, rtol=1e-4)
-    ffn_half, ffn_full = run(0., 0.5) - x, run(0., 1.) - x
-    assert ffn_half.abs().max() > 1e-3
-    torch.testing.assert_close(ffn_full, 2 * ffn_half, atol=1e-5, rtol=1e-4)
-    even_off = torch.ones(32).index_fill(0, torch.arange(0, 32, 2), 0.).view(32, 1, 1)
-    out = run(even_off, even_off)
-    assert torch.equal(out[:, 0::2], x[:, 0::2]) and not torch.allclose(out[:, 1::2], x[:, 1::2])
-    # the FFN sees the attention output: with both on, the result is not the sum of the two lone branches
-    both = run(1., 1.) - x
-    assert not torch.allclose(both, attn_full + ffn_full, atol=1e-4)
+    def conv1x1(t, conv):
+        return torch.einsum('oi,bihw->bohw', conv.weight[:, :, 0, 0], t) + conv.bias.view(1, -1, 1, 1)
+
+    ffn = block.ffn
+    with torch.no_grad():
+        branch1 = conv1x1(block.attn(conv1x1(layer_norm(x, block.norm1), block.proj_in)), block.proj_out)
+        y = x + block.gamma1.gamma * branch1
+        hid = torch.nn.functional.conv2d(conv1x1(layer_norm(y, block.norm2), ffn.fc1), ffn.dwconv.weight,
+                                         ffn.dwconv.bias, padding=1, groups=hidden)
+        expected = y + block.gamma2.gamma * conv1x1(torch.nn.functional.gelu(hid), ffn.fc2)
+        out = block(x)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+    assert (expected - y).abs().max() > 1e-2 and (y - x).abs().max() > 1e-2  # both branches contribute
 
 
 def test_block_reduced_embed_dims():
@@ -293,20 +308,24 @@ def test_plugin_config_builds(path):
 @pytest.mark.slow
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.stem)
 def test_plugin_config_smoke_train_and_test(path, tmp_path):
-    from tests import conftest as smoke
+    """One training step and one test batch of every plug-in config; every config, RTMDet's included, reports
+    its task's metrics.
+
+    Catches: a neck whose inference output is not finite (``MultiLevelSparseAttn.forward`` returning NaN maps in
+    eval mode): RTMDet then keeps no box and mmdet reports ``{}``, which this test accepted before."""
     from mmengine.runner import Runner
 
+    from tests import conftest as smoke
     cfg = smoke.smoke_config(str(path), str(tmp_path), smoke.ensure_synthetic_data())
     assert cfg.model.get('pretrained') is None and not (cfg.model.backbone.get('init_cfg') or {}).get('checkpoint')
+    if path.stem.startswith('rtmdet'):
+        # after one warm-up step (lr 4e-8 x 0.004) RTMDet's ReLU distance head still predicts zero-size boxes, which
+        # min_bbox_size=0 drops (w > 0 fails), so mmdet would return {}; keeping them lets COCO metrics be computed
+        cfg.model.test_cfg.min_bbox_size = -1
     runner = Runner.from_cfg(cfg)
     runner.train()
     metrics = runner.test()
-    if path.stem.startswith('rtmdet'):
-        # RTMDet after one step (warm-up lr 4e-8 x its 0.004) keeps no box at all here (mmdet returns {}, seed 0):
-        # only the type is checked; the neck assertion below shows the training step reached the attention
-        assert isinstance(metrics, dict)
-    else:
-        smoke.check_metrics(cfg, metrics)
+    smoke.check_metrics(cfg, metrics)
     if EXPECTED[path.stem][2] == 'neck':
         # the neck's layer scales left zero after one step: the training signal reaches the attention.
         # (Backbone plugins get none here: without the dropped pretrained weights mmdet's ResNet zero-inits

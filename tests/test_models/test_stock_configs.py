@@ -10,13 +10,12 @@ from mmengine.config import Config
 from mmsparse.models import BiFormer, CloFormer, STViT
 from tests.conftest import V1_MODELS
 
-pytest.importorskip('mmseg')
-
 TINY = {'biformer': (dict(type='mmsparse.BiFormer', arch=dict(embed_dims=[16, 32, 64, 64], depths=[1, 1, 1, 1],
-                                                                  head_dim=16), n_win=2, topks=(1, 2, 2, -2)),
+                                                              head_dim=16), n_win=2, topks=(1, 2, 2, -2)),
                      [16, 32, 64, 64]),
         'stvit': (dict(type='mmsparse.STViT', arch=dict(embed_dims=[16, 32, 32, 32], depths=[1, 1, 1, 1],
-                                                          num_heads=[1, 2, 2, 2], layer_scale=[False, False, True, True]),
+                                                        num_heads=[1, 2, 2, 2],
+                                                        layer_scale=[False, False, True, True]),
                        mlp_ratio=2.), [16, 32, 32, 32])}
 
 

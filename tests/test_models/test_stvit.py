@@ -17,8 +17,6 @@ def tiny(**kwargs):
     return STViT(arch=dict(TINY), **kwargs)
 
 
-
-
 @pytest.mark.parametrize('name', MODEL_FIXTURES)
 def test_matches_official_stvit(name):
     fx = load_fixture(name)
@@ -31,12 +29,6 @@ def test_matches_official_stvit(name):
         assert_close_to_reference(stem, ref['stem'], f'{name} stem')
         for s, (ours, theirs) in enumerate(zip(outs, ref['stages'])):
             assert_close_to_reference(ours, theirs, f'{name} stage {s} {tuple(x.shape)}')
-
-
-
-
-
-
 
 
 def test_registered_and_builds_from_config():
@@ -93,8 +85,6 @@ def test_with_cp_same_outputs_and_gradients():
         torch.testing.assert_close(a, b)
     for (name, p), q in zip(model.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
-
-
 
 
 def test_norm_eval():

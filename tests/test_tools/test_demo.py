@@ -100,7 +100,7 @@ def test_schedule_options_stretch_the_schedulers_that_end_with_training():
     max_iters = cfg.train_cfg.max_iters
     iters, options = demo.schedule_options(cfg, 7)
     assert iters == 7
-    assert f'train_cfg.max_iters=7' in options and 'default_hooks.checkpoint.interval=7' in options
+    assert 'train_cfg.max_iters=7' in options and 'default_hooks.checkpoint.interval=7' in options
     stretched = {opt.split('=')[0] for opt in options if opt.startswith('param_scheduler.')}
     expected = {f'param_scheduler.{i}.{key}' for i, s in enumerate(cfg.param_scheduler)
                 for key in ('end', 'T_max') if s.get(key) == max_iters}
@@ -119,9 +119,15 @@ def read_png(path):
 
 @pytest.mark.slow
 def test_short_demo_writes_summary_loss_curve_and_pictures(tmp_path):
+    """The summary's header names both columns and its mIoU row holds tools/test.py's untrained and trained
+    results in that order.
+
+    Catches: a header without its "trained" column (``{"trained":>10}`` dropped from tools/demo.py), which the
+    old ``'untrained' in out and 'trained' in out`` passed: the first word contains the second."""
     work = tmp_path / 'demo'
     out = run_tool('tools/demo.py', '--iters', '3', '--work-dir', str(work), '--num-images', '2', timeout=1200)
-    assert 'untrained' in out and 'trained' in out
+    header = next((ln.split() for ln in out.splitlines() if ln.startswith('task ')), None)
+    assert header == ['task', 'metric', 'untrained', 'trained'], f'summary header: {header}\n{out[-3000:]}'
     for metric in ('coco/bbox_mAP', 'coco/segm_mAP', 'mIoU'):
         line = next((ln for ln in out.splitlines() if metric + ' ' in ln), None)
         assert line is not None, f'summary has no {metric} row:\n{out[-3000:]}'
@@ -129,8 +135,10 @@ def test_short_demo_writes_summary_loss_curve_and_pictures(tmp_path):
         assert 0 <= before <= 100 and 0 <= after <= 100
     # the summary's numbers are the ones tools/test.py wrote
     demo = load_demo()
+    untrained = demo.test_metrics(str(work / 'segmentation' / 'test_untrained'))
     trained = demo.test_metrics(str(work / 'segmentation' / 'test_trained'))
-    assert f"{trained['mIoU']:.2f}" in next(ln for ln in out.splitlines() if 'mIoU ' in ln)
+    row = next(ln for ln in out.splitlines() if 'mIoU ' in ln).split()
+    assert row[-2:] == [f"{untrained['mIoU']:.2f}", f"{trained['mIoU']:.2f}"]  # in the header's column order
 
     loss_png = str(work / 'training_loss.png')
     assert loss_png in out

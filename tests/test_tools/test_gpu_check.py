@@ -51,9 +51,13 @@ def test_gpu_check_dry_run_writes_both_files(tmp_path):
 
 
 def test_gpu_check_refuses_to_run_without_cuda_unless_dry(tmp_path):
-    import torch
-    if torch.cuda.is_available():
-        return
+    """Runs on every machine: a GPU, if there is one, is hidden from the script (``CUDA_VISIBLE_DEVICES=''``);
+    the test used to return early on a GPU machine, checking nothing there.
+
+    Catches: the refusal coming after the script has started its output (``Check(args).save()`` moved above the
+    CUDA test in ``main`` leaves an empty gpu_check.json behind), and, on a GPU machine, a missing refusal."""
+    env = dict(os.environ, PYTHONPATH=REPO, CUDA_VISIBLE_DEVICES='')
     proc = subprocess.run([sys.executable, SCRIPT, '--out', str(tmp_path)], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=REPO))
+                          text=True, timeout=300, env=env)
     assert proc.returncode != 0 and 'no CUDA device' in proc.stderr
+    assert not (tmp_path / 'gpu_check.json').exists()

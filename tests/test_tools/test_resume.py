@@ -110,15 +110,40 @@ def test_resume_without_rng_states_is_not_exact(tmp_path):
     assert max_abs_diff(weights(work / f'iter_{iters}.pth'), unbroken) > 1e-6
 
 
+#: runs tools/train.py (argv[1:]) in this interpreter, then prints the determinism switches torch was left with
+DETERMINISM_PROBE = """import runpy, sys, torch
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+print('determinism probe:', torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+      torch.backends.cudnn.benchmark)
+"""
+
+
 @pytest.mark.slow
 def test_deterministic_runs_repeat_with_the_fast_paths(tmp_path):
+    """Two ``deterministic=True`` runs on the fast operator paths write identical checkpoints, and the setting
+    reached torch in the run (deterministic algorithms on, cuDNN deterministic, no cuDNN benchmark): every fast
+    path then has a deterministic kernel, or torch would have raised. Control: a run with another seed and
+    ``deterministic=False`` reports the switches as the config leaves them (deterministic off, benchmark on) and
+    ends with other weights, so neither check passes whatever the runs do.
+
+    Catches: the setting not reaching torch (``torch.use_deterministic_algorithms(False)`` in tools/train.py
+    before ``runner.train()``): seeded CPU runs repeat without it, which is all the test checked before."""
     options = ['train_cfg.max_iters=2', 'train_cfg.val_interval=1000', 'default_hooks.checkpoint.interval=2',
-               'randomness.seed=0', 'randomness.deterministic=True', 'model.backbone.impl=fast']
-    for name in ('a', 'b'):
-        log = run(train_cmd(SEG_DEMO, tmp_path / name, *options))
-        assert 'deterministic=True' in log  # the config dump of the run
-    first, second = (weights(tmp_path / name / 'iter_2.pth') for name in ('a', 'b'))
+               'model.backbone.impl=fast']
+    runs = {'a': ('randomness.seed=0', 'randomness.deterministic=True'),
+            'b': ('randomness.seed=0', 'randomness.deterministic=True'),
+            'control': ('randomness.seed=1', 'randomness.deterministic=False')}
+    for name, randomness in runs.items():
+        cmd = train_cmd(SEG_DEMO, tmp_path / name, *options, *randomness)
+        log = run([cmd[0], '-c', DETERMINISM_PROBE, *cmd[1:]])
+        probe = next(line.split(':', 1)[1].split() for line in log.splitlines()
+                     if line.startswith('determinism probe:'))
+        # the control keeps the config's env_cfg cudnn_benchmark=True: deterministic mode is what turns it off
+        assert probe == (['True', 'True', 'False'] if name != 'control' else ['False', 'False', 'True']), (name, probe)
+    first, second, control = (weights(tmp_path / name / 'iter_2.pth') for name in runs)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert max_abs_diff(first, control) > 1e-3
 
 
 def test_rng_state_round_trip_covers_torch_numpy_and_python():

@@ -180,18 +180,81 @@ def test_checkpoint_weights_are_loaded(configs, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- library: STViT
+def hand_association(x, cell):
+    """One association round written out: cell means of the zero-padded map are the super tokens; every pixel's
+    logits are ``C ** -0.5 * <pixel, token>`` over the 3x3 tokens around its own cell (zero vectors outside the grid),
+    softmax over the 9. Returns the (9, h, w) weights, the (h, w) grid index of the argmax (-1 outside the grid)
+    and the (h, w) margin between the two largest weights."""
+    _, c, h, w = x.shape
+    sh, sw = cell
+    rows, cols = -(-h // sh), -(-w // sw)
+    padded = F.pad(x[0], (0, cols * sw - w, 0, rows * sh - h))
+    tokens = F.pad(padded.reshape(c, rows, sh, cols, sw).mean((2, 4)), (1, 1, 1, 1))
+    own_y, own_x = torch.meshgrid(torch.arange(h) // sh, torch.arange(w) // sw, indexing='ij')
+    logits, index = [], []
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            ty, tx = own_y + dy, own_x + dx
+            logits.append(c ** -0.5 * (x[0] * tokens[:, ty + 1, tx + 1]).sum(0))
+            inside = (ty >= 0) & (ty < rows) & (tx >= 0) & (tx < cols)
+            index.append(torch.where(inside, ty * cols + tx, torch.full_like(ty, -1)))
+    assoc = torch.stack(logits).softmax(0)
+    top2 = assoc.topk(2, dim=0).values
+    return assoc, torch.stack(index).gather(0, assoc.argmax(0, keepdim=True))[0], top2[0] - top2[1]
+
+
 def test_sta_association_is_the_operators_and_drawn(configs):
+    """Each stage's super-token assignment equals a hand computation of STA's association (cell means, 9-way
+    softmax, argmax) on the operator's captured input, and the panel shows that assignment: the tint laid over the
+    image (``2 * panel - image`` at the default alpha 0.5) is one colour inside each super token's pixels, a
+    different colour for each super token, black where the argmax is outside the grid, and every boundary
+    between two super tokens is drawn white on one side.
+
+    Catches: ``SuperTokenAttention.assignment`` reading the neighbour offset transposed (``k % 3`` as the row),
+    which the old self-comparison passed; and a panel coloured from another label map (``draw_association``
+    drawing ``labels[::-1]``), which the old "differs from the image" check passed."""
     backbone, img, x = setup(configs['stvit'])
     maps, skipped = attention_maps(backbone, img, x, [(10, 10)])
     assert [m.stage for m in maps] == [0, 1, 2] and 'global' in skipped[3]
     calls = {c.stage: c for c in capture_operator_inputs(backbone, x)}
     for sm in maps:
         call = calls[sm.stage]
-        labels = sta_association(call.module, call.x)['assignment']
-        assert torch.equal(labels, call.module.assignment(call.x)[0])
+        assert call.module.n_iter == 1
+        out = sta_association(call.module, call.x)
+        assoc, labels, margin = hand_association(call.x.detach(), call.module.stoken_size)
+        torch.testing.assert_close(out['association'], assoc, atol=1e-5, rtol=1e-4)
+        clear = margin > 5e-6  # the weights agree to ~1e-6: closer top two can swap by rounding
+        assert clear.float().mean() > 0.95 and torch.equal(out['assignment'][clear], labels[clear])
+        labels = out['assignment'].numpy()
+        assert len(np.unique(labels)) > 4
+
         (panel,) = sm.panels
         assert panel.shape == img.shape
-        assert np.abs(panel.astype(int) - img).mean() > 5  # every pixel is coloured by its super token
+        stride = img.shape[0] // labels.shape[0]
+        assert labels.shape[0] * stride == img.shape[0] and labels.shape[1] * stride == img.shape[1]
+        up = np.repeat(np.repeat(labels, stride, 0), stride, 1)  # the label of every image pixel
+        tint = 2 * panel.astype(int) - img.astype(int)
+        # pixels whose 3x3 neighbourhood has one label: no boundary can be drawn there
+        same = np.ones(up.shape, bool)
+        for dy, dx in [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]:
+            same[1:-1, 1:-1] &= up[1 + dy:up.shape[0] - 1 + dy, 1 + dx:up.shape[1] - 1 + dx] == up[1:-1, 1:-1]
+        same[[0, -1]] = same[:, [0, -1]] = False
+        colours = {}
+        for label in np.unique(labels):
+            pixels = tint[same & (up == label)]
+            assert len(pixels), f'stage {sm.stage}: super token {label} has no interior pixel'
+            spread = (pixels.max(0) - pixels.min(0)).max()
+            assert spread <= 2, f'stage {sm.stage}: super token {label} is not one colour'
+            colours[label] = pixels.mean(0)
+        if -1 in colours:
+            assert np.abs(colours.pop(-1)).max() <= 1  # out-of-grid argmax: black
+        tints = np.stack(list(colours.values()))
+        gaps = np.abs(tints[:, None] - tints[None]).max(-1) + 255 * np.eye(len(tints))
+        assert gaps.min() > 4, f'stage {sm.stage}: two super tokens share a colour'
+        white = (panel == 255).all(-1)
+        for a, b in [(np.s_[:, 1:], np.s_[:, :-1]), (np.s_[1:, :], np.s_[:-1, :])]:
+            change = up[a] != up[b]
+            assert change.any() and (white[a] | white[b])[change].all(), f'stage {sm.stage}: boundary not drawn'
 
 
 def test_assignment_labels_follow_the_grid():
