@@ -9,12 +9,12 @@ import torch
 from mmsparse.converters import UnmappedKeysError, convert
 from mmsparse.models import CloFormer
 from mmsparse.testing import model_from_official
-from tests.conftest import REPO, assert_close_to_reference, load_fixture
-from tests.test_models.test_cloformer import KEYS, REDUCED, _expected, official  # noqa: F401 (a fixture)
+from tests.conftest import REPO, assert_close_to_reference, key_list_path, load_fixture
+from tests.test_models.test_cloformer import REDUCED, _expected, official  # noqa: F401 (a fixture)
 
 def _zero_state_dict(variant):
     sd = {}
-    for line in (KEYS / f'cloformer_{variant}.txt').read_text().splitlines():
+    for line in key_list_path(f'cloformer_{variant}').read_text().splitlines():
         key, shape = line.split('\t')
         sd[key] = torch.zeros(tuple(int(s) for s in re.findall(r'\d+', shape)))
     return sd
@@ -22,8 +22,6 @@ def _zero_state_dict(variant):
 
 @pytest.mark.parametrize('variant', ['xxs', 'xs', 's'])
 def test_convert_official_key_lists(variant):
-    if not (KEYS / f'cloformer_{variant}.txt').is_file():
-        pytest.skip(f'official key list {KEYS}/cloformer_{variant}.txt is absent')
     sd = _zero_state_dict(variant)
     assert len(sd) == 351
     converted = convert('cloformer', {'model': sd})

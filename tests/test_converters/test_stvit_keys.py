@@ -9,14 +9,12 @@ import torch
 from mmsparse.converters import UnmappedKeysError, convert, convert_checkpoint
 from mmsparse.models import STViT
 from mmsparse.testing import model_from_official
-from tests.conftest import REPO, load_fixture
-from tests.test_models.test_stvit import KEYS, MODEL_FIXTURES
+from tests.conftest import REPO, key_list_path, load_fixture
+from tests.test_models.test_stvit import MODEL_FIXTURES
 
 def official_state_dict(arch):
     """Zero tensors of the listed shapes (the frozen unfold/fold constants as the eye kernels they are)."""
-    path = KEYS / f'stvit_{arch}.txt'
-    if not path.is_file():
-        pytest.skip(f'key list {path} is absent')
+    path = key_list_path(f'stvit_{arch}')
     sd = {}
     for line in path.read_text().splitlines():
         key, shape = line.split('\t')

@@ -9,10 +9,9 @@ from mmsparse.models.backbones import BiFormer
 from mmsparse.testing import model_from_official
 from mmsparse.ops.routing_attention import BiLevelRoutingAttention
 from mmsparse.registry import MODELS
-from tests.conftest import REPO, assert_close_to_reference, load_fixture, assert_same_outputs_and_grads
+from tests.conftest import REPO, assert_close_to_reference, key_list_path, load_fixture, assert_same_outputs_and_grads
 from tests.test_ops.test_routing_attention import assert_same_routing, padded_regions
 
-KEYS_DIR = REPO.parent / 'shared' / 'reference' / 'keys'
 REDUCED = dict(arch=dict(embed_dims=[32, 64, 128, 256], depths=[1, 1, 2, 1]), n_win=4, topks=[1, 2, 4, -2])
 
 
@@ -84,9 +83,7 @@ def test_parameter_counts_match_spec(arch, plain, with_norms):
 
 
 def read_key_list(name):
-    path = KEYS_DIR / f'{name}.txt'
-    if not path.is_file():
-        pytest.skip(f'official key list {path} is absent')
+    path = key_list_path(name)
     sd = OrderedDict()
     for line in path.read_text().splitlines():
         key, shape = line.split('\t')

@@ -11,7 +11,6 @@ from mmsparse.registry import MODELS
 from tests.conftest import REPO, assert_close_to_reference, load_fixture, assert_same_outputs_and_grads
 
 FIXTURE = 'cloformer_reduced.pt'
-KEYS = REPO.parent / 'shared' / 'reference' / 'keys'
 
 # the reduced configuration of the fixture, as an mmsparse arch dict
 REDUCED = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 2, 1], num_heads=[2, 2, 4, 8],

@@ -10,7 +10,6 @@ from mmsparse.registry import MODELS
 from tests.conftest import REPO, assert_close_to_reference, load_fixture
 
 MODEL_FIXTURES = ['stvit_reduced_layerscale.pt', 'stvit_reduced_nolayerscale.pt']
-KEYS = REPO.parent / 'shared' / 'reference' / 'keys'
 TINY = dict(embed_dims=[8, 16, 32, 32], depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4])
 
 
