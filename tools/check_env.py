@@ -27,8 +27,7 @@ def torch_version_problem(version):
         return f'torch: cannot read the version {version!r}'
     low, high = TORCH_RANGE
     if not low <= major_minor <= high:
-        span = '{}.{}'.format(*low) + ' through ' + '{}.{}'.format(*high)
-        return f'torch: version {version}, supported {span}'
+        return f'torch: version {version}, supported ' + ' through '.join('{}.{}'.format(*v) for v in TORCH_RANGE)
     return None
 
 
@@ -65,8 +64,8 @@ def main():
             print('[check_env] ' + p)
         if not problems:
             import torch
-            print(f'[check_env] OK: torch {torch.__version__} (supported {TORCH_RANGE[0][0]}.{TORCH_RANGE[0][1]} through '
-                  f'{TORCH_RANGE[1][0]}.{TORCH_RANGE[1][1]}), ' +
+            low, high = ('{}.{}'.format(*v) for v in TORCH_RANGE)
+            print(f'[check_env] OK: torch {torch.__version__} (supported {low} through {high}), ' +
                   ', '.join(f'{k} {v}' for k, v in PINS.items()))
     sys.exit(1 if problems else 0)
 

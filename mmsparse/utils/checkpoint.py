@@ -80,7 +80,8 @@ def load_checkpoint_file(path, map_location='cpu'):
 
     Only allowed globals are unpickled (``weights_only=True``, or its equivalent on torch < 2.6): besides
     tensors and containers, the objects of :func:`mmengine_checkpoint_globals` and the ``argparse.Namespace``
-    (``args``) that the authors' training checkpoints pickle. URLs (``http(s)://``, ``s3://``, ``open-mmlab://`` ...) go through mmengine's loaders. A file that
+    (``args``) that the authors' training checkpoints pickle. URLs (``http(s)://``, ``s3://``,
+    ``open-mmlab://`` ...) go through mmengine's loaders. A file that
     is missing or is not a checkpoint raises an error naming the file and what was expected.
     """
     import argparse

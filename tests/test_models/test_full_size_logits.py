@@ -58,7 +58,8 @@ def official_state_dict(key_list):
         shape = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
         value = recipe_tensor(key, shape)
         if value is None:  # what the authors' constructor leaves there
-            value = torch.eye(9).view(9, 1, 3, 3) if key.endswith('fold.weights') else torch.zeros(shape, dtype=torch.long)
+            fold = key.endswith('fold.weights')
+            value = torch.eye(9).view(9, 1, 3, 3) if fold else torch.zeros(shape, dtype=torch.long)
         assert tuple(value.shape) == shape, key
         sd[key] = value
     return sd
