@@ -23,7 +23,7 @@ from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
 from mmsparse.registry import MODELS
-from mmsparse.utils.compat import flex_attention_available, require_flex_attention
+from mmsparse.utils.compat import autocast_enabled, flex_attention_available, require_flex_attention
 
 from ._amp import amp_backward, amp_forward
 from ._checks import DEFAULT_IMPL, IMPLS, check_bool, check_impl, check_nchw, check_positive_int, check_scale
@@ -268,7 +268,7 @@ def _lepe_fast(conv, v_map):
     depthwise kernels are used.
     """
     if (torch.is_grad_enabled() and v_map.device.type == 'cpu' and v_map.dtype == torch.float32
-            and not torch.is_autocast_enabled('cpu') and conv.kernel_size[0] == conv.kernel_size[1]):
+            and not autocast_enabled('cpu') and conv.kernel_size[0] == conv.kernel_size[1]):
         return _DepthwiseConvCL.apply(v_map, conv.weight, conv.bias)
     return conv(v_map)
 

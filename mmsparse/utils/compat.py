@@ -17,7 +17,7 @@ import types
 
 import torch
 
-__all__ = ['TORCH_VERSION', 'MIN_TORCH', 'autocast_state', 'load_restricted', 'flex_attention_available',
+__all__ = ['TORCH_VERSION', 'MIN_TORCH', 'autocast_state', 'autocast_enabled', 'load_restricted', 'flex_attention_available',
            'require_flex_attention']
 
 #: the oldest torch mmsparse supports (mmcv 2.1.0's prebuilt CUDA wheels are for torch 2.1)
@@ -52,6 +52,11 @@ def autocast_state(device_type):
         return torch.is_autocast_xpu_enabled(), torch.get_autocast_xpu_dtype()
     raise ValueError(f"autocast_state: device_type={device_type!r} is not supported by torch {torch.__version__}; "
                      "choose one of ['cpu', 'cuda', 'xpu']")
+
+
+def autocast_enabled(device_type):
+    """Whether autocast is on for ``device_type`` (``torch.is_autocast_enabled(device_type)`` of torch >= 2.4)."""
+    return autocast_state(device_type)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------
