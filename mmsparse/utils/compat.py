@@ -12,6 +12,7 @@ calls one function whatever torch is installed:
   everything else. No torch version ever unpickles an unlisted global.
 - :func:`flex_attention_available` / :func:`require_flex_attention`: FlexAttention arrived in torch 2.5.
 """
+import codecs
 import pickle
 import types
 
@@ -74,6 +75,8 @@ def _restricted_pickle_module(extra_globals):
     """A pickle-module stand-in for ``torch.load(pickle_module=...)`` that resolves only allowed globals."""
     from torch import _weights_only_unpickler
     allowed = dict(_weights_only_unpickler._get_allowed_globals())
+    # protocol-2 pickles write bytes (numpy scalars' payload) as _codecs.encode(str, 'latin1'); torch >= 2.4 allows it
+    allowed['_codecs.encode'] = codecs.encode
     allowed.update(_global_name(entry) for entry in extra_globals)
 
     class RestrictedUnpickler(pickle.Unpickler):

@@ -4,6 +4,7 @@ import argparse
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,11 +62,15 @@ def test_load_restricted_allows_only_the_listed_globals(version, tmp_path, monke
 
 def test_checkpoint_files_load_on_the_pre_2_6_path(tmp_path, monkeypatch):
     """What torch 2.1 users hit: a converted state dict and an authors'-style checkpoint with ``args`` load,
-    a file pickling code is still refused with the readable-checkpoint error."""
+    numpy values too (under numpy < 2 their bytes pickle as ``_codecs.encode``, which the unpickler must allow: the
+    torch 2.1 lane catches dropping it); a file pickling code is still refused with the readable-checkpoint error."""
     monkeypatch.setattr(compat, 'TORCH_VERSION', (2, 1))
     path = tmp_path / 'ckpt.pth'
-    torch.save({'model': {'w': torch.zeros(2)}, 'args': argparse.Namespace(model='biformer_tiny')}, path)
-    assert load_checkpoint_file(path)['args'].model == 'biformer_tiny'
+    torch.save({'model': {'w': torch.zeros(2)}, 'args': argparse.Namespace(model='biformer_tiny'),
+                'meta': {'loss': np.float64(0.5), 'seen': np.arange(3)}}, path)  # numpy as mmengine's runner saves
+    ckpt = load_checkpoint_file(path)
+    assert ckpt['args'].model == 'biformer_tiny' and ckpt['meta']['loss'] == 0.5
+    assert ckpt['meta']['seen'].tolist() == [0, 1, 2]
     torch.save(_Payload(), path)
     with pytest.raises(CheckpointFileError, match='not a readable checkpoint'):
         load_checkpoint_file(path)
