@@ -84,7 +84,7 @@ def _restricted_pickle_module(extra_globals):
         def find_class(self, module, name):
             full_name = f'{module}.{name}'
             if full_name not in allowed:
-                raise pickle.UnpicklingError(f'{full_name} is not an allowed global in a weights-only load')
+                raise pickle.UnpicklingError(f'Weights only load failed: {full_name} is not an allowed global')
             return allowed[full_name]
 
     module = types.ModuleType('mmsparse_restricted_pickle')
