@@ -3,9 +3,9 @@ models, parity and autocast helpers, and the smoke run of a whole config.
 
 Test modules import what they share from here (``from tests.conftest import ...``), never from one another.
 
-Golden tensors from the authors' reference implementations live in ``../shared/reference/fixtures`` next to
-the repository (override with ``MMSPARSE_FIXTURES=<dir>``). Tests that need them skip, saying why, when the
-folder is absent.
+Golden tensors from the authors' reference implementations and their official state-dict key lists live in
+``tests/data`` (see its README). A parity test whose file is missing fails, naming the path: a clone that lost
+them must not pass by skipping.
 """
 import copy
 import math
@@ -23,15 +23,27 @@ from mmsparse.apis import drop_pretrained
 
 #: the repository root (tools, configs and data are found from it; tools run with it as working directory)
 REPO = Path(__file__).resolve().parents[1]
-FIXTURE_DIR = Path(os.environ.get('MMSPARSE_FIXTURES', REPO.parent / 'shared' / 'reference' / 'fixtures'))
+DATA_DIR = REPO / 'tests' / 'data'
+FIXTURE_DIR = DATA_DIR / 'fixtures'
+KEYS_DIR = DATA_DIR / 'keys'
+
+
+def data_file(path):
+    """``path`` if it is a file, else fail the calling test naming it (parity data never skips)."""
+    path = Path(path)
+    if not path.is_file():
+        pytest.fail(f'test data file {path} is missing (tests/data ships with the repository; restore it from git)')
+    return path
 
 
 def load_fixture(name):
-    """Load ``name`` from the golden-fixture folder, or skip the calling test with the reason."""
-    path = FIXTURE_DIR / name
-    if not path.is_file():
-        pytest.skip(f'golden fixture {path} is absent (set MMSPARSE_FIXTURES to the folder that holds it)')
-    return torch.load(path, map_location='cpu', weights_only=True)
+    """Load ``name`` (relative to ``tests/data/fixtures``), or fail the calling test naming the missing file."""
+    return torch.load(data_file(FIXTURE_DIR / name), map_location='cpu', weights_only=True)
+
+
+def key_list_path(name):
+    """The official key list ``tests/data/keys/<name>.txt``, or fail the calling test naming the missing file."""
+    return data_file(KEYS_DIR / f'{name}.txt')
 
 
 def assert_close_to_reference(ours, ref, name='output', max_abs=1e-4, max_rel_l2=1e-5):
@@ -107,16 +119,10 @@ def assert_impls_agree(module, x):
 
 # -------------------------------------------------- the authors' checkpoint key lists
 
-#: the authors' checkpoint key lists, one ``key<TAB>shape`` line per tensor (``biformer_small.txt``, ...)
-KEYS_DIR = REPO.parent / 'shared' / 'reference' / 'keys'
-
-
 def official_state_dict(name, device='cpu'):
-    """A state dict with the keys and shapes of the key list ``name`` (e.g. ``'stvit_small'``), all zeros, or
-    skip the calling test when the list is absent. ``device='meta'`` builds no storage (the large models)."""
-    path = KEYS_DIR / f'{name}.txt'
-    if not path.is_file():
-        pytest.skip(f'official key list {path} is absent')
+    """A state dict with the keys and shapes of the key list ``name`` (e.g. ``'stvit_small'``), all zeros; a
+    missing list fails the calling test. ``device='meta'`` builds no storage (the large models)."""
+    path = key_list_path(name)
     sd = OrderedDict()
     for line in path.read_text().splitlines():
         key, shape = line.split('\t')  # shapes are written as Python tuples: (32, 3, 3, 3), (32,), ()

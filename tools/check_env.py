@@ -14,6 +14,21 @@ PINS = {
     'mmseg': '1.2.2',
 }
 PLAIN = ['pkg_resources', 'torch', 'einops', 'pycocotools', 'ftfy', 'regex', 'pytest', 'flake8', 'mmsparse']
+#: the torch releases mmsparse supports, (major, minor) inclusive: mmcv 2.1.0's prebuilt CUDA wheels are for
+#: torch 2.1, and 2.13 is the newest the project is tested on
+TORCH_RANGE = ((2, 1), (2, 13))
+
+
+def torch_version_problem(version):
+    """A message if the torch ``version`` string is outside :data:`TORCH_RANGE`, else None."""
+    try:
+        major_minor = tuple(int(part) for part in version.split('+')[0].split('.')[:2])
+    except ValueError:
+        return f'torch: cannot read the version {version!r}'
+    low, high = TORCH_RANGE
+    if not low <= major_minor <= high:
+        return f'torch: version {version}, supported ' + ' through '.join('{}.{}'.format(*v) for v in TORCH_RANGE)
+    return None
 
 
 def check(only=None):
@@ -28,6 +43,8 @@ def check(only=None):
         want = PINS.get(name)
         if want and getattr(mod, '__version__', None) != want:
             problems.append(f'{name}: version {mod.__version__}, expected {want}')
+        if name == 'torch' and torch_version_problem(mod.__version__):
+            problems.append(torch_version_problem(mod.__version__))
     if 'mmcv' in names and not any(p.startswith('mmcv') for p in problems):
         try:
             from mmcv.ops import nms, roi_align  # noqa: F401  (needs the compiled mmcv._ext)
@@ -47,7 +64,8 @@ def main():
             print('[check_env] ' + p)
         if not problems:
             import torch
-            print(f'[check_env] OK: torch {torch.__version__}, ' +
+            low, high = ('{}.{}'.format(*v) for v in TORCH_RANGE)
+            print(f'[check_env] OK: torch {torch.__version__} (supported {low} through {high}), ' +
                   ', '.join(f'{k} {v}' for k, v in PINS.items()))
     sys.exit(1 if problems else 0)
 

@@ -4,6 +4,10 @@
 #
 #   VENV=<dir>   where the environment lives (default: .venv in the repository root)
 #   PYTHON=<exe> interpreter used to create it (default: python3)
+#   TORCH=<ver>  torch release installed into a new environment (default: 2.13.0; 2.1.2 for the torch 2.1 CI lane)
+#   NUMPY=<spec> numpy requirement (default: "<2.3"; torch 2.1 wheels need "<2")
+#   MMCV_FROM_SOURCE=1  never take a prebuilt mmcv wheel from find-links: compile it against the installed torch
+#                (pip's wheel cache keeps the build, so give each torch its own PIP_CACHE_DIR)
 #
 # mmcv 2.1.0 has no binary wheel on PyPI for current torch. pip's find-links (PIP_FIND_LINKS or pip.conf)
 # is honoured, so a prebuilt wheel cache is used when one matches; otherwise mmcv is compiled from the sdist
@@ -12,6 +16,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
+TORCH="${TORCH:-2.13.0}"
+NUMPY="${NUMPY:-<2.3}"
+MMCV_FROM_SOURCE="${MMCV_FROM_SOURCE:-0}"
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating virtual environment in $VENV"
@@ -33,18 +40,20 @@ echo "[setup] installing build tools"
 if "$PY" -c "import torch" 2>/dev/null; then
   echo "[setup] keeping installed torch $("$PY" -c 'import torch; print(torch.__version__)')"
 else
-  echo "[setup] installing torch==2.13.0"
-  "${PIP[@]}" "torch==2.13.0"
+  echo "[setup] installing torch==$TORCH"
+  "${PIP[@]}" "torch==$TORCH"
 fi
 
 echo "[setup] installing mmengine and pure-Python dependencies"
-"${PIP[@]}" "mmengine==0.10.7" "numpy<2.3" einops pycocotools ftfy regex pytest matplotlib \
+"${PIP[@]}" "mmengine==0.10.7" "numpy$NUMPY" einops pycocotools ftfy regex pytest matplotlib \
   scipy shapely terminaltables prettytable opencv-python-headless addict yapf rich termcolor ninja "flake8>=7.1,<8"
 
 mmcv_ok() { "$PY" "$ROOT/tools/check_env.py" --only mmcv --quiet 2>/dev/null; }
 if ! mmcv_ok; then
   echo "[setup] installing mmcv==2.1.0 (a wheel from find-links if one matches, else compiled from source)"
-  MMCV_WITH_OPS=1 "${PIP[@]}" --no-build-isolation "mmcv==2.1.0"
+  MMCV_ARGS=(--no-build-isolation)
+  [ "$MMCV_FROM_SOURCE" = 1 ] && MMCV_ARGS+=(--no-binary mmcv)
+  MMCV_WITH_OPS=1 "${PIP[@]}" "${MMCV_ARGS[@]}" "mmcv==2.1.0"
   if ! mmcv_ok; then
     echo "[setup] mmcv.ops does not load against this torch; rebuilding mmcv from source"
     MMCV_WITH_OPS=1 "${PIP[@]}" --no-build-isolation --force-reinstall --no-deps --no-cache-dir \

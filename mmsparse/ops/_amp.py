@@ -11,6 +11,8 @@ import functools
 
 import torch
 
+from mmsparse.utils.compat import autocast_state
+
 __all__ = ['amp_forward', 'amp_backward']
 
 #: devices whose autocast state is recorded (others run the backward as they are)
@@ -32,8 +34,7 @@ def amp_forward(forward):
         device = _device_type(args)
         ctx.amp_device = device if device in _AUTOCAST_DEVICES else None
         if ctx.amp_device is not None:
-            ctx.amp_enabled = torch.is_autocast_enabled(device)
-            ctx.amp_dtype = torch.get_autocast_dtype(device)
+            ctx.amp_enabled, ctx.amp_dtype = autocast_state(device)
         return forward(ctx, *args, **kwargs)
 
     return wrapper

@@ -23,6 +23,7 @@ from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
 from mmsparse.registry import MODELS
+from mmsparse.utils.compat import autocast_enabled, flex_attention_available, require_flex_attention
 
 from ._amp import amp_backward, amp_forward
 from .checks import DEFAULT_IMPL, IMPLS, check_bool, check_nchw, check_positive_int, check_scale
@@ -143,11 +144,7 @@ def _flex_attention_fn(device_type):
 
 def flex_available():
     """``(True, '')`` if :func:`bra_flex` can run its forward here, else ``(False, reason)``."""
-    try:
-        from torch.nn.attention.flex_attention import BlockMask, flex_attention  # noqa: F401
-    except ImportError as e:
-        return False, f'torch {torch.__version__} has no FlexAttention ({e})'
-    return True, ''
+    return flex_attention_available()
 
 
 def _flex_kernel_options(block):
@@ -175,6 +172,7 @@ def bra_flex(q, k, v, topk, num_heads, scale):
     if q.device.type == 'cpu' and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad
                                                                 or v.requires_grad):
         return bra_fast(q, k, v, topk, num_heads, scale)
+    require_flex_attention('bra_flex')
     from torch.nn.attention.flex_attention import BlockMask
 
     n, p, t, c_qk = q.shape
@@ -225,6 +223,8 @@ def check_bra_impl(impl, owner):
         extra = [name for name in BRA_IMPLS if name not in IMPLS]
         raise ValueError(f'{owner}: impl={impl!r} is not known; choose one of {list(IMPLS)} '
                          f'(BRA also takes {", ".join(map(repr, extra))})')
+    if impl == 'flex':
+        require_flex_attention(owner)
     return impl
 
 
@@ -269,7 +269,7 @@ def _lepe_fast(conv, v_map):
     depthwise kernels are used.
     """
     if (torch.is_grad_enabled() and v_map.device.type == 'cpu' and v_map.dtype == torch.float32
-            and not torch.is_autocast_enabled('cpu') and conv.kernel_size[0] == conv.kernel_size[1]):
+            and not autocast_enabled('cpu') and conv.kernel_size[0] == conv.kernel_size[1]):
         return _DepthwiseConvCL.apply(v_map, conv.weight, conv.bias)
     return conv(v_map)
 

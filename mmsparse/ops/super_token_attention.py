@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from mmsparse.registry import MODELS
+from mmsparse.utils.compat import autocast_enabled
 
 from ._amp import amp_backward, amp_forward
 from .checks import DEFAULT_IMPL, check_nchw, check_positive_int, check_rate, check_scale
@@ -114,7 +115,7 @@ def sta_reference(x, stoken_size, n_iter, scale, refine):
                     tokens = _aggregate(pixels, assoc, den, grid)
         # the gradient reaches the pixels through the numerator only; A and Den are constants
         tokens = _aggregate(pixels, assoc, den, grid)
-    if not torch.is_autocast_enabled(x.device.type):
+    if not autocast_enabled(x.device.type):
         tokens = tokens.to(x.dtype)  # a half input without autocast stays half
 
     refined = refine(tokens)
@@ -214,7 +215,7 @@ def sta_fast(x, stoken_size, n_iter, scale, refine):
         # the differentiable aggregation: gradients reach the pixels through the numerator only
         tokens = _normalised_aggregate(pixels, assoc_t, hh, ww).permute(0, 3, 1, 2)  # (B, C, hh, ww)
         del pixels  # not saved for the backward: free the map-sized copy before the upsampling
-    if not torch.is_autocast_enabled(x.device.type):
+    if not autocast_enabled(x.device.type):
         tokens = tokens.to(x.dtype)
 
     refined = refine(tokens)

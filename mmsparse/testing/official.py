@@ -3,7 +3,7 @@
 :func:`model_from_official` takes the authors' class name and constructor keyword arguments (their defaults
 fill the rest; unknown or unsupported arguments raise), builds the mmsparse module with ``impl='reference'``
 (the authors-exact paths) and, given the authors' state dict, converts it with the family's key map and loads
-it strictly. The golden fixtures in ``shared/reference/fixtures`` record exactly these class names and kwargs.
+it strictly. The golden fixtures in ``tests/data/fixtures`` record exactly these class names and kwargs.
 """
 from collections import OrderedDict
 

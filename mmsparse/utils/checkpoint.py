@@ -7,7 +7,8 @@ that argument, and the checkpoints its Runner writes pickle a few non-tensor obj
 
 The narrow fix is to add exactly those classes to torch's allowlist for the restricted unpickler
 (``torch.serialization.add_safe_globals``). ``weights_only`` stays on, so a checkpoint that pickles anything
-else (arbitrary code) is still refused. We do not patch ``torch.load`` and never pass ``weights_only=False``.
+else (arbitrary code) is still refused. We do not patch ``torch.load``; on torch < 2.6, where that allowlist is
+missing or narrower, :func:`mmsparse.utils.compat.load_restricted` enforces the same list in its own unpickler.
 
 One entry needs care: ``HistoryBuffer`` pickles its statistics methods (``HistoryBuffer.min`` ...) by
 qualified name, which pickle writes as ``getattr(HistoryBuffer, 'min')``. Allowing the builtin ``getattr``
@@ -16,6 +17,8 @@ restricted unpickler only, to :func:`_history_buffer_getattr`, which resolves no
 registered statistics methods.
 """
 import torch
+
+from .compat import TORCH_VERSION, load_restricted
 
 _DONE = False
 
@@ -52,9 +55,13 @@ def mmengine_checkpoint_globals():
 
 
 def allow_mmengine_checkpoint_objects():
-    """Allowlist :func:`mmengine_checkpoint_globals` for ``torch.load(weights_only=True)``. Idempotent."""
+    """Allowlist :func:`mmengine_checkpoint_globals` for ``torch.load(weights_only=True)``. Idempotent.
+
+    Only torch >= 2.6 needs it (and takes the ``(object, name)`` pairs): before, ``torch.load`` defaults to
+    ``weights_only=False``, so mmengine's own loads work unchanged.
+    """
     global _DONE
-    if _DONE or not hasattr(torch.serialization, 'add_safe_globals'):
+    if _DONE or TORCH_VERSION < (2, 6):
         return
     torch.serialization.add_safe_globals(mmengine_checkpoint_globals())
     _DONE = True
@@ -71,9 +78,10 @@ class CheckpointFileError(ValueError):
 def load_checkpoint_file(path, map_location='cpu'):
     """Load a checkpoint file without executing arbitrary pickled code.
 
-    ``weights_only=True`` is always used; besides what :func:`allow_mmengine_checkpoint_objects` allows, the
-    authors' training checkpoints pickle an ``argparse.Namespace`` (``args``), and that one class is allowed
-    too. URLs (``http(s)://``, ``s3://``, ``open-mmlab://`` ...) go through mmengine's loaders. A file that
+    Only allowed globals are unpickled (``weights_only=True``, or its equivalent on torch < 2.6): besides
+    tensors and containers, the objects of :func:`mmengine_checkpoint_globals` and the ``argparse.Namespace``
+    (``args``) that the authors' training checkpoints pickle. URLs (``http(s)://``, ``s3://``,
+    ``open-mmlab://`` ...) go through mmengine's loaders. A file that
     is missing or is not a checkpoint raises an error naming the file and what was expected.
     """
     import argparse
@@ -87,8 +95,7 @@ def load_checkpoint_file(path, map_location='cpu'):
         raise FileNotFoundError(f'checkpoint file {path!r} does not exist')
     allow_mmengine_checkpoint_objects()
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location=map_location, weights_only=True)
+        return load_restricted(path, map_location, [argparse.Namespace] + mmengine_checkpoint_globals())
     except Exception as err:  # torch raises several types for truncated / foreign / unsafe files
         raise CheckpointFileError(
             f'{path!r} is not a readable checkpoint: expected a file written by torch.save holding a state dict '

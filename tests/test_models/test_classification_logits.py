@@ -1,6 +1,6 @@
 """The authors' classification logits, reached through our backbones: the fixtures of the three classification
 networks hold their head weights and the logits their code produced. The heads are not part of mmsparse; each is
-applied here as the specs write it (``shared/reference/*.md``, "Classification head"), on the last stage of our
+applied here as the authors' classification code computes it, on the last stage of our
 backbone built by ``model_from_official`` with the converted weights. Matching logits pin the whole backbone,
 last stage included, to the authors' end-to-end output."""
 import pytest

@@ -71,7 +71,11 @@ def test_flex_block_sizes():
 
 def test_flex_is_bra_only():
     assert 'flex' in BRA_IMPLS
-    assert BiLevelRoutingAttention(16, num_heads=2, n_win=2, topk=1, impl='flex').impl == 'flex'
+    if FLEX_OK:
+        assert BiLevelRoutingAttention(16, num_heads=2, n_win=2, topk=1, impl='flex').impl == 'flex'
+    else:  # torch < 2.5: refused at construction, naming what runs instead
+        with pytest.raises(RuntimeError, match=r"impl='flex' needs FlexAttention.*impl='fast'"):
+            BiLevelRoutingAttention(16, num_heads=2, n_win=2, topk=1, impl='flex')
     with pytest.raises(ValueError, match="impl='flex' is not known"):
         AttnConv(16, num_heads=2, group_split=[1, 1], kernel_sizes=[3], impl='flex')
     with pytest.raises(ValueError, match="impl='flex' is not known"):
