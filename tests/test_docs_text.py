@@ -74,3 +74,18 @@ def test_user_text_names_nothing_outside_the_repository():
             found += offences(f.read(), path)
     assert not found, 'user-facing text that names things outside the repository or build history:\n' + \
         '\n'.join(found)
+
+
+def test_readme_first_screen():
+    """The README opens with what mmsparse is, then the two commands (``make demo``, ``make test``) as its first
+    code block, then how to install and use it; the demo's experiment tables live in docs/demo.md."""
+    with open(osp.join(REPO, 'README.md'), encoding='utf-8') as f:
+        text = f.read()
+    head = text.split('\n')[:20]
+    first_block = re.search(r'^```bash\n(.*?)^```', text, re.S | re.M)
+    assert first_block and text.index(first_block.group(0)) < len('\n'.join(head))
+    commands = [line.split('#')[0].strip() for line in first_block.group(1).splitlines()]
+    assert commands == ['make demo', 'make test']
+    sections = re.findall(r'^## (.+)$', text, re.M)
+    assert sections[:3] == ['Install', 'Use', 'What is verified'], sections
+    assert 'segmentor recipe' not in text and 'docs/demo.md' in text
