@@ -1,11 +1,21 @@
-"""mmsparse: sparse / efficient attention backbones (BiFormer, CloFormer, STViT) for mmdet 3.x and mmseg 1.x."""
+"""mmsparse: sparse / efficient attention backbones (BiFormer, CloFormer, STViT) for mmdet 3.x and mmseg 1.x.
+
+``pip install .`` copies ``configs/``, ``tools/`` and ``model-index.yml`` into ``mmsparse/.mim`` (the layout
+OpenMMLab packages use), ``pip install -e .`` links them, so ``_base_ = 'mmsparse::biformer/...py'`` resolves
+from a config anywhere once ``mmsparse`` is imported.
+"""
 import os
 import os.path as osp
 import shutil
+import sys
 
 from setuptools import find_packages, setup
 
 ROOT = osp.dirname(osp.abspath(__file__))
+#: what the package carries under ``mmsparse/.mim`` (mmengine looks for ``configs`` and ``model-index.yml``)
+MIM_FILES = ('configs', 'tools', 'model-index.yml')
+#: the range the project is tested on; mmcv 2.1.0's compiled ops must match the installed torch
+TORCH_REQUIREMENT = 'torch>=2.1,<2.14'
 
 
 def get_version():
@@ -15,46 +25,72 @@ def get_version():
     return scope['__version__']
 
 
-def link_mim_configs():
-    """Ship ``configs/`` as ``mmsparse/.mim/configs`` so ``_base_ = 'mmsparse::...'`` resolves.
+def mim_mode(argv):
+    """``'symlink'`` for editable installs, ``'copy'`` for builds, ``None`` for metadata-only calls."""
+    if 'develop' in argv or 'editable_wheel' in argv:
+        return 'symlink'
+    if any(cmd in argv for cmd in ('build', 'build_py', 'bdist_wheel', 'sdist', 'install')):
+        return 'copy'
+    return None
 
-    In an editable install a symlink is enough; for a regular build the files are copied.
-    """
+
+def add_mim_extension(mode):
+    """Put :data:`MIM_FILES` under ``mmsparse/.mim``: linked (editable) or copied (wheel / sdist)."""
+    if mode is None:
+        return
     mim = osp.join(ROOT, 'mmsparse', '.mim')
     os.makedirs(mim, exist_ok=True)
-    dst = osp.join(mim, 'configs')
-    src = osp.join(ROOT, 'configs')
-    if osp.lexists(dst):
-        return
-    try:
-        os.symlink(osp.relpath(src, mim), dst)
-    except OSError:
-        shutil.copytree(src, dst)
+    for name in MIM_FILES:
+        src, dst = osp.join(ROOT, name), osp.join(mim, name)
+        if not osp.exists(src):  # building from an sdist: .mim already holds the copies
+            continue
+        if osp.islink(dst) or osp.isfile(dst):
+            os.remove(dst)
+        elif osp.isdir(dst):
+            shutil.rmtree(dst)
+        if mode == 'symlink':
+            try:
+                os.symlink(osp.relpath(src, mim), dst)
+                continue
+            except OSError:  # no symlinks (e.g. Windows without privileges): copy instead
+                pass
+        if osp.isdir(src):
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+        else:
+            shutil.copyfile(src, dst)
 
 
-link_mim_configs()
-
-setup(
-    name='mmsparse',
-    version=get_version(),
-    description='Sparse / efficient attention backbones (BiFormer, CloFormer, STViT) for OpenMMLab',
-    packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools')),
-    include_package_data=True,
-    package_data={'mmsparse': ['.mim/configs/**/*.py', '.mim/configs/**/*.md']},
-    python_requires='>=3.8',
-    install_requires=[
-        'torch',
-        'mmengine==0.10.7',
-        'mmcv==2.1.0',
-        'einops',
-        'ftfy',
-        'regex',
-        'setuptools<81',
-    ],
-    extras_require={
-        'det': ['mmdet==3.3.0', 'pycocotools'],
-        'seg': ['mmsegmentation==1.2.2'],
-        'tests': ['pytest', 'matplotlib'],
-    },
-    zip_safe=False,
-)
+if __name__ == '__main__':  # setuptools runs setup.py as __main__; tests import it for add_mim_extension
+    add_mim_extension(mim_mode(sys.argv))
+    setup(
+        name='mmsparse',
+        version=get_version(),
+        description='Sparse / efficient attention backbones (BiFormer, CloFormer, STViT) for OpenMMLab',
+        long_description=open(osp.join(ROOT, 'README.md'), encoding='utf-8').read(),
+        long_description_content_type='text/markdown',
+        license='Apache License 2.0',
+        keywords='computer vision, object detection, semantic segmentation, sparse attention, openmmlab',
+        packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'configs.*', 'tools', 'tools.*')),
+        include_package_data=True,  # mmsparse/.mim, as listed in MANIFEST.in
+        python_requires='>=3.8',
+        install_requires=[
+            TORCH_REQUIREMENT,
+            'mmengine==0.10.7',
+            'mmcv==2.1.0',
+            'mmdet==3.3.0',
+            'mmsegmentation==1.2.2',
+            'einops',
+            'ftfy',
+            'regex',
+            'setuptools<81',  # mmengine 0.10.7 imports pkg_resources
+        ],
+        extras_require={
+            'tests': ['pytest', 'matplotlib', 'pyyaml'],
+        },
+        classifiers=[
+            'License :: OSI Approved :: Apache Software License',
+            'Operating System :: OS Independent',
+            'Programming Language :: Python :: 3',
+        ],
+        zip_safe=False,
+    )

@@ -15,4 +15,19 @@ from .registry import register_into_downstream  # noqa: E402
 
 register_into_downstream()
 
+
+def _register_config_package():
+    """Let mmengine resolve ``_base_ = 'mmsparse::biformer/...py'`` to ``mmsparse/.mim/configs``.
+
+    mmengine accepts only the packages named in its ``MODULE2PACKAGE`` and locates them through pkg_resources,
+    which for a PEP 660 editable install (``pip install -e .``) reports site-packages instead of the sources.
+    Naming a module of the package (not the distribution) makes mmengine use the import system, which is right
+    for regular, editable and ``PYTHONPATH`` installs alike.
+    """
+    from mmengine.config import utils
+    utils.MODULE2PACKAGE.setdefault('mmsparse', 'mmsparse.version')
+
+
+_register_config_package()
+
 __all__ = ['__version__', 'set_impl']

@@ -100,3 +100,24 @@ def test_each_config_loads_what_a_documented_command_writes():
         loaded.add((family, init_cfg['checkpoint']))
     assert checked == 32
     assert written == loaded, f'documented conversions that no config loads: {sorted(written - loaded)}'
+
+
+def named_test_paths():
+    """{path: [docs]} of every ``tests/...`` path named in the user documentation (files and folders)."""
+    found = {}
+    docs = DOCS + sorted(glob.glob(osp.join(REPO, 'configs', '*', '*', 'README.md'))) + ['CHANGELOG.md']
+    for path in docs:
+        if not osp.isfile(osp.join(REPO, path)):
+            continue
+        text = open(osp.join(REPO, path)).read()
+        for name in re.findall(r'(?<![\w/.])tests/[\w./-]*[\w/]', text):
+            found.setdefault(name.rstrip('/'), []).append(osp.relpath(osp.join(REPO, path), REPO))
+    return found
+
+
+def test_named_test_paths_exist():
+    """A doc that points at a test file or folder points at one that exists (renamed tests leave stale names)."""
+    named = named_test_paths()
+    assert 'tests/test_packaging.py' in named  # the scan finds real references
+    missing = {name: docs for name, docs in named.items() if not osp.exists(osp.join(REPO, name))}
+    assert not missing, f'test paths named in the docs that do not exist: {missing}'
