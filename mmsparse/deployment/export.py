@@ -23,6 +23,8 @@ import torch.nn as nn
 OPSET = 18
 #: smallest / largest height and width (below 64 the stride-32 map would be 1 x 1, a size torch.export specialises)
 MIN_SIZE, MAX_SIZE = 64, 8192
+#: smallest example size of a dynamic detector export (its coarsest FPN level, stride 128, is then 2 x 2)
+DET_EXAMPLE_SIZE = 256
 KINDS = ('backbone', 'segmentor', 'single_stage', 'two_stage')
 #: the key of the ONNX metadata entry that records what the graph is (read back by :mod:`.runtime`)
 META_KEY = 'mmsparse'
@@ -157,10 +159,15 @@ def export_onnx(model, out, shape, kind, dynamic=False, batch=1, opset=OPSET, ex
     if kind not in KINDS:
         raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
     h, w = check_shape(shape)
+    example_hw = (h, w)
     if dynamic:
-        batch = max(batch, 2)  # an example batch of 1 would be specialised to 1
+        # the exporter specialises every size that is 1 in the example: an example batch of 1 would fix the
+        # batch, a detector's stride-128 level being 1 x 1 would fix H and W; the graph serves other sizes alike
+        batch = max(batch, 2)
+        if kind in ('single_stage', 'two_stage'):
+            example_hw = (max(h, DET_EXAMPLE_SIZE), max(w, DET_EXAMPLE_SIZE))
     wrapper = ExportWrapper(model, kind).eval()
-    example = torch.randn(batch, 3, h, w)
+    example = torch.randn(batch, 3, *example_hw)
     names, grouping = output_names(wrapper, example)
     dynamic_shapes = None
     if dynamic:
@@ -175,7 +182,7 @@ def export_onnx(model, out, shape, kind, dynamic=False, batch=1, opset=OPSET, ex
                                       prefer_deferred_runtime_asserts_over_guards=True)
         onnx_program = torch.onnx.export(program, (example, ), input_names=['input'], output_names=names,
                                          opset_version=opset, dynamo=True, verbose=False)
-    meta = dict(kind=kind, outputs=names, dynamic=bool(dynamic), shape=[batch, 3, h, w], opset=opset, **grouping,
+    meta = dict(kind=kind, outputs=names, dynamic=bool(dynamic), shape=[batch, 3, *example_hw], opset=opset, **grouping,
                 **(extra_meta or {}))
     proto = onnx_program.model_proto
     entry = proto.metadata_props.add()
