@@ -150,6 +150,21 @@ def check_shape(shape):
     return tuple(shape)
 
 
+def check_dynamic(model):
+    """ValueError when ``model`` holds a module whose ONNX form would be right at the example size only.
+
+    Adaptive pooling to a grid larger than 1 x 1 (UPerNet's pyramid pooling: 2, 3, 6) has no ONNX operator;
+    the exporter writes it as a fixed pooling derived from the example's map size, wrong at other sizes.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            size = module.output_size
+            size = (size, size) if isinstance(size, int) or size is None else tuple(size)
+            if any(s not in (1, None) for s in size):
+                raise ValueError(f'--dynamic: {name} ({type(module).__name__} to {module.output_size}) has no '
+                                 'size-generic ONNX form; export this model at a fixed --shape (one graph per size)')
+
+
 def export_onnx(model, out, shape, kind, dynamic=False, batch=1, opset=OPSET, extra_meta=None):
     """Export ``model`` (built by :func:`build_model`) as ``kind`` to ``out``; returns the graph's output names.
 
@@ -166,6 +181,8 @@ def export_onnx(model, out, shape, kind, dynamic=False, batch=1, opset=OPSET, ex
         batch = max(batch, 2)
         if kind in ('single_stage', 'two_stage'):
             example_hw = (max(h, DET_EXAMPLE_SIZE), max(w, DET_EXAMPLE_SIZE))
+    if dynamic:
+        check_dynamic(model)
     wrapper = ExportWrapper(model, kind).eval()
     example = torch.randn(batch, 3, *example_hw)
     names, grouping = output_names(wrapper, example)

@@ -25,6 +25,9 @@ def reduced_options(config, family):
     if name.startswith('upernet'):
         opts['model.decode_head'] = dict(in_channels=widths, channels=16, norm_cfg=BN, num_classes=5)
         opts['model.auxiliary_head'] = dict(in_channels=widths[2], channels=16, norm_cfg=BN, num_classes=5)
+    elif name.startswith('semfpn'):
+        opts['model.neck'] = dict(in_channels=widths, out_channels=16)
+        opts['model.decode_head'] = dict(in_channels=[16] * 4, channels=16, norm_cfg=BN, num_classes=5)
     elif name.startswith('retinanet'):
         opts['model.neck'] = dict(in_channels=widths, out_channels=16)
         opts['model.bbox_head'] = dict(num_classes=4, in_channels=16, feat_channels=16, stacked_convs=1)
