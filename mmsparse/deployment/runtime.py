@@ -199,3 +199,13 @@ def verify(model, path, sizes, batch=1, rtol=1e-4, box_tol=1e-3, seed=0, threads
     if failures:
         raise AssertionError(f'ONNX Runtime differs from PyTorch: {failures[0]}')
     return all_rows
+
+
+def attach_to_inferencer(inferencer, onnx_path, threads=None):
+    """Make an mmdet ``DetInferencer`` / mmseg ``MMSegInferencer`` run its network through ``onnx_path``.
+
+    The inferencer keeps its pipeline, data preprocessor, post-processing and drawing, so its pictures and
+    results have the PyTorch path's form. ``threads``: ONNX Runtime intra-op threads (default ORT's).
+    """
+    attach_onnx(inferencer.model, OnnxNetwork(onnx_path, threads))
+    return inferencer
