@@ -150,6 +150,35 @@ def check_shape(shape):
     return tuple(shape)
 
 
+class size_generic_upsampling:
+    """Context manager: mmseg ``Upsample`` modules (Semantic FPN's scale heads) upsample by their scale factor.
+
+    mmseg's ``Upsample`` turns its scale factor into an output size with ``int(size * scale)``, which the
+    exporter evaluates at the example size and writes into the graph as a constant: the graph would upsample to
+    that size at every input size. Interpolating with the scale factor itself gives the same values (for the
+    integer factors these heads use, ``floor(size * scale)`` is the size the factor implies) and stays symbolic.
+    """
+
+    def __init__(self, model):
+        self.modules = []
+        try:
+            from mmseg.models.utils import Upsample
+        except ImportError:
+            return
+        self.modules = [m for m in model.modules() if isinstance(m, Upsample) and not m.size and m.scale_factor]
+
+    def __enter__(self):
+        import torch.nn.functional as F
+        for m in self.modules:
+            m.forward = (lambda mod: lambda x: F.interpolate(x, scale_factor=mod.scale_factor, mode=mod.mode,
+                                                             align_corners=mod.align_corners))(m)
+        return self
+
+    def __exit__(self, *exc):
+        for m in self.modules:
+            del m.forward  # back to the class's forward
+
+
 def check_dynamic(model):
     """ValueError when ``model`` holds a module whose ONNX form would be right at the example size only.
 
@@ -195,8 +224,9 @@ def export_onnx(model, out, shape, kind, dynamic=False, batch=1, opset=OPSET, ex
         warnings.simplefilter('ignore')
         # deferred runtime asserts: the shape arithmetic of the padding operators yields guards that the
         # symbolic solver cannot prove for every size (true ones); as asserts they do not specialise the graph
-        program = torch.export.export(wrapper, (example, ), dynamic_shapes=dynamic_shapes, strict=False,
-                                      prefer_deferred_runtime_asserts_over_guards=True)
+        with size_generic_upsampling(model):
+            program = torch.export.export(wrapper, (example, ), dynamic_shapes=dynamic_shapes, strict=False,
+                                          prefer_deferred_runtime_asserts_over_guards=True)
         onnx_program = torch.onnx.export(program, (example, ), input_names=['input'], output_names=names,
                                          opset_version=opset, dynamo=True, verbose=False)
     meta = dict(kind=kind, outputs=names, dynamic=bool(dynamic), shape=[batch, 3, *example_hw], opset=opset, **grouping,
