@@ -7,6 +7,8 @@ from .export import (KINDS, MAX_SIZE, MIN_SIZE, OPSET, ExportWrapper, build_mode
 from .runtime import (OPT_LEVELS, OnnxNetwork, attach_onnx, attach_to_inferencer, compare, graph_meta, make_session,
                       verify)
 
-__all__ = ['KINDS', 'MAX_SIZE', 'MIN_SIZE', 'OPSET', 'OPT_LEVELS', 'ExportWrapper', 'OnnxNetwork', 'attach_onnx',
-           'attach_to_inferencer', 'build_model', 'compare', 'export_onnx', 'graph_meta', 'graph_ops', 'load_config', 'make_session',
-           'model_kind', 'verify']
+__all__ = [
+    'KINDS', 'MAX_SIZE', 'MIN_SIZE', 'OPSET', 'OPT_LEVELS', 'ExportWrapper', 'OnnxNetwork', 'attach_onnx',
+    'attach_to_inferencer', 'build_model', 'compare', 'export_onnx', 'graph_meta', 'graph_ops', 'load_config',
+    'make_session', 'model_kind', 'verify'
+]

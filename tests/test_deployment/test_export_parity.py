@@ -13,7 +13,8 @@ import torch
 pytest.importorskip('onnxruntime')
 pytest.importorskip('onnxscript')
 
-from mmsparse.deployment import build_model, export_onnx, graph_meta, graph_ops, load_config, model_kind, verify  # noqa: E402
+from mmsparse.deployment import (build_model, export_onnx, graph_meta, graph_ops, load_config,  # noqa: E402
+                                 model_kind, verify)
 
 from .reduced import config_path, reduced_options  # noqa: E402
 
@@ -99,8 +100,8 @@ def test_graph_ops_and_metadata(biformer_semfpn):
 
 def test_dynamic_export_refuses_adaptive_pooling(tmp_path):
     """UPerNet's pyramid pooling cannot be size-generic in ONNX: --dynamic names it instead of exporting."""
-    cfg = load_config(config_path('upernet_biformer_s_ade20k.py'), reduced_options('upernet_biformer_s_ade20k.py',
-                                                                                  'biformer'))
+    name = 'upernet_biformer_s_ade20k.py'
+    cfg = load_config(config_path(name), reduced_options(name, 'biformer'))
     model = build_model(cfg)
     with pytest.raises(ValueError, match='AdaptiveAvgPool2d'):
         export_onnx(model, str(tmp_path / 'x.onnx'), EXPORT_SIZE, 'segmentor', dynamic=True)
