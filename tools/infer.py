@@ -1,6 +1,7 @@
 """Run a trained detector or segmentor on images and save the drawn predictions and the raw results.
 
     python tools/infer.py CONFIG CHECKPOINT INPUT [INPUT ...] [--out-dir DIR] [--score-thr T] [--device cpu]
+    python tools/infer.py CONFIG FILE.onnx INPUT [INPUT ...] --backend onnxruntime   # an exported model
 
 INPUT is an image, a folder (its images, recursively) or a glob pattern (quote it). The config's
 ``default_scope`` picks mmdet's ``DetInferencer`` (``mmdet``) or mmseg's ``MMSegInferencer`` (``mmseg``); both
@@ -35,6 +36,9 @@ def build_parser():
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detection: lowest score drawn (the JSON keeps every score). Default 0.3')
     parser.add_argument('--device', default=None, help='e.g. cpu, cuda:0 (default: cuda when available)')
+    parser.add_argument('--backend', choices=('pytorch', 'onnxruntime'), default='pytorch',
+                        help='onnxruntime: CHECKPOINT is an ONNX file from tools/deployment/export_onnx.py, run on '
+                        'the CPU; pre- and post-processing stay the config\'s (docs/deployment.md)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries, as in tools/test.py')
     return parser
@@ -92,9 +96,16 @@ def run(args):
         raise FileNotFoundError(f'checkpoint: no such file: {args.checkpoint}')
     os.makedirs(args.out_dir, exist_ok=True)
     entries = []
+    onnx = getattr(args, 'backend', 'pytorch') == 'onnxruntime'
+    weights = None if onnx else args.checkpoint
+    if onnx:
+        args.device = 'cpu'
     if scope == 'mmdet':
         from mmdet.apis import DetInferencer
-        inferencer = DetInferencer(model=cfg, weights=args.checkpoint, device=args.device, show_progress=False)
+        inferencer = DetInferencer(model=cfg, weights=weights, device=args.device, show_progress=False)
+        if onnx:
+            from mmsparse.deployment import attach_to_inferencer
+            attach_to_inferencer(inferencer, args.checkpoint)
         classes = (inferencer.model.dataset_meta or {}).get('classes')
         for image in images:
             out = inferencer(image, out_dir=args.out_dir, pred_score_thr=args.score_thr, no_save_pred=True)
@@ -102,8 +113,11 @@ def run(args):
                                 **_det_entry(out['predictions'][0], classes)))
     else:
         from mmseg.apis import MMSegInferencer
-        inferencer = MMSegInferencer(model=cfg, weights=args.checkpoint, device=args.device)
+        inferencer = MMSegInferencer(model=cfg, weights=weights, device=args.device)
         inferencer.show_progress = False
+        if onnx:
+            from mmsparse.deployment import attach_to_inferencer
+            attach_to_inferencer(inferencer, args.checkpoint)
         classes = (inferencer.model.dataset_meta or {}).get('classes')
         for image in images:
             # mmseg numbers its label maps (pred/00000000_pred.png, ...); they are renamed after the images

@@ -46,7 +46,8 @@ fi
 
 echo "[setup] installing mmengine and pure-Python dependencies"
 "${PIP[@]}" "mmengine==0.10.7" "numpy$NUMPY" einops pycocotools ftfy regex pytest matplotlib \
-  scipy shapely terminaltables prettytable opencv-python-headless addict yapf rich termcolor ninja "flake8>=7.1,<8"
+  scipy shapely terminaltables prettytable opencv-python-headless addict yapf rich termcolor ninja "flake8>=7.1,<8" \
+  "onnx==1.23.2" "onnxruntime==1.32.0" "onnxscript==0.7.2"
 
 mmcv_ok() { "$PY" "$ROOT/tools/check_env.py" --only mmcv --quiet 2>/dev/null; }
 if ! mmcv_ok; then

@@ -28,6 +28,7 @@ from mmsparse.utils.compat import autocast_enabled, flex_attention_available, re
 from ._amp import amp_backward, amp_forward
 from .checks import DEFAULT_IMPL, IMPLS, check_bool, check_nchw, check_positive_int, check_scale
 from .impl import ImplOperator
+from ._export import pad_needed
 
 __all__ = ['BiLevelRoutingAttention', 'GlobalAttentionLePE', 'BRA_IMPLS', 'bra_reference', 'bra_fast', 'bra_flex',
            'check_bra_impl', 'flex_available']
@@ -371,16 +372,17 @@ class BiLevelRoutingAttention(ImplOperator, nn.Module):
     def forward(self, x):
         check_nchw(x, self.embed_dims, type(self).__name__)
         _, _, h_in, w_in = x.shape
-        pad_b = (self.n_win - h_in % self.n_win) % self.n_win
-        pad_r = (self.n_win - w_in % self.n_win) % self.n_win
-        if pad_b or pad_r:
-            if not self.auto_pad:
+        # region size x regions - input size (not (n_win - h_in % n_win) % n_win): the same padding, in a form the
+        # symbolic shapes of a dynamic-size export can simplify
+        h, w = (h_in + self.n_win - 1) // self.n_win, (w_in + self.n_win - 1) // self.n_win
+        pad_b, pad_r = h * self.n_win - h_in, w * self.n_win - w_in
+        if pad_needed(pad_b, pad_r):
+            if not self.auto_pad and (pad_b or pad_r):
                 raise ValueError(f'{type(self).__name__}: input size {h_in}x{w_in} is not divisible by '
                                  f'n_win={self.n_win}; pass auto_pad=True or resize the input')
             x = F.pad(x, (0, pad_r, 0, pad_b))  # pad the normalised input, before the projection
         j = i = self.n_win
         tokens = rearrange(x, 'n c (j h) (i w) -> n (j i) (h w) c', j=j, i=i)
-        h, w = x.shape[2] // j, x.shape[3] // i
         q, k, v = self.qkv(tokens).split([self.qk_dim, self.qk_dim, self.embed_dims], dim=-1)
 
         out, idx = BRA_IMPLS[self.impl](q, k, v, self.topk, self.num_heads, self.scale)
@@ -398,7 +400,7 @@ class BiLevelRoutingAttention(ImplOperator, nn.Module):
             out = out + rearrange(lepe, 'n c (j h) (i w) -> n (j i) (h w) c', j=j, i=i)
         out = self.proj(out)
         out = rearrange(out, 'n (j i) (h w) c -> n c (j h) (i w)', j=j, i=i, h=h, w=w)
-        if pad_b or pad_r:
+        if pad_needed(pad_b, pad_r):
             out = out[:, :, :h_in, :w_in].contiguous()
         return out
 

@@ -34,6 +34,7 @@ from mmsparse.utils.compat import autocast_enabled
 
 from ._amp import amp_backward, amp_forward
 from .checks import DEFAULT_IMPL, check_nchw, check_positive_int, check_rate, check_scale
+from ._export import pad_needed
 from .impl import ImplOperator
 
 __all__ = ['TokenMHSA', 'SuperTokenAttention', 'STA_IMPLS',
@@ -95,10 +96,12 @@ def sta_reference(x, stoken_size, n_iter, scale, refine):
     """
     b, c, h0, w0 = x.shape
     h, w = stoken_size
-    pad_b, pad_r = (h - h0 % h) % h, (w - w0 % w) % w
-    if pad_b or pad_r:
+    # padded size written as cells x cell size (not h0 + (h - h0 % h) % h): the same number, but a form the
+    # symbolic shapes of a dynamic-size export can simplify
+    hh, ww = (h0 + h - 1) // h, (w0 + w - 1) // w
+    pad_b, pad_r = hh * h - h0, ww * w - w0
+    if pad_needed(pad_b, pad_r):
         x = F.pad(x, (0, pad_r, 0, pad_b))  # zeros after the norm, no mask: the authors' behaviour
-    hh, ww = x.shape[2] // h, x.shape[3] // w
     grid = (hh, ww)
 
     # Association, aggregation and normalisation run in float32 even under autocast: the 1e-12 underflows
@@ -194,10 +197,12 @@ def sta_fast(x, stoken_size, n_iter, scale, refine):
     """
     b, c, h0, w0 = x.shape
     h, w = stoken_size
-    pad_b, pad_r = (h - h0 % h) % h, (w - w0 % w) % w
-    if pad_b or pad_r:
+    # padded size written as cells x cell size (not h0 + (h - h0 % h) % h): the same number, but a form the
+    # symbolic shapes of a dynamic-size export can simplify
+    hh, ww = (h0 + h - 1) // h, (w0 + w - 1) // w
+    pad_b, pad_r = hh * h - h0, ww * w - w0
+    if pad_needed(pad_b, pad_r):
         x = F.pad(x, (0, pad_r, 0, pad_b))
-    hh, ww = x.shape[2] // h, x.shape[3] // w
 
     with torch.autocast(x.device.type, enabled=False):
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

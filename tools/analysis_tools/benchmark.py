@@ -65,7 +65,8 @@ import torch
 
 from benchmarking import REPO  # the package next to this script (the script's folder is on sys.path)
 from benchmarking.cases import BACKBONES, IMPLS, LAYERS, MODES, load_suite
-from benchmarking.measure import DTYPES, gemm_gflops, limit_address_space, memory_worker, run_case
+from benchmarking.measure import (BACKENDS, DTYPES, gemm_gflops, inference_runners, limit_address_space, memory_worker,
+                                  run_case, time_backends)
 from benchmarking.report import case_label, plot_sweeps, ratios, table
 
 
@@ -122,6 +123,11 @@ def parse_args(argv):
     p.add_argument('--compile', action='store_true',
                    help='--layer / --backbone: run the module through torch.compile (inductor); the first '
                         'warm-up run compiles')
+    p.add_argument('--backend', nargs='+', choices=BACKENDS, metavar='BACKEND',
+                   help='--backbone / --config inference (fwd) through any of pytorch (eager), compile '
+                   '(torch.compile) and onnxruntime (torch.onnx export, CPU session), interleaved in one process')
+    p.add_argument('--ort-opt-level', choices=('disable', 'basic', 'extended', 'all'), default='all',
+                   help='--backend onnxruntime: ONNX Runtime graph optimisation level (default all)')
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--repeats', type=int, default=10)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -175,6 +181,73 @@ def cases_of(args):
     return out
 
 
+def backend_model(args):
+    """(module taking the image batch, the batch, a label) for ``--backend``: a backbone, or a config's network as
+    its ONNX graph sees it (segmentor: logits; detector: head or neck outputs, see mmsparse.deployment)."""
+    import mmsparse  # noqa: F401
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, 3, *args.input_size, generator=torch.Generator().manual_seed(1))
+    if args.backbone:
+        from benchmarking.cases import BACKBONES
+        from mmsparse.registry import MODELS
+        typ, kwargs = BACKBONES[args.backbone]
+        module = MODELS.build(dict(type=typ, **kwargs, **({'impl': args.impl} if args.impl else {})))
+        module.init_weights()
+        return module.eval(), x, f'{args.backbone} {args.batch}x3x{args.input_size[0]}x{args.input_size[1]}'
+    from mmsparse.deployment import ExportWrapper, build_model, load_config, model_kind
+    model = build_model(load_config(args.config))
+    if args.impl:
+        from benchmarking.cases import set_impl
+        set_impl(model, args.impl)
+    return (ExportWrapper(model, model_kind(model)).eval(), x,
+            f'{osp.basename(args.config)} {args.batch}x3x{args.input_size[0]}x{args.input_size[1]}')
+
+
+def run_backends(args):
+    """``--backend``: inference time of each backend, interleaved, with GFLOP/s and the GEMM-limit fraction."""
+    if not (args.backbone or args.config) or args.device != 'cpu':
+        raise SystemExit('--backend takes --backbone or --config, on --device cpu')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gemm = gemm_gflops('cpu', args.gemm_size) if args.gemm_size else None
+    module, x, label = backend_model(args)
+    macs = None
+    if not args.no_flops:
+        from mmsparse.utils.complexity import flop_count
+        try:
+            macs = int(flop_count(module, (x, ))['flops'])
+        except Exception as e:  # timing still stands
+            print(f'   flop count failed: {type(e).__name__}: {e}')
+    runners = inference_runners(module, x, args.backend, opt_level=args.ort_opt_level)
+    load = os.getloadavg()
+    times = time_backends(runners, args.warmup, args.repeats)
+    load_after = os.getloadavg()
+    base = sorted(times['pytorch'])[len(times['pytorch']) // 2] if 'pytorch' in times else None
+    rows = []
+    print(f'== {label}, {torch.get_num_threads()} threads, GEMM limit '
+          f'{gemm["gemm_gflops"]:.1f} GFLOP/s' if gemm else f'== {label}')
+    print(f'   load average (1 min) {load[0]:.2f} before, {load_after[0]:.2f} after; '
+          f'{args.warmup} warm-up + {args.repeats} interleaved runs')
+    print(f'   {"backend":<12} {"median ms":>10} {"min ms":>9} {"GFLOP/s":>8} {"GEMM %":>7} {"vs eager":>9}')
+    for name, ts in times.items():
+        median = sorted(ts)[len(ts) // 2]
+        gflops = 2 * macs / median / 1e9 if macs else None
+        row = dict(backend=name, median_s=median, min_s=min(ts), gflops=gflops,
+                   gemm_fraction=gflops / gemm['gemm_gflops'] if gflops and gemm else None,
+                   speedup_vs_eager=base / median if base else None)
+        rows.append(row)
+        fmt = lambda v, f: format(v, f) if v is not None else '-'  # noqa: E731
+        print(f'   {name:<12} {median * 1e3:>10.1f} {min(ts) * 1e3:>9.1f} {fmt(gflops, ">8.1f")} '
+              f'{fmt(row["gemm_fraction"] and 100 * row["gemm_fraction"], ">7.1f")} '
+              f'{fmt(row["speedup_vs_eager"], ">8.2f")}x')
+    result = dict(label=label, threads=torch.get_num_threads(), macs=macs, gemm=gemm, load=[load, load_after],
+                  ort_opt_level=args.ort_opt_level, rows=rows)
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.memory_worker:
@@ -184,6 +257,8 @@ def main(argv=None):
         for path in plot_sweeps(args.plot, args.figures):
             print('wrote', path)
         return None
+    if args.backend:
+        return run_backends(args)
     cases = cases_of(args)
     if {args.device} | {c['device'] for c, _ in cases} == {'cpu'}:  # the timing process gets the same guard as the memory subprocesses
         limit_address_space(args.mem_limit_gib, 'cpu')

@@ -239,3 +239,63 @@ def run_case(case, impls, warmup, repeats, memory=True, mem_limit_gib=20., timeo
                      mem_method=mem.get('method'), mem_error=mem.get('error'))
         results[name] = r
     return results
+
+
+BACKENDS = ('pytorch', 'compile', 'onnxruntime')
+
+
+class _TupleOut(torch.nn.Module):
+    """A backbone (or any module) with a tuple of tensors as output, the form the ONNX exporter takes."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, input):  # noqa: A002  (the graph input's name)
+        out = self.module(input)
+        return tuple(out) if isinstance(out, (list, tuple)) else (out, )
+
+
+def inference_runners(module, x, backends, opt_level='all', onnx_dir=None):
+    """name -> zero-argument callable running one inference of ``module`` on ``x`` with each backend.
+
+    ``pytorch``: eager under ``no_grad``; ``compile``: ``torch.compile`` (inductor; the first call compiles);
+    ``onnxruntime``: the module exported with ``torch.onnx`` at ``x``'s shape, run by a CPU session with the
+    process's thread count and graph optimisation ``opt_level``.
+    """
+    import tempfile
+    module = _TupleOut(module).eval()
+    runners = {}
+    for backend in backends:
+        if backend not in BACKENDS:
+            raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
+        if backend == 'pytorch':
+            runners[backend] = lambda: module(x)
+        elif backend == 'compile':
+            compiled = torch.compile(module)
+            runners[backend] = lambda: compiled(x)
+        else:
+            from mmsparse.deployment import make_session
+            path = osp.join(onnx_dir or tempfile.mkdtemp(prefix='bench_onnx_'), 'model.onnx')
+            with torch.no_grad():
+                program = torch.export.export(module, (x, ), strict=False)
+                torch.onnx.export(program, (x, ), path, input_names=['input'], dynamo=True)
+            session = make_session(path, threads=torch.get_num_threads(), opt_level=opt_level)
+            feed = {'input': x.numpy()}
+            runners[backend] = lambda: session.run(None, feed)
+    return runners
+
+
+def time_backends(runners, warmup, repeats):
+    """Warm-up, then the backends run alternately (load hits all alike); returns name -> list of seconds."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            for run in runners.values():
+                run()
+        times = {name: [] for name in runners}
+        for _ in range(repeats):
+            for name, run in runners.items():
+                t0 = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - t0)
+    return times

@@ -1,0 +1,251 @@
+"""Build a model from a config and export it to ONNX with ``torch.onnx`` (the ``torch.export`` based exporter).
+
+What the graph computes (its contract) depends on the model, see :func:`model_kind` and ``docs/deployment.md``:
+
+* ``backbone`` (``--backbone-only``, or a config whose model is a bare backbone): ``input`` -> ``feat0`` ...
+* ``segmentor`` (mmseg ``EncoderDecoder``): ``input`` -> ``seg_logits`` ``[B, num_classes, H, W]``, what
+  ``EncoderDecoder.encode_decode`` returns.
+* ``single_stage`` detector (RetinaNet, ...): ``input`` -> the head's raw outputs per level (``cls_score0`` ...,
+  ``bbox_pred0`` ...); mmdet's own ``predict_by_feat`` (anchors, decoding, NMS) runs after ONNX Runtime.
+* ``two_stage`` detector (Mask R-CNN, ...): ``input`` -> the neck's outputs ``neck0`` ...; mmdet's RPN and RoI
+  heads (proposals, RoIAlign, NMS, masks) run after ONNX Runtime.
+
+``input`` is the image after the data preprocessor (normalised, padded), float32 ``[B, 3, H, W]``.
+"""
+import json
+import os.path as osp
+import warnings
+
+import torch
+import torch.nn as nn
+
+#: ONNX opset of the exported graphs
+OPSET = 18
+#: smallest / largest height and width (below 64 the stride-32 map would be 1 x 1, a size torch.export specialises)
+MIN_SIZE, MAX_SIZE = 64, 8192
+#: smallest example size of a dynamic detector export (its coarsest FPN level, stride 128, is then 2 x 2)
+DET_EXAMPLE_SIZE = 256
+KINDS = ('backbone', 'segmentor', 'single_stage', 'two_stage')
+#: the key of the ONNX metadata entry that records what the graph is (read back by :mod:`.runtime`)
+META_KEY = 'mmsparse'
+
+
+def load_config(path, cfg_options=None):
+    """The config at ``path`` (``--cfg-options`` merged), with mmsparse's modules registered."""
+    from mmengine.config import Config
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'config: no such file: {path}')
+    import mmsparse  # noqa: F401  (registers our models, also under mmdet / mmseg names)
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if cfg.get('default_scope') not in ('mmdet', 'mmseg'):
+        raise ValueError(f'{path}: default_scope is {cfg.get("default_scope")!r}; the exporter takes mmdet or '
+                         'mmseg configs')
+    return cfg
+
+
+def build_model(cfg, checkpoint=None):
+    """The config's model in eval mode on the CPU, with ``checkpoint``'s weights when given.
+
+    Without a checkpoint the weights are the modules' constructor initialisation (no ``init_cfg`` is run, so no
+    pretrained file is needed): fine for checking the export, meaningless as predictions.
+    """
+    from mmengine.registry import DefaultScope
+    from mmengine.runner import load_checkpoint
+    scope = cfg.get('default_scope')
+    with DefaultScope.overwrite_default_scope(scope):
+        if scope == 'mmdet':
+            from mmdet.registry import MODELS
+            from mmdet.utils import register_all_modules
+        else:
+            from mmseg.registry import MODELS
+            from mmseg.utils import register_all_modules
+        register_all_modules(init_default_scope=False)
+        model = MODELS.build(cfg.model)
+    if checkpoint is not None:
+        if not osp.isfile(checkpoint):
+            raise FileNotFoundError(f'checkpoint: no such file: {checkpoint}')
+        ckpt = load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
+        meta = ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
+        if meta.get('dataset_meta'):
+            model.dataset_meta = meta['dataset_meta']
+    model.cfg = cfg
+    return model.eval()
+
+
+def model_kind(model, backbone_only=False):
+    """``'backbone'``, ``'segmentor'``, ``'single_stage'`` or ``'two_stage'``; ValueError for other models."""
+    if backbone_only:
+        if not isinstance(getattr(model, 'backbone', None), nn.Module):
+            raise ValueError(f'--backbone-only: {type(model).__name__} has no backbone')
+        return 'backbone'
+    if hasattr(model, 'encode_decode') and hasattr(model, 'decode_head'):
+        return 'segmentor'
+    if hasattr(model, 'roi_head') and hasattr(model, 'rpn_head'):
+        return 'two_stage'
+    if hasattr(model, 'bbox_head') and hasattr(model, 'extract_feat'):
+        return 'single_stage'
+    raise ValueError(f'unsupported model {type(model).__name__}: the exporter takes mmseg EncoderDecoder '
+                     'segmentors, mmdet single-stage (bbox_head) and two-stage (rpn_head + roi_head) detectors, '
+                     'or any of their backbones with --backbone-only')
+
+
+def _flatten(outputs):
+    """Head outputs (tuples of per-level lists) as one flat tuple, with the list lengths."""
+    flat, lengths = [], []
+    for group in outputs:
+        group = list(group) if isinstance(group, (list, tuple)) else [group]
+        flat += group
+        lengths.append(len(group))
+    return tuple(flat), lengths
+
+
+class ExportWrapper(nn.Module):
+    """``input`` -> the graph's outputs for ``kind`` (see the module docstring), as a flat tuple."""
+
+    def __init__(self, model, kind):
+        super().__init__()
+        self.model, self.kind = model, kind
+
+    def forward(self, input):  # noqa: A002  (the graph input's name)
+        model = self.model
+        if self.kind == 'backbone':
+            return tuple(model.backbone(input))
+        if self.kind == 'segmentor':
+            h, w = input.shape[2:]
+            # encode_decode reads the first image's meta only; one entry keeps the batch symbolic
+            metas = [dict(img_shape=(h, w), pad_shape=(h, w), ori_shape=(h, w))]
+            return (model.encode_decode(input, metas), )
+        feats = model.extract_feat(input)
+        if self.kind == 'two_stage':
+            return tuple(feats)
+        return _flatten(model.bbox_head(feats))[0]
+
+
+def output_names(wrapper, example):
+    """Output names and the grouping the runtime needs to rebuild the head's lists."""
+    with torch.no_grad():
+        if wrapper.kind == 'backbone':
+            n = len(wrapper(example))
+            return [f'feat{i}' for i in range(n)], {}
+        if wrapper.kind == 'segmentor':
+            return ['seg_logits'], {}
+        feats = wrapper.model.extract_feat(example)
+        if wrapper.kind == 'two_stage':
+            return [f'neck{i}' for i in range(len(feats))], {}
+        _, lengths = _flatten(wrapper.model.bbox_head(feats))
+    prefixes = ['cls_score', 'bbox_pred'] if len(lengths) == 2 else [f'head{i}_' for i in range(len(lengths))]
+    if len(lengths) == 3:  # heads with a third per-level output (centerness, IoU, ...)
+        prefixes = ['cls_score', 'bbox_pred', 'aux']
+    names = [f'{p}{level}' for p, n in zip(prefixes, lengths) for level in range(n)]
+    return names, dict(head_lengths=lengths)
+
+
+def check_shape(shape):
+    if len(shape) != 2 or any(not isinstance(s, int) for s in shape):
+        raise ValueError(f'--shape takes two integers H W, got {shape}')
+    if any(s < MIN_SIZE or s > MAX_SIZE for s in shape):
+        raise ValueError(f'--shape {shape[0]} {shape[1]}: height and width must lie in [{MIN_SIZE}, {MAX_SIZE}]')
+    return tuple(shape)
+
+
+class size_generic_upsampling:
+    """Context manager: mmseg ``Upsample`` modules (Semantic FPN's scale heads) upsample by their scale factor.
+
+    mmseg's ``Upsample`` turns its scale factor into an output size with ``int(size * scale)``, which the
+    exporter evaluates at the example size and writes into the graph as a constant: the graph would upsample to
+    that size at every input size. Interpolating with the scale factor itself gives the same values (for the
+    integer factors these heads use, ``floor(size * scale)`` is the size the factor implies) and stays symbolic.
+    """
+
+    def __init__(self, model):
+        self.modules = []
+        try:
+            from mmseg.models.utils import Upsample
+        except ImportError:
+            return
+        self.modules = [m for m in model.modules() if isinstance(m, Upsample) and not m.size and m.scale_factor]
+
+    def __enter__(self):
+        import torch.nn.functional as F
+        for m in self.modules:
+            m.forward = (lambda mod: lambda x: F.interpolate(x, scale_factor=mod.scale_factor, mode=mod.mode,
+                                                             align_corners=mod.align_corners))(m)
+        return self
+
+    def __exit__(self, *exc):
+        for m in self.modules:
+            del m.forward  # back to the class's forward
+
+
+def check_dynamic(model):
+    """ValueError when ``model`` holds a module whose ONNX form would be right at the example size only.
+
+    Adaptive pooling to a grid larger than 1 x 1 (UPerNet's pyramid pooling: 2, 3, 6) has no ONNX operator;
+    the exporter writes it as a fixed pooling derived from the example's map size, wrong at other sizes.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            size = module.output_size
+            size = (size, size) if isinstance(size, int) or size is None else tuple(size)
+            if any(s not in (1, None) for s in size):
+                raise ValueError(f'--dynamic: {name} ({type(module).__name__} to {module.output_size}) has no '
+                                 'size-generic ONNX form; export this model at a fixed --shape (one graph per size)')
+
+
+def export_onnx(model, out, shape, kind, dynamic=False, batch=1, opset=OPSET, extra_meta=None):
+    """Export ``model`` (built by :func:`build_model`) as ``kind`` to ``out``; returns the graph's output names.
+
+    ``dynamic``: batch, height and width are symbolic (every H, W in [``MIN_SIZE``, ``MAX_SIZE``], including
+    sizes the model pads itself); otherwise the graph takes exactly ``[batch, 3, *shape]``.
+    """
+    if kind not in KINDS:
+        raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
+    h, w = check_shape(shape)
+    example_hw = (h, w)
+    if dynamic:
+        # the exporter specialises every size that is 1 in the example: an example batch of 1 would fix the
+        # batch, a detector's stride-128 level being 1 x 1 would fix H and W; the graph serves other sizes alike
+        batch = max(batch, 2)
+        if kind in ('single_stage', 'two_stage'):
+            example_hw = (max(h, DET_EXAMPLE_SIZE), max(w, DET_EXAMPLE_SIZE))
+    if dynamic:
+        check_dynamic(model)
+    wrapper = ExportWrapper(model, kind).eval()
+    example = torch.randn(batch, 3, *example_hw)
+    names, grouping = output_names(wrapper, example)
+    dynamic_shapes = None
+    if dynamic:
+        dim = torch.export.Dim
+        dynamic_shapes = {'input': {0: dim('batch', min=1, max=1024), 2: dim('height', min=MIN_SIZE, max=MAX_SIZE),
+                                    3: dim('width', min=MIN_SIZE, max=MAX_SIZE)}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter('ignore')
+        # deferred runtime asserts: the shape arithmetic of the padding operators yields guards that the
+        # symbolic solver cannot prove for every size (true ones); as asserts they do not specialise the graph
+        with size_generic_upsampling(model):
+            program = torch.export.export(wrapper, (example, ), dynamic_shapes=dynamic_shapes, strict=False,
+                                          prefer_deferred_runtime_asserts_over_guards=True)
+        onnx_program = torch.onnx.export(program, (example, ), input_names=['input'], output_names=names,
+                                         opset_version=opset, dynamo=True, verbose=False)
+    meta = dict(kind=kind, outputs=names, dynamic=bool(dynamic), shape=[batch, 3, *example_hw], opset=opset, **grouping,
+                **(extra_meta or {}))
+    proto = onnx_program.model_proto
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta)
+    import onnx
+    onnx.save(proto, out)
+    return names
+
+
+def graph_ops(path):
+    """``{op_type: count}`` of the ONNX file at ``path`` (nested function bodies included), sorted by name."""
+    import onnx
+    proto = onnx.load(path, load_external_data=False)
+    counts = {}
+    nodes = list(proto.graph.node) + [n for f in proto.functions for n in f.node]
+    for node in nodes:
+        key = node.op_type if node.domain in ('', 'ai.onnx') else f'{node.domain}::{node.op_type}'
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))

@@ -1,0 +1,122 @@
+"""ONNX export and ONNX Runtime parity on reduced models of the shipped configs, one per family and graph kind.
+
+Every graph is exported once per module (the exporter takes tens of seconds even for these models) and compared
+with PyTorch at the export size and, for dynamic graphs, at a size no window / super-token grid divides (the
+operators pad it themselves) and another batch.
+"""
+import json
+import os.path as osp
+
+import pytest
+import torch
+
+pytest.importorskip('onnxruntime')
+pytest.importorskip('onnxscript')
+
+from mmsparse.deployment import (build_model, export_onnx, graph_meta, graph_ops, load_config,  # noqa: E402
+                                 model_kind, verify)
+
+from .reduced import config_path, reduced_options  # noqa: E402
+
+EXPORT_SIZE = (64, 64)
+OTHER_SIZE = (87, 71)  # 87 / 4 and 71 / 4 divide no grid of the reduced models
+
+
+def _export(tmp_path_factory, config, family, dynamic, backbone_only=False):
+    torch.manual_seed(0)
+    cfg = load_config(config_path(config), reduced_options(config, family))
+    model = build_model(cfg)
+    kind = model_kind(model, backbone_only)
+    path = str(tmp_path_factory.mktemp('onnx') / f'{family}_{kind}.onnx')
+    export_onnx(model, path, EXPORT_SIZE, kind, dynamic=dynamic)
+    return model, path
+
+
+@pytest.fixture(scope='module')
+def stvit_backbone(tmp_path_factory):
+    return _export(tmp_path_factory, 'semfpn_stvit_s_ade20k.py', 'stvit', dynamic=True, backbone_only=True)
+
+
+@pytest.fixture(scope='module')
+def biformer_semfpn(tmp_path_factory):
+    return _export(tmp_path_factory, 'semfpn_biformer_s_ade20k.py', 'biformer', dynamic=True)
+
+
+@pytest.fixture(scope='module')
+def cloformer_retinanet(tmp_path_factory):
+    return _export(tmp_path_factory, 'retinanet_cloformer_s_coco.py', 'cloformer', dynamic=True)
+
+
+def test_backbone_features_match_at_two_sizes_and_batches(stvit_backbone):
+    """feat0..feat3 within 1e-4 relative; catches e.g. a graph frozen to the example size (no padding)."""
+    model, path = stvit_backbone
+    assert graph_meta(path)['outputs'] == ['feat0', 'feat1', 'feat2', 'feat3']
+    rows = verify(model, path, [EXPORT_SIZE, OTHER_SIZE], batch=1, printer=None)
+    rows += verify(model, path, [OTHER_SIZE], batch=3, printer=None)
+    assert len(rows) == 12 and all(r['rel_err'] <= 1e-4 for r in rows)
+
+
+def test_segmentor_logits_match_at_two_sizes(biformer_semfpn):
+    """seg_logits [B, num_classes, H, W] at the input size, within 1e-4 relative."""
+    model, path = biformer_semfpn
+    rows = verify(model, path, [EXPORT_SIZE, OTHER_SIZE], batch=2, printer=None)
+    assert [r['name'] for r in rows] == ['seg_logits', 'seg_logits']
+    import onnxruntime as ort
+    out = ort.InferenceSession(path).run(None, {'input': torch.zeros(2, 3, *OTHER_SIZE).numpy()})[0]
+    assert out.shape == (2, 5, *OTHER_SIZE)
+
+
+def test_detector_same_boxes_and_labels_at_two_sizes(cloformer_retinanet):
+    """Raw head outputs within 1e-4 relative; after mmdet's post-processing the same boxes (1e-3) and labels."""
+    model, path = cloformer_retinanet
+    rows = verify(model, path, [EXPORT_SIZE, OTHER_SIZE], batch=1, printer=None)
+    dets = [r for r in rows if r['name'].startswith('detections')]
+    assert len(dets) == 2
+    for r in dets:
+        assert r['count'][0] == r['count'][1] > 0 and r['labels_equal']
+        assert r['box_err'] <= 1e-3 * max(OTHER_SIZE)
+
+
+def test_verify_reports_a_wrong_graph(biformer_semfpn):
+    """The check itself fails when the graph and the model differ (here: one weight changed after export)."""
+    model, path = biformer_semfpn
+    import copy
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.decode_head.conv_seg.bias.add_(1.)
+    with pytest.raises(AssertionError, match='seg_logits'):
+        verify(changed, path, [EXPORT_SIZE], printer=None)
+
+
+def test_graph_ops_and_metadata(biformer_semfpn):
+    """BiFormer's routing exports as TopK + Gather(Elements); the file records what it is."""
+    _, path = biformer_semfpn
+    ops = graph_ops(path)
+    assert 'TopK' in ops and any(op.startswith('Gather') for op in ops)
+    meta = graph_meta(path)
+    assert meta['kind'] == 'segmentor' and meta['dynamic'] is True
+    json.dumps(meta)
+
+
+def test_dynamic_export_refuses_adaptive_pooling(tmp_path):
+    """UPerNet's pyramid pooling cannot be size-generic in ONNX: --dynamic names it instead of exporting."""
+    name = 'upernet_biformer_s_ade20k.py'
+    cfg = load_config(config_path(name), reduced_options(name, 'biformer'))
+    model = build_model(cfg)
+    with pytest.raises(ValueError, match='AdaptiveAvgPool2d'):
+        export_onnx(model, str(tmp_path / 'x.onnx'), EXPORT_SIZE, 'segmentor', dynamic=True)
+
+
+@pytest.mark.parametrize('shape', [(64, ), (32, 64), (64, 10000)])
+def test_bad_shape_is_named(tmp_path, shape):
+    with pytest.raises(ValueError, match='--shape'):
+        export_onnx(torch.nn.Identity(), str(tmp_path / 'x.onnx'), shape, 'backbone')
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match='config'):
+        load_config(str(tmp_path / 'nope.py'))
+    cfg = load_config(config_path('semfpn_stvit_s_ade20k.py'), reduced_options('semfpn_stvit_s_ade20k.py', 'stvit'))
+    with pytest.raises(FileNotFoundError, match='checkpoint'):
+        build_model(cfg, str(tmp_path / 'nope.pth'))
+    assert osp.isfile(config_path('semfpn_stvit_s_ade20k.py'))
