@@ -30,6 +30,16 @@ test_pipeline = [
     dict(type='LoadAnnotations', reduce_zero_label=True),  # metrics at the labels' own 160x160
     dict(type='PackSegInputs')
 ]
+# tools/test.py --tta: ratios 0.5-1.75 of the test scale, each with and without a horizontal flip (as for ADE20K)
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug',
+         transforms=[[dict(type='Resize', scale=(int(96 * r), int(96 * r)), keep_ratio=True)
+                      for r in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)],
+                     [dict(type='RandomFlip', prob=0., direction='horizontal'),
+                      dict(type='RandomFlip', prob=1., direction='horizontal')],
+                     [dict(type='LoadAnnotations', reduce_zero_label=True)], [dict(type='PackSegInputs')]])
+]
 train_dataloader = dict(dataset=dict(data_root=synthetic_data['out'], pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(data_root=synthetic_data['out'], pipeline=test_pipeline))
 test_dataloader = val_dataloader
