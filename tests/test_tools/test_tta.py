@@ -99,9 +99,9 @@ def test_tta_without_tta_config_says_why(tmp_path):
 def test_seg_tta_differs_from_single_scale_and_runs_under_ddp(tmp_path):
     checkpoint = random_checkpoint(SEG_DEMO, tmp_path / 'seg.pth', 'mmseg')
     single = ok(run_test_tool(SEG_DEMO, checkpoint, '--work-dir', tmp_path / 'w1', '--out', tmp_path / 'single',
-                          *QUICK_SEG))
+                              *QUICK_SEG))
     tta = ok(run_test_tool(SEG_DEMO, checkpoint, '--work-dir', tmp_path / 'w2', '--out', tmp_path / 'tta', '--tta',
-                       *QUICK_SEG))
+                           *QUICK_SEG))
     assert 'mIoU' in single and 'mIoU' in tta
     one, many = predictions(tmp_path / 'single'), predictions(tmp_path / 'tta')
     changed = sum(int((one[f] != many[f]).sum()) for f in one)
@@ -122,8 +122,8 @@ def test_det_tta_differs_from_single_scale(tmp_path):
     checkpoint = random_checkpoint(str(config), tmp_path / 'det.pth', 'mmdet')
     results = {}
     for name, extra in (('single', []), ('tta', ['--tta'])):
-        out = ok(run_test_tool(config, checkpoint, '--work-dir', tmp_path / name, '--out', tmp_path / f'{name}.pkl',
-                           *extra))
+        out = ok(run_test_tool(config, checkpoint, '--work-dir', tmp_path / name, '--out',
+                               tmp_path / f'{name}.pkl', *extra))
         assert 'coco/bbox_mAP' in out
         with open(tmp_path / f'{name}.pkl', 'rb') as f:
             results[name] = pickle.load(f)
