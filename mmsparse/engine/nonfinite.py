@@ -130,8 +130,9 @@ class StopOnNonFiniteHook(Hook):
     def _bad_grads(self, wrapper):
         params = [p for group in wrapper.optimizer.param_groups for p in group['params'] if p.grad is not None]
         flags = _finite_flags([p.grad.detach() for p in params])
-        return [self._names.get(id(p), f'<unnamed parameter {tuple(p.shape)}>') for p, ok in zip(params, flags)
-                if not ok]
+        return [
+            self._names.get(id(p), f'<unnamed parameter {tuple(p.shape)}>') for p, ok in zip(params, flags) if not ok
+        ]
 
     def _bad_weights(self):
         named = [(n, t) for n, t in list(self._model.named_parameters()) + list(self._model.named_buffers())
@@ -159,13 +160,17 @@ class StopOnNonFiniteHook(Hook):
             any_bad = local_bad
         if not any_bad:
             return
-        report = dict(rank=rank, loss_terms=terms, bad_terms=bad_terms, bad_grads=bad_grads,
-                      bad_weights=bad_weights, num_params=len(self._names))
+        report = dict(rank=rank,
+                      loss_terms=terms,
+                      bad_terms=bad_terms,
+                      bad_grads=bad_grads,
+                      bad_weights=bad_weights,
+                      num_params=len(self._names))
         reports = all_gather_object(report) if world > 1 else [report]
         iteration = runner.iter + 1
         checkpoint = _last_checkpoint(runner.work_dir)
-        raise NonFiniteTrainingError(self._message(runner, iteration, reports, checkpoint, before_step),
-                                     iteration, reports, checkpoint)
+        raise NonFiniteTrainingError(self._message(runner, iteration, reports, checkpoint, before_step), iteration,
+                                     reports, checkpoint)
 
     # ---------------------------------------------------------------- the message
     def _names_line(self, what, names, total):
@@ -175,8 +180,10 @@ class StopOnNonFiniteHook(Hook):
 
     def _message(self, runner, iteration, reports, checkpoint, before_step):
         when = 'before its optimizer step' if before_step else 'right after its optimizer step'
-        lines = [f'Non-finite training state at iteration {iteration} (epoch {runner.epoch + 1}); the run was '
-                 f'stopped {when}.']
+        lines = [
+            f'Non-finite training state at iteration {iteration} (epoch {runner.epoch + 1}); the run was '
+            f'stopped {when}.'
+        ]
         for rep in reports:
             prefix = f'rank {rep["rank"]}: ' if len(reports) > 1 else ''
             if rep['loss_terms']:
@@ -187,11 +194,11 @@ class StopOnNonFiniteHook(Hook):
                                        for i, k, v in rep['loss_terms'] if i == it)
                     lines.append(f'{prefix}loss terms of iteration {it}: {values}')
             if rep['bad_grads']:
-                lines.append(prefix + self._names_line('gradients', rep['bad_grads'],
-                                                       f'{rep["num_params"]} parameters'))
+                lines.append(prefix +
+                             self._names_line('gradients', rep['bad_grads'], f'{rep["num_params"]} parameters'))
             if rep['bad_weights']:
-                lines.append(prefix + self._names_line('weights or buffers', rep['bad_weights'],
-                                                       'parameters and buffers'))
+                lines.append(prefix +
+                             self._names_line('weights or buffers', rep['bad_weights'], 'parameters and buffers'))
         if before_step:
             lines.append('The optimizer did not step with these values, and no checkpoint of this iteration was '
                          'written.')
