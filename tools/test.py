@@ -1,12 +1,12 @@
 """Evaluate a trained mmdet or mmseg model (chosen by the config's ``default_scope``).
 
-    python tools/test.py CONFIG CHECKPOINT [--out results.pkl] [--show-dir DIR]
+    python tools/test.py CONFIG CHECKPOINT [--out results.pkl] [--show-dir DIR] [--tta]
     bash tools/dist_test.sh CONFIG CHECKPOINT NUM_PROCS [args]
 """
 import argparse
 import os.path as osp
 
-from mmengine.config import DictAction
+from mmengine.config import ConfigDict, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
@@ -22,6 +22,8 @@ def parse_args():
     parser.add_argument('--show-dir', help='folder where painted predictions are saved')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings in the config, key=value')
+    parser.add_argument('--tta', action='store_true',
+                        help="test-time augmentation: the config's tta_model over its tta_pipeline (scales, flip)")
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     return parser.parse_args()
@@ -40,6 +42,20 @@ def enable_visualization(cfg, task, show_dir):
         cfg.visualizer['save_dir'] = show_dir
 
 
+def use_tta(cfg, task):
+    """Swap in the config's TTA model and pipeline, as mmdet's and mmseg's tools/test.py do."""
+    missing = [key for key in ('tta_model', 'tta_pipeline') if key not in cfg]
+    if missing:
+        hint = (' mmdet 3.x has no test-time augmentation for instance masks (DetTTAModel merges boxes only).'
+                if task == 'mmdet' and cfg.model.get('roi_head', {}).get('mask_head') else '')
+        raise SystemExit(f'--tta: the config defines no {" / ".join(missing)}.{hint}')
+    dataset = cfg.test_dataloader.dataset
+    while 'dataset' in dataset:  # through wrappers (ConcatDataset / RepeatDataset style)
+        dataset = dataset['dataset']
+    dataset.pipeline = cfg.tta_pipeline
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+
+
 def main():
     args = parse_args()
     cfg, task = load_config(args)
@@ -49,6 +65,8 @@ def main():
     cfg.load_from = args.checkpoint
     if args.show_dir:
         enable_visualization(cfg, task, args.show_dir)
+    if args.tta:
+        use_tta(cfg, task)
     if args.out:
         if task == 'mmdet':
             if not args.out.endswith(('.pkl', '.pickle')):

@@ -12,3 +12,6 @@ model = dict(
         drop_path_rate=0.3,
         init_cfg=dict(checkpoint='checkpoints/biformer_base_in1k_mmsparse.pth')),
     neck=dict(in_channels=[96, 192, 384, 768]))
+# base_batch_size: the recipe's total batch (the COCO 1x recipe: 8 GPUs x 2 images); on fewer GPUs, --auto-scale-lr
+# multiplies the learning rate by (GPUs x images per GPU) / base_batch_size (docs/reproduce.md).
+auto_scale_lr = dict(enable=False, base_batch_size=16)

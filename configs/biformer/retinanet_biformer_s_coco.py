@@ -41,3 +41,6 @@ optim_wrapper = dict(
 find_unused_parameters = True
 # what DDP finds unused (the FPN skips the stride-4 output); read by the gradient test, not by mmengine
 unused_parameters = ['backbone.norm0.weight', 'backbone.norm0.bias']
+# base_batch_size: the recipe's total batch (the COCO 1x recipe: 8 GPUs x 2 images); on fewer GPUs, --auto-scale-lr
+# multiplies the learning rate by (GPUs x images per GPU) / base_batch_size (docs/reproduce.md).
+auto_scale_lr = dict(enable=False, base_batch_size=16)

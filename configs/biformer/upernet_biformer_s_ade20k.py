@@ -48,3 +48,6 @@ optim_wrapper = dict(
             'norm': dict(decay_mult=0.)
         }))
 find_unused_parameters = False
+# base_batch_size: the recipe's total batch (the UPerNet 160k recipe: 8 GPUs x 2 images); on fewer GPUs, --auto-scale-lr
+# multiplies the learning rate by (GPUs x images per GPU) / base_batch_size (docs/reproduce.md).
+auto_scale_lr = dict(enable=False, base_batch_size=16)

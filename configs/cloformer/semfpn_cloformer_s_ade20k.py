@@ -11,3 +11,6 @@ model = dict(
         drop_path_rate=0.06,
         init_cfg=dict(checkpoint='checkpoints/cloformer_s_in1k_mmsparse.pth')),
     neck=dict(in_channels=[64, 128, 224, 448]))
+# base_batch_size: the recipe's total batch (Semantic FPN 80k: 8 GPUs x 4 images); on fewer GPUs, --auto-scale-lr
+# multiplies the learning rate by (GPUs x images per GPU) / base_batch_size (docs/reproduce.md).
+auto_scale_lr = dict(enable=False, base_batch_size=32)

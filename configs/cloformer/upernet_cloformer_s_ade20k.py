@@ -13,3 +13,6 @@ model = dict(
         init_cfg=dict(checkpoint='checkpoints/cloformer_s_in1k_mmsparse.pth')),
     decode_head=dict(in_channels=[64, 128, 224, 448]),
     auxiliary_head=dict(in_channels=224))
+# base_batch_size: the recipe's total batch (the UPerNet 160k recipe: 8 GPUs x 2 images); on fewer GPUs, --auto-scale-lr
+# multiplies the learning rate by (GPUs x images per GPU) / base_batch_size (docs/reproduce.md).
+auto_scale_lr = dict(enable=False, base_batch_size=16)

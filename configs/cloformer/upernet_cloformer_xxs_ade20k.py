@@ -35,3 +35,6 @@ optim_wrapper = dict(
     loss_scale=512.,
     optimizer=dict(type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
     paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.)}))
+# base_batch_size: the recipe's total batch (the UPerNet 160k recipe: 8 GPUs x 2 images); on fewer GPUs, --auto-scale-lr
+# multiplies the learning rate by (GPUs x images per GPU) / base_batch_size (docs/reproduce.md).
+auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -57,3 +57,6 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2))
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0, deterministic=False)  # reproducible runs; --resume continues the RNG streams
+# base_batch_size: the recipe's total batch (the demo trains on 1 process x 2 images); on fewer GPUs, --auto-scale-lr
+# multiplies the learning rate by (GPUs x images per GPU) / base_batch_size (docs/reproduce.md).
+auto_scale_lr = dict(enable=False, base_batch_size=2)

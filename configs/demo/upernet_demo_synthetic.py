@@ -30,6 +30,16 @@ test_pipeline = [
     dict(type='LoadAnnotations', reduce_zero_label=True),  # metrics at the labels' own 160x160
     dict(type='PackSegInputs')
 ]
+# tools/test.py --tta: ratios 0.5-1.75 of the test scale, each with and without a horizontal flip (as for ADE20K)
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug',
+         transforms=[[dict(type='Resize', scale=(int(96 * r), int(96 * r)), keep_ratio=True)
+                      for r in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)],
+                     [dict(type='RandomFlip', prob=0., direction='horizontal'),
+                      dict(type='RandomFlip', prob=1., direction='horizontal')],
+                     [dict(type='LoadAnnotations', reduce_zero_label=True)], [dict(type='PackSegInputs')]])
+]
 train_dataloader = dict(dataset=dict(data_root=synthetic_data['out'], pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(data_root=synthetic_data['out'], pipeline=test_pipeline))
 test_dataloader = val_dataloader
@@ -66,3 +76,6 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=2))
 randomness = dict(seed=0, deterministic=False)  # reproducible runs; --resume continues the RNG streams
+# base_batch_size: the recipe's total batch (the demo trains on 1 process x 4 images); on fewer GPUs, --auto-scale-lr
+# multiplies the learning rate by (GPUs x images per GPU) / base_batch_size (docs/reproduce.md).
+auto_scale_lr = dict(enable=False, base_batch_size=4)

@@ -17,3 +17,6 @@ model = dict(
             dict(type='AttnConv', num_heads=8, group_split=[4, 4], kernel_sizes=[7], window_size=2),
             dict(type='AttnConv', num_heads=8, group_split=[2, 6], kernel_sizes=[9], window_size=1),
         ]))
+# base_batch_size: the recipe's total batch (the COCO 1x recipe: 8 GPUs x 2 images); on fewer GPUs, --auto-scale-lr
+# multiplies the learning rate by (GPUs x images per GPU) / base_batch_size (docs/reproduce.md).
+auto_scale_lr = dict(enable=False, base_batch_size=16)

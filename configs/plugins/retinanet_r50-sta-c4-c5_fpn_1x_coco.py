@@ -19,3 +19,6 @@ model = dict(
                       attn_cfg=dict(type='SuperTokenAttention', num_heads=8, stoken_size=2)),
              stages=stage4, position='after_conv2'),
     ]))
+# base_batch_size: the recipe's total batch (the COCO 1x recipe: 8 GPUs x 2 images); on fewer GPUs, --auto-scale-lr
+# multiplies the learning rate by (GPUs x images per GPU) / base_batch_size (docs/reproduce.md).
+auto_scale_lr = dict(enable=False, base_batch_size=16)

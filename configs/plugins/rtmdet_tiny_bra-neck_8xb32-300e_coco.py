@@ -17,3 +17,6 @@ model = dict(neck=[
     dict(type='CSPNeXtPAFPN', in_channels=in_channels, out_channels=96, num_csp_blocks=1, expand_ratio=0.5,
          norm_cfg=dict(type='SyncBN'), act_cfg=dict(type='SiLU', inplace=True)),
 ])
+# base_batch_size: the recipe's total batch (mmdet's RTMDet recipe: 8 GPUs x 32 images); on fewer GPUs, --auto-scale-lr
+# multiplies the learning rate by (GPUs x images per GPU) / base_batch_size (docs/reproduce.md).
+auto_scale_lr = dict(enable=False, base_batch_size=256)

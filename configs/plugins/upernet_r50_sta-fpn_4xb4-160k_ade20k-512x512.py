@@ -23,3 +23,6 @@ model = dict(
         ]),
     decode_head=dict(in_channels=[fpn_channels] * 4),
     auxiliary_head=dict(in_channels=fpn_channels))
+# base_batch_size: the recipe's total batch (mmseg's recipe: 4 GPUs x 4 images); on fewer GPUs, --auto-scale-lr
+# multiplies the learning rate by (GPUs x images per GPU) / base_batch_size (docs/reproduce.md).
+auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -183,11 +183,12 @@ def test_base_runtimes_register_the_hook():
     from mmengine.registry import HOOKS
 
     import mmsparse  # noqa: F401
-    from mmsparse.engine import ExactResumeHook
+    from mmsparse.engine import ExactResumeHook, StopOnNonFiniteHook
     for runtime in ('det', 'seg'):
         cfg = Config.fromfile(osp.join(REPO, f'configs/_base_/default_runtime_{runtime}.py'))
-        assert [h['type'] for h in cfg.custom_hooks] == ['mmsparse.ExactResumeHook']
+        assert [h['type'] for h in cfg.custom_hooks] == ['mmsparse.ExactResumeHook', 'mmsparse.StopOnNonFiniteHook']
         assert isinstance(HOOKS.build(cfg.custom_hooks[0]), ExactResumeHook)
+        assert isinstance(HOOKS.build(cfg.custom_hooks[1]), StopOnNonFiniteHook)
     with pytest.raises(TypeError, match='atomic_checkpoints'):
         ExactResumeHook(atomic_checkpoints='yes')
 
