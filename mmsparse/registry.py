@@ -32,7 +32,7 @@ def register_in_root(name):
     def wrap(cls):
         existing = MMENGINE_MODELS.module_dict.get(name)
         if existing is not None and (existing.__module__, existing.__qualname__) != (cls.__module__,
-                                                                                      cls.__qualname__):
+                                                                                     cls.__qualname__):
             raise KeyError(f'mmengine\'s root MODELS already holds another {name!r} ({existing.__module__})')
         MMENGINE_MODELS.register_module(name=name, module=cls, force=True)
         return cls

@@ -9,7 +9,6 @@ them must not pass by skipping.
 """
 import copy
 import math
-import os
 import os.path as osp
 import re
 from collections import OrderedDict

@@ -1,4 +1,5 @@
-"""RetinaNet + FPN with a BiFormer-B backbone, COCO 2017, 1x: the BiFormer-S recipe of retinanet_biformer_s_coco.py with the B backbone.
+"""RetinaNet + FPN with a BiFormer-B backbone, COCO 2017, 1x: the BiFormer-S recipe of retinanet_biformer_s_coco.py
+with the B backbone.
 
 Differences from S in the authors' recipe (retinanet.1x.biformer_base.py): arch 'base', drop path 0.3, stage widths
 96/192/384/768. Backbone weights:

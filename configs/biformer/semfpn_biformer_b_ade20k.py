@@ -1,4 +1,5 @@
-"""Semantic FPN with a BiFormer-B backbone, ADE20K, 80k: the BiFormer-S recipe of semfpn_biformer_s_ade20k.py with the B backbone.
+"""Semantic FPN with a BiFormer-B backbone, ADE20K, 80k: the BiFormer-S recipe of semfpn_biformer_s_ade20k.py with
+the B backbone.
 
 Differences from S in the authors' recipe (sfpn.biformer_base.py): arch 'base', drop path 0.3, stage widths
 96/192/384/768. Backbone weights:

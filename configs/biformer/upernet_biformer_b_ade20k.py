@@ -1,4 +1,5 @@
-"""UPerNet with a BiFormer-B backbone, ADE20K, 160k: the BiFormer-S recipe of upernet_biformer_s_ade20k.py with the B backbone.
+"""UPerNet with a BiFormer-B backbone, ADE20K, 160k: the BiFormer-S recipe of upernet_biformer_s_ade20k.py with the B
+backbone.
 
 Differences from S in the authors' recipe (upernet.biformer_base.py): arch 'base', drop path 0.4, stage widths
 96/192/384/768. Backbone weights:

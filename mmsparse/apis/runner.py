@@ -141,5 +141,3 @@ def amp_fallback_on_cpu(cfg):
         wrapper['type'] = 'OptimWrapper'
         for key in ('loss_scale', 'dtype', 'use_fsdp'):
             wrapper.pop(key, None)
-
-

@@ -114,7 +114,7 @@ def bra_fast(q, k, v, topk, num_heads, scale):
     # region r of sample b lives at row b*P + r of the flattened region axis
     flat = (idx + torch.arange(n, device=idx.device).view(n, 1, 1) * p).reshape(-1)
     if topk >= BRA_RECOMPUTE_TOPK and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad
-                                                                    or v.requires_grad):
+                                                                   or v.requires_grad):
         out = checkpoint(_routed_attention, q, k, v, flat, topk, num_heads, scale, use_reentrant=False)
     else:
         out = _routed_attention(q, k, v, flat, topk, num_heads, scale)
@@ -171,7 +171,7 @@ def bra_flex(q, k, v, topk, num_heads, scale):
     On CUDA the fused kernel is ``torch.compile(flex_attention)``.
     """
     if q.device.type == 'cpu' and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad
-                                                                or v.requires_grad):
+                                                               or v.requires_grad):
         return bra_fast(q, k, v, topk, num_heads, scale)
     require_flex_attention('bra_flex')
     from torch.nn.attention.flex_attention import BlockMask

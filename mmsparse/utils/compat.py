@@ -18,7 +18,8 @@ import types
 
 import torch
 
-__all__ = ['TORCH_VERSION', 'MIN_TORCH', 'autocast_state', 'autocast_enabled', 'load_restricted', 'flex_attention_available',
+__all__ = ['TORCH_VERSION', 'MIN_TORCH', 'autocast_state', 'autocast_enabled', 'load_restricted',
+           'flex_attention_available',
            'require_flex_attention']
 
 #: the oldest torch mmsparse supports (mmcv 2.1.0's prebuilt CUDA wheels are for torch 2.1)

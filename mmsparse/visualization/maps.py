@@ -77,7 +77,7 @@ def _biformer(call, img, points):
         sm.panels.append(D.draw_routing(img, att, op.n_win, call.stride, point))
         # auto_pad: regions wholly in the zero padding (right / bottom of the image) can be routed to but not drawn
         hidden = [r for r in att['routed'] if _outside(D.region_box(r, op.n_win, att['layout'][2:], call.stride,
-                                                                     img.shape[:2]))]
+                                                                    img.shape[:2]))]
         note = f'; {len(hidden)} in the padding' if hidden else ''
         sm.captions.append(f'query ({point[0]}, {point[1]}): region {att["region"]} (cyan)\n'
                            + (f'top-{op.topk}: {att["routed"]}{note}' if op.topk <= 4

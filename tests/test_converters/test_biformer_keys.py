@@ -14,6 +14,7 @@ from mmsparse.testing import model_from_official
 from tests.conftest import BIFORMER_REDUCED as REDUCED
 from tests.conftest import REPO, assert_close_to_reference, load_fixture, num_elements, official_state_dict
 
+
 @pytest.mark.parametrize('name, arch, learnable', [
     ('biformer_tiny', 'tiny', 13_142_760), ('biformer_small', 'small', 25_536_232),
     ('biformer_base', 'base', 56_804_968)])
@@ -113,7 +114,7 @@ def test_dense_checkpoint_conversion():
         assert torch.equal(out[k], v)
     backbone = OrderedDict((k[len('backbone.'):], v) for k, v in out.items() if k.startswith('backbone.'))
     assert 'norm3.weight' in backbone and torch.equal(backbone['norm3.weight'],
-                                                            fx['state_dict']['extra_norms.3.weight'])
+                                                      fx['state_dict']['extra_norms.3.weight'])
     model = BiFormer(**REDUCED)
     model.load_state_dict(backbone, strict=True)
     model.eval()

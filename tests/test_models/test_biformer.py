@@ -75,8 +75,6 @@ def test_parameter_counts_match_spec(arch, plain, with_norms):
         assert count(BiFormer(arch)) == with_norms
 
 
-
-
 # ------------------------------------------------------------------------------------------- checkpoints
 
 

@@ -190,7 +190,7 @@ def test_every_arch_builds_on_the_meta_device(cls, arch):
 def test_drop_path_rates_hand_computed():
     assert drop_path_rates(0.3, [1, 2]) == [[0.0], pytest.approx([0.15, 0.3])]
     assert drop_path_rates(0.4, (2, 1, 2)) == [[0.0, pytest.approx(0.1)], [pytest.approx(0.2)],
-                                              pytest.approx([0.3, 0.4])]
+                                               pytest.approx([0.3, 0.4])]
     assert drop_path_rates(0., [2, 2]) == [[0.0, 0.0], [0.0, 0.0]]
     with torch.device('meta'):
         assert drop_path_rates(0.1, [1, 1]) == [[0.0], [pytest.approx(0.1)]]

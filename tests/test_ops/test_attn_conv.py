@@ -104,7 +104,7 @@ def test_attention_dropout_only_in_training():
     (dict(embed_dims=32, num_heads=4, group_split=[2, 2], kernel_sizes=[4]), 'odd'),
     (dict(embed_dims=32, num_heads=4, group_split=[2, -1, 3], kernel_sizes=[3, 5]), 'non-negative'),
     (dict(embed_dims=32, num_heads=4, group_split=[2, 2], kernel_sizes=[3], window_size=0), 'window_size'),
-    (dict(embed_dims=32, num_heads=4, group_split=[2, 2], kernel_sizes=[3], impl='flash'), "impl='flash'.*'reference', 'fast'"),
+    (dict(embed_dims=32, num_heads=4, group_split=[2, 2], kernel_sizes=[3], impl='flash'), "impl='flash'.*'reference', 'fast'"),  # noqa: E501
     (dict(embed_dims=0, num_heads=4, group_split=[2, 2], kernel_sizes=[3]), 'embed_dims must be'),
 ])
 def test_bad_arguments(kwargs, match):
@@ -131,8 +131,8 @@ def test_pooling_matches_authors_avgpool_at_multiples():
 
 @pytest.mark.parametrize('kwargs, size', [
     (dict(embed_dims=32, num_heads=4, group_split=[3, 1], kernel_sizes=[3], window_size=8), (16, 16)),
-    (dict(embed_dims=48, num_heads=6, group_split=[2, 1, 3], kernel_sizes=[3, 7], window_size=3), (13, 10)),  # partial windows
-    (dict(embed_dims=32, num_heads=4, group_split=[4, 0], kernel_sizes=[5], window_size=2), (9, 7)),     # no global group
+    (dict(embed_dims=48, num_heads=6, group_split=[2, 1, 3], kernel_sizes=[3, 7], window_size=3), (13, 10)),  # noqa: E501 (partial windows)
+    (dict(embed_dims=32, num_heads=4, group_split=[4, 0], kernel_sizes=[5], window_size=2), (9, 7)),  # noqa: E501 (no global group)
     (dict(embed_dims=32, num_heads=4, group_split=[0, 4], kernel_sizes=[5], window_size=2), (9, 7)),     # global only
     (dict(embed_dims=32, num_heads=2, group_split=[1, 1], kernel_sizes=[3], window_size=1, qkv_bias=False), (5, 11)),
 ])

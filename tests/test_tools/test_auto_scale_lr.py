@@ -9,7 +9,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from tests.smoke import REPO, ensure_synthetic_data
+from tests.conftest import REPO, ensure_synthetic_data
 from tests.test_tools.test_distributed import SEG_OPTIONS, train
 
 UPERNET = 'configs/cloformer/upernet_cloformer_xxs_ade20k.py'

@@ -12,7 +12,7 @@ import os.path as osp
 
 import pytest
 
-from tests.smoke import REPO
+from tests.conftest import REPO
 from tests.test_tools.test_demo import run_tool
 
 SEG_DEMO = osp.join(REPO, 'configs/demo/upernet_demo_synthetic.py')

@@ -27,7 +27,7 @@ def _present(name):
     (ConfigDict(model=dict(pretrained='torchvision://resnet101')), 'model.pretrained'),
     (ConfigDict(load_from='torchvision://resnet18'), 'load_from'),
     (ConfigDict(model=dict(backbone=dict(init_cfg=[dict(type='Kaiming'), dict(type='Pretrained',
-                                                                           checkpoint='torchvision://resnet50')]))),
+                                                                              checkpoint='torchvision://resnet50')]))),
      'model.backbone.init_cfg[1].checkpoint'),
 ])
 def test_each_form_is_found_and_named(cfg, path):

@@ -122,7 +122,8 @@ def test_real_coco_config_trains_on_synthetic_data_with_cfg_options(tmp_path):
         'tools/train.py', 'configs/biformer/maskrcnn_biformer_s_coco.py', '--work-dir', str(tmp_path),
         '--cfg-options', *SYNTHETIC_COCO_OPTIONS, 'model.backbone.init_cfg=None',
         # 4 synthetic classes: an untrained 80-class head could predict labels the 4-class metric cannot map
-        'model.roi_head.bbox_head.num_classes=4', 'model.roi_head.mask_head.num_classes=4', 'train_dataloader.dataset.indices=2', 'val_dataloader.dataset.indices=1',
+        'model.roi_head.bbox_head.num_classes=4', 'model.roi_head.mask_head.num_classes=4',
+        'train_dataloader.dataset.indices=2', 'val_dataloader.dataset.indices=1',
         'test_dataloader.dataset.indices=1', 'train_cfg.max_epochs=1', 'model.backbone.n_win=4',
         'train_dataloader.dataset.pipeline.2.scale=(256,192)', 'val_dataloader.dataset.pipeline.1.scale=(256,192)'))
     log = proc.stdout + proc.stderr

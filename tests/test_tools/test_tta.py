@@ -12,7 +12,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from tests.smoke import REPO, ensure_synthetic_data
+from tests.conftest import REPO, ensure_synthetic_data
 from tests.test_tools.test_distributed import launch
 
 SEG_DEMO = f'{REPO}/configs/demo/upernet_demo_synthetic.py'

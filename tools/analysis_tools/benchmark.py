@@ -260,7 +260,8 @@ def main(argv=None):
     if args.backend:
         return run_backends(args)
     cases = cases_of(args)
-    if {args.device} | {c['device'] for c, _ in cases} == {'cpu'}:  # the timing process gets the same guard as the memory subprocesses
+    if {args.device} | {c['device'] for c, _ in cases} == {'cpu'}:
+        # the timing process gets the same guard as the memory subprocesses
         limit_address_space(args.mem_limit_gib, 'cpu')
     if args.threads:
         torch.set_num_threads(args.threads)

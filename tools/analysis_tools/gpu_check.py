@@ -3,7 +3,7 @@
 Usage::
 
     python tools/analysis_tools/gpu_check.py --out $OUT            # on the device
-    python tools/analysis_tools/gpu_check.py --out /tmp/gc --dry-run  # here, CPU, tiny shapes (CI runs this)
+    python tools/analysis_tools/gpu_check.py --out gpu_check_out --dry-run  # here, CPU, tiny shapes (CI runs this)
 
 Steps (each result is written to ``gpu_check.json`` / ``gpu_check.md`` in ``--out`` as soon as it exists, so a
 run stopped by its time limit still leaves what it measured):

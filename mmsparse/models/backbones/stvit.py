@@ -162,7 +162,7 @@ class STViT(SparseBackbone):
                             ('layer_scale', ))
         n = self.num_stages
         dims, depths, heads = (per_stage(arch[k], f'arch["{k}"]', n, int) for k in ('embed_dims', 'depths',
-                                                                                      'num_heads'))
+                                                                                    'num_heads'))
         for key, values in (('embed_dims', dims), ('depths', depths), ('num_heads', heads)):
             check_each(values, check_positive_int, f'arch["{key}"]')
         stoken_size = per_stage([8, 4, 1, 1] if stoken_size is None else stoken_size, 'stoken_size', n,
