@@ -22,6 +22,19 @@ from mmsparse.apis import drop_pretrained
 
 #: the repository root (tools, configs and data are found from it; tools run with it as working directory)
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_tool(relpath):
+    """Import the command-line tool ``relpath`` (e.g. ``'tools/check_env.py'``) as a module, by its file, as
+    the tests of a tool call its functions; nothing is added to ``sys.path``."""
+    import importlib.util
+    path = REPO / relpath
+    spec = importlib.util.spec_from_file_location(f'mmsparse_tool_{path.stem}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 DATA_DIR = REPO / 'tests' / 'data'
 FIXTURE_DIR = DATA_DIR / 'fixtures'
 KEYS_DIR = DATA_DIR / 'keys'

@@ -1,15 +1,11 @@
 """tools/deployment/export_onnx.py: its errors name the problem (the export itself: test_export_parity.py)."""
-import os.path as osp
-import sys
-
 import pytest
 
-from .reduced import REPO, config_path
+from tests.conftest import load_tool
 
-sys.path.insert(0, osp.join(REPO, 'tools', 'deployment'))
-import export_onnx as tool  # noqa: E402
+from .reduced import config_path
 
-sys.path.pop(0)
+tool = load_tool('tools/deployment/export_onnx.py')
 
 
 def run(capsys, *argv):

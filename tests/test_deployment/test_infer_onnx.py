@@ -2,17 +2,17 @@
 import argparse
 import json
 import os.path as osp
-import sys
 
-import pytest
 import torch
 
-pytest.importorskip('onnxruntime')
-pytest.importorskip('onnxscript')
+import onnxruntime  # noqa: E402,F401  (a dependency of the project: missing, the tests fail)
+import onnxscript  # noqa: E402,F401
 
 from mmsparse.deployment import build_model, export_onnx, load_config  # noqa: E402
 
-from .reduced import REPO, config_path, reduced_options  # noqa: E402
+from tests.conftest import load_tool  # noqa: E402
+
+from .reduced import config_path, reduced_options  # noqa: E402
 
 CONFIG = 'retinanet_cloformer_s_coco.py'
 SMALL_TEST = """_base_ = '{base}'
@@ -31,11 +31,7 @@ def photograph():
 
 
 def infer(config, checkpoint, out_dir, backend, options):
-    sys.path.insert(0, osp.join(REPO, 'tools'))
-    try:
-        import infer as tool
-    finally:
-        sys.path.pop(0)
+    tool = load_tool('tools/infer.py')
     args = argparse.Namespace(config=config, checkpoint=checkpoint, inputs=[photograph()], out_dir=str(out_dir),
                               score_thr=0.0, device='cpu', cfg_options=options, backend=backend)
     tool.run(args)

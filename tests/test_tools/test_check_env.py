@@ -6,8 +6,10 @@ import pytest
 
 from tests.conftest import REPO
 
-sys.path.insert(0, str(REPO / 'tools'))
-from check_env import TORCH_RANGE, torch_version_problem  # noqa: E402
+from tests.conftest import load_tool
+
+check_env = load_tool('tools/check_env.py')
+TORCH_RANGE, torch_version_problem = check_env.TORCH_RANGE, check_env.torch_version_problem
 
 
 @pytest.mark.parametrize('version', ['2.1.0', '2.1.2+cu121', '2.5.1', '2.13.0+cpu'])

@@ -40,8 +40,7 @@ os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # the deterministic
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from benchmarking import REPO  # noqa: E402
+from benchmarking import REPO  # noqa: E402  (the package next to this script: a script's folder is on sys.path)
 
 #: operator cases: name -> (class, kwargs, input shape on the device, input shape in a dry run)
 OPERATORS = {
