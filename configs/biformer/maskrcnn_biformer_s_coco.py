@@ -4,8 +4,9 @@ The authors' recipe (object_detection/configs/coco/maskrcnn.1x.biformer_small.py
 AdamW lr 1e-4, betas (0.9, 0.999), weight decay 0.05, no decay for parameter names containing 'norm' (the
 block LNs and output norms; the stem/downsample BNs keep their decay), 'absolute_pos_embed' or
 'relative_position_bias_table' (substring rules kept verbatim); linear warmup 500 iterations (ratio 0.001)
-then x0.1 after epochs 8 and 11; native AMP with a static loss scale of 512 (mmcv 1.x's fp16 default; do not
-pass --amp, which would switch to a dynamic scale); no gradient clipping; batch 16 in total.
+then x0.1 after epochs 8 and 11; native AMP with a static loss scale of 512 (mmcv 1.x's fp16 default; already
+in the config, so --amp is not needed: tools/train.py keeps this static scale when it is given); no gradient
+clipping; batch 16 in total.
 Backbone: BiFormer_mm with n_win 16, topks [1, 4, 16, -2], auto_pad, drop path 0.2, BN statistics frozen
 (norm_eval=True, affine parameters still train), one LayerNorm2d per output.
 Backbone weights: the authors' ImageNet-1k checkpoint converted with

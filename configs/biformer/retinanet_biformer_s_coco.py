@@ -2,7 +2,8 @@
 
 The authors' recipe (object_detection/configs/coco/retinanet.1x.biformer_small.py, mmdet 2.11) in mmdet 3.x:
 AdamW lr 1e-4, weight decay 1e-4, default betas, no parameter-wise rules; linear warmup 500 iterations (ratio
-0.001) then x0.1 after epochs 8 and 11; native AMP with a static loss scale of 512 (do not pass --amp);
+0.001) then x0.1 after epochs 8 and 11; native AMP with a static loss scale of 512 (in the config;
+--amp keeps it);
 find_unused_parameters=True as in the original; batch 16 in total. FPN from stride 8 (start_level 1, extra
 convs on the input, 5 levels; from the base), so the stride-4 output norm ``norm0`` gets no gradient: that is
 what ``unused_parameters`` lists (tests/test_configs/test_config_gradients.py checks the list is exact).
