@@ -20,9 +20,6 @@ import torch
 
 from .compat import TORCH_VERSION, load_restricted
 
-_DONE = False
-
-
 def _numpy_globals():
     import numpy as np
     try:  # numpy >= 2
@@ -60,11 +57,12 @@ def allow_mmengine_checkpoint_objects():
     Only torch >= 2.6 needs it (and takes the ``(object, name)`` pairs): before, ``torch.load`` defaults to
     ``weights_only=False``, so mmengine's own loads work unchanged.
     """
-    global _DONE
-    if _DONE or TORCH_VERSION < (2, 6):
+    if TORCH_VERSION < (2, 6):
         return
-    torch.serialization.add_safe_globals(mmengine_checkpoint_globals())
-    _DONE = True
+    # checked against torch's list rather than remembered: other code may have removed entries since
+    missing = [g for g in mmengine_checkpoint_globals() if g not in set(torch.serialization.get_safe_globals())]
+    if missing:
+        torch.serialization.add_safe_globals(missing)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -100,7 +100,10 @@ def load_restricted(path, map_location='cpu', extra_globals=()):
     ``(object, 'module.name')`` pairs that bind a pickled name to a stand-in), on every supported torch."""
     extra_globals = list(extra_globals)
     if TORCH_VERSION >= (2, 6):  # scoped allowlist, ``(object, name)`` pairs included
-        with torch.serialization.safe_globals(extra_globals):
+        # torch's context manager removes what it was given on exit, also entries that were allowlisted
+        # globally before (``mmsparse`` allowlists mmengine's objects at import): hand it only the new ones
+        already = set(torch.serialization.get_safe_globals())
+        with torch.serialization.safe_globals([g for g in extra_globals if g not in already]):
             return torch.load(path, map_location=map_location, weights_only=True)
     # torch < 2.6: the weights-only unpickler either has no allowlist or instantiates no listed class, so the
     # allowlist is enforced by the unpickler handed to torch; weights_only must then be False for torch to accept

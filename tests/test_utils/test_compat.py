@@ -87,3 +87,21 @@ def test_flex_without_flexattention_is_a_clear_error(monkeypatch):
     with pytest.raises(RuntimeError, match=msg):
         BiLevelRoutingAttention(64, num_heads=2, n_win=2, topk=1, impl='flex')
     assert check_bra_impl('fast', 'x') == 'fast'
+
+
+def test_loading_a_checkpoint_keeps_mmengine_objects_allowlisted(tmp_path):
+    """``load_checkpoint_file`` used to wrap ``torch.load`` in ``torch.serialization.safe_globals``, whose exit
+    removes what it was handed, HistoryBuffer included: afterwards mmengine's own ``torch.load`` of a Runner
+    checkpoint (``--resume`` after a pretrained backbone was loaded in the same process) failed."""
+    from mmengine.logging import HistoryBuffer
+
+    import mmsparse  # noqa: F401  (allowlists mmengine's objects)
+    buf = HistoryBuffer()
+    buf.update(2.0)
+    runner_ckpt = tmp_path / 'iter_1.pth'
+    torch.save({'message_hub': {'log': buf}, 'meta': {'seed': np.int64(3)}}, runner_ckpt)
+    pretrained = tmp_path / 'backbone.pth'
+    torch.save({'state_dict': {'w': torch.ones(1)}}, pretrained)
+    load_checkpoint_file(pretrained)
+    loaded = torch.load(runner_ckpt, map_location='cpu')  # mmengine 0.10.7 calls it like this
+    assert loaded['message_hub']['log'].mean() == 2.0 and loaded['meta']['seed'] == 3
