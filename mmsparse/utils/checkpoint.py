@@ -20,6 +20,7 @@ import torch
 
 from .compat import TORCH_VERSION, load_restricted
 
+
 def _numpy_globals():
     import numpy as np
     try:  # numpy >= 2
