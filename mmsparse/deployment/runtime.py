@@ -139,12 +139,14 @@ def _predict(model, inputs):
     return model.bbox_head.predict(feats, samples, rescale=False)
 
 
-def compare(model, network, inputs, box_tol=1e-3):
+def compare(model, network, inputs, box_tol=1e-3, mask_tol=1e-3):
     """PyTorch (``model``) against ONNX Runtime (``network``) on ``inputs``; a list of result rows.
 
     Each row: ``name``, ``rel_err`` (max |ORT - PyTorch| / max |PyTorch| over the tensor) for features, logits
-    and raw head outputs; for detections also ``count``, ``labels_equal`` and ``box_err`` (max |ORT - PyTorch|
-    box coordinate, pixels) and ``ok`` (boxes within ``box_tol`` x the image size, labels equal).
+    and raw head outputs; for detections also ``count``, ``labels_equal``, ``box_err`` (max |ORT - PyTorch|
+    box coordinate, pixels), ``mask_mismatch`` (fraction of mask pixels that differ, instance segmentation
+    only) and ``ok`` (same count and labels, boxes within ``box_tol`` x the image size, masks within
+    ``mask_tol``).
     """
     kind = network.meta['kind']
     wrapper_outputs = network(inputs)
@@ -168,7 +170,8 @@ def compare(model, network, inputs, box_tol=1e-3):
                 row['score_err'] = (r.scores - g.scores).abs().max().item() if len(r) else 0.
                 if 'masks' in r:
                     row['mask_mismatch'] = (r.masks != g.masks).float().mean().item() if len(r) else 0.
-            row['ok'] = same_count and row['labels_equal'] and row['box_err'] <= box_tol * scale
+            row['ok'] = (same_count and row['labels_equal'] and row['box_err'] <= box_tol * scale
+                         and row.get('mask_mismatch', 0.) <= mask_tol)
             rows.append(row)
     return rows
 

@@ -22,7 +22,9 @@ class LayerNorm2d(nn.LayerNorm):
         check_nchw(x, None, type(self).__name__)
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        # the permuted result has channels-last strides; kernels that index NCHW memory directly (mmcv's
+        # RoIAlign, CPU and CUDA) would read it as another tensor, so hand on a contiguous NCHW map
+        return x.permute(0, 3, 1, 2).contiguous()
 
 
 class LayerScale2d(nn.Module):

@@ -32,33 +32,49 @@ def _export(tmp_path_factory, config, family, dynamic, backbone_only=False):
     return model, path
 
 
-@pytest.fixture(scope='module')
-def stvit_backbone(tmp_path_factory):
-    return _export(tmp_path_factory, 'semfpn_stvit_s_ade20k.py', 'stvit', dynamic=True, backbone_only=True)
+#: (family, graph) -> the config it is exported from; every graph is dynamic (batch, H, W)
+GRAPHS = {
+    ('biformer', 'backbone'): 'semfpn_biformer_s_ade20k.py',
+    ('cloformer', 'backbone'): 'semfpn_cloformer_s_ade20k.py',
+    ('stvit', 'backbone'): 'semfpn_stvit_s_ade20k.py',
+    ('biformer', 'segmentor'): 'semfpn_biformer_s_ade20k.py',
+    ('cloformer', 'segmentor'): 'semfpn_cloformer_s_ade20k.py',
+    ('stvit', 'segmentor'): 'semfpn_stvit_s_ade20k.py',
+    # Mask R-CNN where the backbone has output LayerNorms (its RoIAlign reads the FPN maps' memory directly)
+    ('biformer', 'detector'): 'maskrcnn_biformer_s_coco.py',
+    ('cloformer', 'detector'): 'retinanet_cloformer_s_coco.py',
+    ('stvit', 'detector'): 'maskrcnn_stvit_s_coco.py',
+}
+_exported = {}
+
+
+def exported(tmp_path_factory, family, graph):
+    """The model and its ONNX file, exported once per session."""
+    if (family, graph) not in _exported:
+        _exported[family, graph] = _export(tmp_path_factory, GRAPHS[family, graph], family, dynamic=True,
+                                           backbone_only=graph == 'backbone')
+    return _exported[family, graph]
 
 
 @pytest.fixture(scope='module')
 def biformer_semfpn(tmp_path_factory):
-    return _export(tmp_path_factory, 'semfpn_biformer_s_ade20k.py', 'biformer', dynamic=True)
+    return exported(tmp_path_factory, 'biformer', 'segmentor')
 
 
-@pytest.fixture(scope='module')
-def cloformer_retinanet(tmp_path_factory):
-    return _export(tmp_path_factory, 'retinanet_cloformer_s_coco.py', 'cloformer', dynamic=True)
-
-
-def test_backbone_features_match_at_two_sizes_and_batches(stvit_backbone):
+@pytest.mark.parametrize('family', ['biformer', 'cloformer', 'stvit'])
+def test_backbone_features_match_at_two_sizes_and_batches(family, tmp_path_factory):
     """feat0..feat3 within 1e-4 relative; catches e.g. a graph frozen to the example size (no padding)."""
-    model, path = stvit_backbone
+    model, path = exported(tmp_path_factory, family, 'backbone')
     assert graph_meta(path)['outputs'] == ['feat0', 'feat1', 'feat2', 'feat3']
     rows = verify(model, path, [EXPORT_SIZE, OTHER_SIZE], batch=1, printer=None)
     rows += verify(model, path, [OTHER_SIZE], batch=3, printer=None)
     assert len(rows) == 12 and all(r['rel_err'] <= 1e-4 for r in rows)
 
 
-def test_segmentor_logits_match_at_two_sizes(biformer_semfpn):
+@pytest.mark.parametrize('family', ['biformer', 'cloformer', 'stvit'])
+def test_segmentor_logits_match_at_two_sizes(family, tmp_path_factory):
     """seg_logits [B, num_classes, H, W] at the input size, within 1e-4 relative."""
-    model, path = biformer_semfpn
+    model, path = exported(tmp_path_factory, family, 'segmentor')
     rows = verify(model, path, [EXPORT_SIZE, OTHER_SIZE], batch=2, printer=None)
     assert [r['name'] for r in rows] == ['seg_logits', 'seg_logits']
     import onnxruntime as ort
@@ -66,15 +82,19 @@ def test_segmentor_logits_match_at_two_sizes(biformer_semfpn):
     assert out.shape == (2, 5, *OTHER_SIZE)
 
 
-def test_detector_same_boxes_and_labels_at_two_sizes(cloformer_retinanet):
-    """Raw head outputs within 1e-4 relative; after mmdet's post-processing the same boxes (1e-3) and labels."""
-    model, path = cloformer_retinanet
-    rows = verify(model, path, [EXPORT_SIZE, OTHER_SIZE], batch=1, printer=None)
+@pytest.mark.parametrize('family', ['biformer', 'cloformer', 'stvit'])
+def test_detector_same_boxes_and_labels_at_two_sizes(family, tmp_path_factory):
+    """Raw head / neck outputs within 1e-4 relative; after mmdet's post-processing the same boxes (1e-3) and
+    labels, and for Mask R-CNN the same masks (at most 0.1 % of the pixels differ)."""
+    model, path = exported(tmp_path_factory, family, 'detector')
+    rows = verify(model, path, [EXPORT_SIZE, OTHER_SIZE], batch=2, printer=None)
     dets = [r for r in rows if r['name'].startswith('detections')]
-    assert len(dets) == 2
+    assert len(dets) == 4
     for r in dets:
         assert r['count'][0] == r['count'][1] > 0 and r['labels_equal']
         assert r['box_err'] <= 1e-3 * max(OTHER_SIZE)
+        if 'maskrcnn' in GRAPHS[family, 'detector']:
+            assert r['mask_mismatch'] <= 1e-3
 
 
 def test_verify_reports_a_wrong_graph(biformer_semfpn):

@@ -168,8 +168,10 @@ class SparseBackbone(ImplModel, BaseModule):
         return [k for k in self.state_dict() if k.split('.')[0] in {f'norm{i}' for i in self.out_indices}]
 
     def out_norm(self, i, x):
+        """Output ``i``: normed when the backbone has output norms, always a contiguous NCHW tensor (what
+        mmdet / mmseg heads and mmcv's ops such as RoIAlign assume of a backbone's features)."""
         norm = getattr(self, f'norm{i}', None)
-        return x if norm is None else norm(x)
+        return (x if norm is None else norm(x)).contiguous()
 
     def stage_modules(self, i):
         """Modules frozen with stage ``i`` (``-1``: the stem)."""
