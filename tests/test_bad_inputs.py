@@ -187,7 +187,7 @@ CASES = [
      ValueError, "'torchvision://resnet50' is from the torchvision:// model zoo: the weights of another architecture"),
     ('pretrained-file-absent', lambda t: init_with(dict(type='Pretrained', checkpoint=str(t / 'absent.pth'))),
      FileNotFoundError, 'to train from scratch instead, remove the checkpoint (init_cfg=None, and '
-     'model.pretrained=None where the config sets it) and set out_norm_cfg=None'),
+     'model.pretrained=None where the config sets it)'),
     ('drop_path_rates-depth-zero', lambda t: drop_path_rates(0.1, [2, 0]), ValueError,
      'depths entries must be a positive int, got 0'),
     ('official-cloformer-unknown-kwarg', lambda t: model_from_official('CloFormer', dict(CLO_OFFICIAL, bogus=1)),

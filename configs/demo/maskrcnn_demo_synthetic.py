@@ -5,8 +5,8 @@ CPU; tools/demo.py generates the data, trains, evaluates and draws the results.
     python tools/dataset_converters/make_synthetic.py --config configs/demo/maskrcnn_demo_synthetic.py
     python tools/train.py configs/demo/maskrcnn_demo_synthetic.py
 
-The backbone returns its raw stage outputs (``out_norm_cfg=None``): with BiFormer's default per-pixel LayerNorm
-on the outputs, this from-scratch detector does not learn (configs/biformer/README.md, "Training from scratch").
+The backbone returns its raw stage outputs (``out_norm_cfg=None``); with BiFormer's default output LayerNorms
+this detector learns as well (configs/biformer/README.md, "Training from scratch").
 """
 _base_ = [
     '../_base_/models/mask_rcnn_fpn.py', '../_base_/datasets/synthetic_coco_instance.py',

@@ -7,7 +7,7 @@ Minutes on a 2-core CPU; tools/demo.py runs it.
     python tools/dataset_converters/make_synthetic.py --config configs/demo/upernet_demo_synthetic.py
     python tools/train.py configs/demo/upernet_demo_synthetic.py
 
-Raw backbone outputs (``out_norm_cfg=None``), as in the demo detector (configs/biformer/README.md).
+Raw backbone outputs (``out_norm_cfg=None``), as in the demo detector.
 """
 _base_ = [
     '../_base_/models/upernet.py', '../_base_/datasets/synthetic_ade20k.py', '../_base_/default_runtime_seg.py'

@@ -116,11 +116,10 @@ def test_stock_pretrained_without_override_is_refused_naming_it(name, tmp_path):
 
 @pytest.mark.parametrize('cls', [BiFormer, CloFormer, STViT])
 def test_missing_checkpoint_file_names_the_from_scratch_setting(cls, tmp_path):
-    """A configured checkpoint that is not there: the error names the file and ``out_norm_cfg=None`` (training
-    from scratch with the default output norm stalls)."""
+    """A configured checkpoint that is not there: the error names the file and how to train from scratch."""
     missing = str(tmp_path / 'weights' / 'absent.pth')
     model = cls(init_cfg=dict(type='Pretrained', checkpoint=missing))
     with pytest.raises(FileNotFoundError) as info:
         model.init_weights()
     msg = str(info.value)
-    assert missing in msg and 'does not exist' in msg and 'out_norm_cfg=None' in msg and 'init_cfg=None' in msg
+    assert missing in msg and 'does not exist' in msg and 'init_cfg=None' in msg

@@ -24,6 +24,9 @@ VENV="$VENV" TORCH=2.1.2 NUMPY="<2" MMCV_FROM_SOURCE=1 bash tools/setup_env.sh
 PY="$VENV/bin/python"
 "$PY" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.1.2') else 'torch ' + torch.__version__)"
 "$PY" tools/check_env.py  # the pinned stack, mmcv.ops compiled against this torch
+# an environment kept from an earlier run links another checkout: link this one
+"$PY" -m pip install --disable-pip-version-check -q --no-build-isolation --no-deps -e "$ROOT"
+"$PY" -c "import mmsparse, os, sys; sys.exit(0 if mmsparse.__file__.startswith(os.getcwd()) else mmsparse.__file__)"
 echo "[torch21] environment ready after $(( $(date +%s) - start )) s"
 
 "$PY" -m pytest -q -ra -m 'not slow' \

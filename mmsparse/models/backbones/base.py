@@ -77,8 +77,7 @@ FOREIGN_ZOOS = ('open-mmlab://', 'openmmlab://', 'torchvision://', 'mmcls://', '
 
 #: what the missing-weights and foreign-weights errors say about training without pretrained weights
 FROM_SCRATCH_HINT = ('to train from scratch instead, remove the checkpoint (init_cfg=None, and model.pretrained=None '
-                     'where the config sets it) and set out_norm_cfg=None: the default output norm stalls '
-                     'training from random weights')
+                     'where the config sets it)')
 
 
 def check_checkpoint(owner, checkpoint, via_pretrained):
