@@ -14,7 +14,10 @@ from mmsparse.models.backbones.cloformer import EfficientBlock
 from mmsparse.models.layers import drop_path_rates
 from mmsparse.ops import (AttnConv, BiLevelRoutingAttention, GlobalAttentionLePE, SuperTokenAttention, TokenMHSA,
                           accepted_impls)
+from mmsparse.utils.compat import flex_attention_available
 from tests.conftest import REPO
+
+HAS_FLEX = flex_attention_available()[0]
 
 #: every module class that carries an implementation choice
 SWITCHED = (BiLevelRoutingAttention, GlobalAttentionLePE, AttnConv, SuperTokenAttention, TokenMHSA, EfficientBlock)
@@ -71,8 +74,15 @@ def test_backbone_impl_set_after_build_equals_built_with_it(cls, built, switched
 
 
 def test_biformer_flex_reaches_bra_only_and_equals_building_with_it():
-    """'flex' is BRA's: the stage-4 global attention runs 'fast'; building with 'flex' gives the same modules."""
+    """'flex' is BRA's: the stage-4 global attention runs 'fast'; building with 'flex' gives the same modules.
+    A torch without FlexAttention (< 2.5) refuses it with an error that names the alternatives."""
     model = BiFormer(**SMALL[BiFormer])
+    if not HAS_FLEX:
+        with pytest.raises(RuntimeError, match=r"impl='flex' needs FlexAttention .*use impl='fast' or "):
+            model.impl = 'flex'
+        with pytest.raises(RuntimeError, match=r"impl='flex' needs FlexAttention"):
+            BiFormer(**SMALL[BiFormer], impl='flex')
+        return
     model.impl = 'flex'
     assert model.impl == 'flex'
     assert impls_inside(model) == {'BiLevelRoutingAttention': {'flex'}, 'GlobalAttentionLePE': {'fast'}}
@@ -110,8 +120,12 @@ def test_set_impl_on_modules_without_backbone():
     assert impls_inside(block) == {'SuperTokenAttention': {'reference'}, 'TokenMHSA': {'reference'}}
     assert accepted_impls(block) == ['reference', 'fast']
     bra = SparseAttnBlock(16, dict(type='BiLevelRoutingAttention', num_heads=2, n_win=2, topk=1))
-    assert accepted_impls(bra) == ['reference', 'fast', 'flex'] and set_impl(bra, 'flex') == 1
-    assert bra.attn.impl == 'flex'
+    assert accepted_impls(bra) == ['reference', 'fast', 'flex']
+    if HAS_FLEX:
+        assert set_impl(bra, 'flex') == 1 and bra.attn.impl == 'flex'
+    else:
+        with pytest.raises(RuntimeError, match=r"impl='flex' needs FlexAttention"):
+            set_impl(bra, 'flex')
     with pytest.raises(ValueError, match='Sequential contains no mmsparse operator'):
         set_impl(torch.nn.Sequential(torch.nn.Linear(2, 2)), 'fast')
     with pytest.raises(ValueError, match=r"impl='triton' is not known; choose one of \['reference', 'fast'\]"):
@@ -162,7 +176,10 @@ def test_set_impl_reaches_plugins_inside_a_stock_resnet(name, kind, flex):
     detector = _build_from_config(name)
     set_impl(detector, 'reference')
     assert impls_inside(detector)[kind] == {'reference'}
-    if flex:
+    if flex and not HAS_FLEX:
+        with pytest.raises(RuntimeError, match=r"impl='flex' needs FlexAttention"):
+            set_impl(detector, 'flex')
+    elif flex:
         set_impl(detector, 'flex')
         assert impls_inside(detector) == {kind: {'flex'}}
     else:
