@@ -61,7 +61,8 @@ def allow_mmengine_checkpoint_objects():
     if TORCH_VERSION < (2, 6):
         return
     # checked against torch's list rather than remembered: other code may have removed entries since
-    missing = [g for g in mmengine_checkpoint_globals() if g not in set(torch.serialization.get_safe_globals())]
+    allowed = set(torch.serialization.get_safe_globals())
+    missing = [g for g in mmengine_checkpoint_globals() if g not in allowed]
     if missing:
         torch.serialization.add_safe_globals(missing)
 
