@@ -321,7 +321,7 @@ class BiLevelRoutingAttention(ImplOperator, nn.Module):
 
     Shapes:
         - input: (N, C, H, W), the normalised feature map.
-        - output: (N, C, H, W).
+        - output: (N, C, H, W), contiguous. :meth:`forward_nhwc`: (N, H, W, C) in and out.
 
     Attributes:
         record_routing (bool): when set to True, every forward stores the (N, n_win**2, topk) int64
@@ -371,7 +371,12 @@ class BiLevelRoutingAttention(ImplOperator, nn.Module):
 
     def forward(self, x):
         check_nchw(x, self.embed_dims, type(self).__name__)
-        _, _, h_in, w_in = x.shape
+        return self.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+
+    def forward_nhwc(self, x):
+        """:meth:`forward` on an (N, H, W, C) map, returning (N, H, W, C): what BiFormer's ``'fast'`` block calls on
+        its channels-last memory, where the permute to tokens is free. Same values as :meth:`forward`."""
+        _, h_in, w_in, _ = x.shape
         # region size x regions - input size (not (n_win - h_in % n_win) % n_win): the same padding, in a form the
         # symbolic shapes of a dynamic-size export can simplify
         h, w = (h_in + self.n_win - 1) // self.n_win, (w_in + self.n_win - 1) // self.n_win
@@ -380,9 +385,9 @@ class BiLevelRoutingAttention(ImplOperator, nn.Module):
             if not self.auto_pad and (pad_b or pad_r):
                 raise ValueError(f'{type(self).__name__}: input size {h_in}x{w_in} is not divisible by '
                                  f'n_win={self.n_win}; pass auto_pad=True or resize the input')
-            x = F.pad(x, (0, pad_r, 0, pad_b))  # pad the normalised input, before the projection
+            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))  # pad the normalised input, before the projection
         j = i = self.n_win
-        tokens = rearrange(x, 'n c (j h) (i w) -> n (j i) (h w) c', j=j, i=i)
+        tokens = rearrange(x, 'n (j h) (i w) c -> n (j i) (h w) c', j=j, i=i)
         q, k, v = self.qkv(tokens).split([self.qk_dim, self.qk_dim, self.embed_dims], dim=-1)
 
         out, idx = BRA_IMPLS[self.impl](q, k, v, self.topk, self.num_heads, self.scale)
@@ -399,9 +404,9 @@ class BiLevelRoutingAttention(ImplOperator, nn.Module):
             lepe = self.lepe(v_map) if self.impl == 'reference' else _lepe_fast(self.lepe, v_map)
             out = out + rearrange(lepe, 'n c (j h) (i w) -> n (j i) (h w) c', j=j, i=i)
         out = self.proj(out)
-        out = rearrange(out, 'n (j i) (h w) c -> n c (j h) (i w)', j=j, i=i, h=h, w=w)
+        out = rearrange(out, 'n (j i) (h w) c -> n (j h) (i w) c', j=j, i=i, h=h, w=w)
         if pad_needed(pad_b, pad_r):
-            out = out[:, :, :h_in, :w_in].contiguous()
+            out = out[:, :h_in, :w_in]
         return out
 
 
@@ -424,7 +429,7 @@ class GlobalAttentionLePE(ImplOperator, nn.Module):
 
     Shapes:
         - input: (N, C, H, W) (already normalised), any H, W.
-        - output: (N, C, H, W).
+        - output: (N, C, H, W), contiguous. :meth:`forward_nhwc`: (N, H, W, C) in and out.
     """
 
     def __init__(self, embed_dims, num_heads=8, qkv_bias=False, qk_scale=None, side_dwconv=5, impl=DEFAULT_IMPL):
@@ -447,8 +452,12 @@ class GlobalAttentionLePE(ImplOperator, nn.Module):
 
     def forward(self, x):
         check_nchw(x, self.embed_dims, type(self).__name__)
-        _, _, h, w = x.shape
-        tokens = rearrange(x, 'n c h w -> n (h w) c')
+        return self.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+
+    def forward_nhwc(self, x):
+        """:meth:`forward` on an (N, H, W, C) map, returning (N, H, W, C) (BiFormer's ``'fast'`` block)."""
+        _, h, w, _ = x.shape
+        tokens = rearrange(x, 'n h w c -> n (h w) c')
         q, k, v = rearrange(self.qkv(tokens), 'n t (three m d) -> three n m t d', three=3, m=self.num_heads)
         if self.impl == 'reference':
             out = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
@@ -456,5 +465,8 @@ class GlobalAttentionLePE(ImplOperator, nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         out = rearrange(out, 'n m t d -> n t (m d)')
         if self.lepe is not None:
-            out = out + rearrange(self.lepe(x), 'n c h w -> n (h w) c')
-        return rearrange(self.proj(out), 'n (h w) c -> n c h w', h=h, w=w)
+            x_map = x.permute(0, 3, 1, 2)
+            if self.impl == 'reference':
+                x_map = x_map.contiguous()  # the authors' NCHW convolution
+            out = out + rearrange(self.lepe(x_map), 'n c h w -> n (h w) c')
+        return rearrange(self.proj(out), 'n (h w) c -> n h w c', h=h, w=w)

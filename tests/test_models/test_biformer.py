@@ -4,6 +4,7 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmsparse.models.backbones import BiFormer
+from mmsparse.models.backbones.biformer import BiFormerBlock
 from mmsparse.testing import model_from_official
 from mmsparse.ops.routing_attention import BiLevelRoutingAttention
 from mmsparse.registry import MODELS
@@ -253,3 +254,83 @@ def test_biformer_fast_path_matches_official_fixture(name, cls, key):
         assert len(outs) == len(ref[key]) == 4
         for s, (ours, theirs) in enumerate(zip(outs, ref[key])):
             assert_close_to_reference(ours, theirs, f'{name} input {i} {key}[{s}] (sdpa)')
+
+
+# ------------------------------------------------------------------- the channels-last block ('fast')
+
+@pytest.mark.parametrize('topk, size', [(2, (19, 26)), (-2, (9, 7))], ids=['bra_padded', 'global'])
+def test_channels_last_block_equals_reference_block_with_gradients(topk, size):
+    """The 'fast' block (LayerNorms, attention and MLP on the (N, H, W, C) view, MLP as two GEMMs) against the
+    authors' NCHW layer-by-layer block: outputs, input gradient and every parameter gradient, in training mode
+    with stochastic depth (both layouts must drop the same samples of the batch)."""
+    torch.manual_seed(0)
+    ref = BiFormerBlock(32, topk=topk, num_heads=2, n_win=3, drop_path=0.5, impl='reference')
+    fast = BiFormerBlock(32, topk=topk, num_heads=2, n_win=3, drop_path=0.5, impl='fast')
+    fast.load_state_dict(ref.state_dict())
+    for p in ref.parameters():  # not the unit / zero init: every parameter must matter
+        torch.nn.init.normal_(p, std=0.2)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 32, *size)
+    grads, outs = [], []
+    for block in (ref, fast):
+        xi = x.clone().requires_grad_()
+        torch.manual_seed(1)  # same stochastic-depth draws
+        out = block.train()(xi)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outs.append(out.detach())
+        grads.append({'input': xi.grad, **{n: p.grad for n, p in block.named_parameters()}})
+    assert outs[0].is_contiguous() and outs[1].is_contiguous(memory_format=torch.channels_last)
+    assert_equal_up_to_rounding(outs[1], outs[0], 'output')
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:  # summed over 4 x 19 x 26 positions: rounding grows with the sum, hence the scale
+        assert_equal_up_to_rounding(grads[1][name], grads[0][name], name)
+    # stochastic depth did drop a residual branch of some sample: its MLP branch then adds nothing
+    fast.eval()
+    with torch.no_grad():
+        assert not torch.equal(fast(x), outs[1])
+
+
+def assert_equal_up_to_rounding(actual, expected, name, rel=2e-5):
+    """max |actual - expected| within ``rel`` of the tensor's own magnitude (float32 sums, other orders)."""
+    scale = expected.abs().max().item()
+    diff = (actual - expected).abs().max().item()
+    assert scale > 0 and diff <= rel * scale, f'{name}: max diff {diff:.3g} against magnitude {scale:.3g}'
+
+
+def test_channels_last_block_runs_no_convolution_for_the_mlp():
+    """The speed of the 'fast' block comes from the MLP as GEMMs on the NHWC view: its 1x1 convolutions (kept
+    for the state dict) are never called."""
+    block = BiFormerBlock(32, topk=1, num_heads=2, n_win=2)
+    assert block.impl == 'fast'
+    called = []
+    for m in (block.mlp.fc1, block.mlp.fc2, block.norm1, block.norm2):
+        m.register_forward_hook(lambda m, i, o: called.append(m))
+    block(torch.randn(1, 32, 8, 8))
+    assert called == []
+    block.impl = 'reference'
+    block(torch.randn(1, 32, 8, 8))
+    assert len(called) == 4
+
+
+def test_fast_backbone_on_channels_last_equals_reference_backbone():
+    """Whole backbone, training mode, odd size: the channels-last blocks give the reference outputs and gradients,
+    and the outputs are handed on contiguous."""
+    torch.manual_seed(0)
+    ref = BiFormer(**REDUCED, impl='reference', drop_path_rate=0.2)
+    fast = BiFormer(**REDUCED, impl='fast', drop_path_rate=0.2)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 75, 61)
+    results = []
+    for model in (ref, fast):
+        torch.manual_seed(3)
+        outs = model.train()(x)
+        sum((o * o.flip(-1)).mean() for o in outs).backward()
+        assert all(o.is_contiguous() for o in outs)
+        results.append((outs, {n: p.grad for n, p in model.named_parameters()}))
+    for i, (a, b) in enumerate(zip(results[0][0], results[1][0])):
+        assert_equal_up_to_rounding(b.detach(), a.detach(), f'output {i}')
+    for name, g in results[0][1].items():
+        if name.endswith('conv.bias'):  # biases of convs followed by BN: zero gradient up to rounding
+            assert g.abs().max() < 1e-6 and results[1][1][name].abs().max() < 1e-6
+        else:
+            assert_equal_up_to_rounding(results[1][1][name], g, name, rel=1e-4)

@@ -10,6 +10,7 @@ from mmcv.cnn.bricks import DropPath
 import mmsparse
 from mmsparse import set_impl
 from mmsparse.models import BiFormer, CloFormer, SparseAttnBlock, STViT
+from mmsparse.models.backbones.biformer import BiFormerBlock
 from mmsparse.models.backbones.cloformer import EfficientBlock
 from mmsparse.models.layers import drop_path_rates
 from mmsparse.ops import (AttnConv, BiLevelRoutingAttention, GlobalAttentionLePE, SuperTokenAttention, TokenMHSA,
@@ -20,7 +21,8 @@ from tests.conftest import REPO
 HAS_FLEX = flex_attention_available()[0]
 
 #: every module class that carries an implementation choice
-SWITCHED = (BiLevelRoutingAttention, GlobalAttentionLePE, AttnConv, SuperTokenAttention, TokenMHSA, EfficientBlock)
+SWITCHED = (BiLevelRoutingAttention, GlobalAttentionLePE, AttnConv, SuperTokenAttention, TokenMHSA, EfficientBlock,
+            BiFormerBlock)
 
 SMALL = {
     BiFormer: dict(arch=dict(embed_dims=[16, 32, 64, 64], depths=[1, 2, 1, 1], head_dim=16), n_win=2,
@@ -66,6 +68,8 @@ def test_backbone_impl_set_after_build_equals_built_with_it(cls, built, switched
     assert kinds == impls_inside(target) and all(v == {switched} for v in kinds.values()), kinds
     if cls is CloFormer:
         assert 'EfficientBlock' in kinds  # the block's own FFN layout follows the switch too
+    if cls is BiFormer:
+        assert 'BiFormerBlock' in kinds  # so does BiFormer's channels-last block
     after, expected = features(model, x), features(target, x)
     for a, e, b in zip(after, expected, before):
         assert torch.equal(a, e)
@@ -74,7 +78,8 @@ def test_backbone_impl_set_after_build_equals_built_with_it(cls, built, switched
 
 
 def test_biformer_flex_reaches_bra_only_and_equals_building_with_it():
-    """'flex' is BRA's: the stage-4 global attention runs 'fast'; building with 'flex' gives the same modules.
+    """'flex' is BRA's: the stage-4 global attention and the blocks' layout run 'fast'; building with 'flex'
+    gives the same modules.
     A torch without FlexAttention (< 2.5) refuses it with an error that names the alternatives."""
     model = BiFormer(**SMALL[BiFormer])
     if not HAS_FLEX:
@@ -85,11 +90,13 @@ def test_biformer_flex_reaches_bra_only_and_equals_building_with_it():
         return
     model.impl = 'flex'
     assert model.impl == 'flex'
-    assert impls_inside(model) == {'BiLevelRoutingAttention': {'flex'}, 'GlobalAttentionLePE': {'fast'}}
+    assert impls_inside(model) == {'BiLevelRoutingAttention': {'flex'}, 'GlobalAttentionLePE': {'fast'},
+                                   'BiFormerBlock': {'fast'}}
     assert impls_inside(BiFormer(**SMALL[BiFormer], impl='flex')) == impls_inside(model)
     assert BiFormer(**SMALL[BiFormer], impl='flex').impl == 'flex'
     model.impl = 'reference'
-    assert impls_inside(model) == {'BiLevelRoutingAttention': {'reference'}, 'GlobalAttentionLePE': {'reference'}}
+    assert impls_inside(model) == {'BiLevelRoutingAttention': {'reference'}, 'GlobalAttentionLePE': {'reference'},
+                                   'BiFormerBlock': {'reference'}}
 
 
 @pytest.mark.parametrize('cls', [CloFormer, STViT], ids=lambda c: c.__name__)
@@ -161,7 +168,8 @@ def test_set_impl_on_a_detector_from_a_demo_config_equals_building_with_it():
     assert set_impl(detector, 'reference') == n > 0
     assert detector.backbone.impl == 'reference'
     assert impls_inside(detector) == impls_inside(target) == {'BiLevelRoutingAttention': {'reference'},
-                                                              'GlobalAttentionLePE': {'reference'}}
+                                                              'GlobalAttentionLePE': {'reference'},
+                                                              'BiFormerBlock': {'reference'}}
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         for a, e in zip(detector.eval().extract_feat(x), target.eval().extract_feat(x)):

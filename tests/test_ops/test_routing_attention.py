@@ -115,6 +115,27 @@ def test_global_attention_any_size_and_errors():
         layer(torch.randn(2, 32, 4, 4))
 
 
+@pytest.mark.parametrize('impl', ['reference', 'fast'])
+@pytest.mark.parametrize('layer_cls', ['bra', 'global'])
+def test_forward_nhwc_is_forward_on_the_other_layout(layer_cls, impl):
+    """``forward_nhwc`` (what BiFormer's channels-last block calls) is ``forward`` with the channel axis last,
+    exactly (same operations, same values) for an odd size that BRA pads; ``forward`` hands on a contiguous map
+    whatever its input's strides."""
+    torch.manual_seed(0)
+    if layer_cls == 'bra':
+        layer = BiLevelRoutingAttention(32, num_heads=2, n_win=3, topk=2, auto_pad=True, impl=impl)
+    else:
+        layer = GlobalAttentionLePE(32, num_heads=4, impl=impl)
+    x = torch.randn(2, 32, 10, 13)
+    with torch.no_grad():
+        nchw = layer(x)
+        nhwc = layer.forward_nhwc(x.permute(0, 2, 3, 1).contiguous())
+        from_channels_last = layer(x.contiguous(memory_format=torch.channels_last))
+    assert nhwc.shape == (2, 10, 13, 32) and nchw.is_contiguous() and from_channels_last.is_contiguous()
+    torch.testing.assert_close(nhwc.permute(0, 3, 1, 2), nchw, rtol=0, atol=1e-6 if impl == 'fast' else 0)
+    torch.testing.assert_close(from_channels_last, nchw, rtol=0, atol=1e-6 if impl == 'fast' else 0)
+
+
 def _routing_by_hand(q, k, topk, scale, dtype):
     """Top-k region routing computed here from captured (N, P, T, C) q and k, with means and logits in ``dtype``."""
     q_r, k_r = q.to(dtype).mean(2), k.to(dtype).mean(2)

@@ -14,7 +14,9 @@ official recipes exempt every parameter whose name contains ``norm`` from weight
 import warnings
 from collections import OrderedDict
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmcv.cnn.bricks import DropPath
 
@@ -23,6 +25,7 @@ from mmsparse.models.layers import LayerNorm2d, drop_path_rates, per_stage
 from mmsparse.ops import BRA_IMPLS, BiLevelRoutingAttention, GlobalAttentionLePE
 from mmsparse.ops.checks import (DEFAULT_IMPL, IMPLS, check_each, check_layer_cfg, check_nchw, check_positive_int,
                                  check_positive_number)
+from mmsparse.ops.impl import ImplOperator
 from mmsparse.registry import MODELS
 from .base import BackboneStage, SparseBackbone, resolve_arch
 
@@ -32,12 +35,18 @@ __all__ = ['BiFormer', 'BiFormerBlock']
 GLOBAL_ATTENTION = -2
 
 
-class BiFormerBlock(nn.Module):
+class BiFormerBlock(ImplOperator, nn.Module):
     """One BiFormer block, NCHW in and out.
 
     ``x = x + DW3(x)`` (conditional position encoding, outside both residual branches), then
     ``x = x + DropPath(Attn(norm1(x)))`` and ``x = x + DropPath(MLP(norm2(x)))`` with channel LayerNorms
-    (eps 1e-6) and a ``Linear(C, rC) -> GELU -> Linear(rC, C)`` MLP written as 1x1 convolutions.
+    (eps 1e-6) and a ``Linear(C, rC) -> GELU -> Linear(rC, C)`` MLP, stored as 1x1 convolutions.
+
+    With ``impl='fast'`` the block runs on channels-last memory: the LayerNorms, the attention and the MLP (two
+    GEMMs with the 1x1 convolutions' weights) see the (N, H, W, C) view of the map, so no permute copies the
+    map and no 1x1 convolution falls back to im2col on CPU. Same maths as ``'reference'`` (layer by layer in
+    NCHW, as the authors write it); the output then has channels-last strides, which
+    :meth:`~mmsparse.models.backbones.base.SparseBackbone.out_norm` turns into a contiguous map.
 
     Args:
         embed_dims (int): Channels C.
@@ -51,15 +60,16 @@ class BiFormerBlock(nn.Module):
         side_dwconv (int): LePE kernel. Default: 5.
         auto_pad (bool): BRA auto padding. Default: True.
         drop_path (float): Stochastic depth rate. Default: 0.
-        impl (str): ``'fast'`` or ``'reference'``, for the attention operator.
+        impl (str): ``'fast'`` or ``'reference'``: the block's memory layout (above) and the attention's path.
 
     Shapes:
-        input and output (N, C, H, W).
+        input and output (N, C, H, W); with ``impl='fast'`` the output has channels-last strides.
     """
 
     def __init__(self, embed_dims, topk, num_heads, n_win, qk_dim=None, qk_scale=None, global_num_heads=8,
                  mlp_ratio=3, side_dwconv=5, auto_pad=True, drop_path=0., impl=DEFAULT_IMPL):
         super().__init__()
+        self.impl = impl
         self.pos_embed = nn.Conv2d(embed_dims, embed_dims, 3, padding=1, groups=embed_dims)
         self.norm1 = LayerNorm2d(embed_dims, eps=1e-6)
         if isinstance(topk, int) and not isinstance(topk, bool) and topk > 0:
@@ -80,10 +90,26 @@ class BiFormerBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x):
+        if self.impl == 'reference':
+            x = x + self.pos_embed(x)
+            x = x + self.drop_path(self.attn(self.norm1(x)))
+            x = x + self.drop_path(self.mlp(self.norm2(x)))
+            return x
+        x = x.contiguous(memory_format=torch.channels_last)  # a no-op from the second block of a stage on
         x = x + self.pos_embed(x)
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return x
+        t = x.permute(0, 2, 3, 1)  # (N, H, W, C), contiguous: a view, not a copy
+        t = t + self.drop_path(self.attn.forward_nhwc(self._layer_norm(self.norm1, t)))
+        t = t + self.drop_path(self._mlp_nhwc(self._layer_norm(self.norm2, t)))
+        return t.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def _layer_norm(norm, t):
+        return F.layer_norm(t, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+    def _mlp_nhwc(self, t):
+        fc1, fc2 = self.mlp.fc1, self.mlp.fc2
+        t = self.mlp.act(F.linear(t, fc1.weight.flatten(1), fc1.bias))
+        return F.linear(t, fc2.weight.flatten(1), fc2.bias)
 
 
 @MODELS.register_module()
