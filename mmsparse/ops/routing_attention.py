@@ -369,13 +369,17 @@ class BiLevelRoutingAttention(ImplOperator, nn.Module):
                 f'n_win={self.n_win}, '
                 f'topk={self.topk}, scale={self.scale:.6g}, auto_pad={self.auto_pad}, impl={self.impl!r}')
 
-    def forward(self, x):
+    def forward(self, x, channels_last_output=False):
+        """``channels_last_output=True`` (what BiFormer's ``'fast'`` block passes) returns the (N, C, H, W) result
+        with channels-last strides instead of copying it into a contiguous map; the call still goes through
+        the module, so forward hooks see it."""
         check_nchw(x, self.embed_dims, type(self).__name__)
-        return self.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+        out = self.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return out if channels_last_output else out.contiguous()
 
     def forward_nhwc(self, x):
-        """:meth:`forward` on an (N, H, W, C) map, returning (N, H, W, C): what BiFormer's ``'fast'`` block calls on
-        its channels-last memory, where the permute to tokens is free. Same values as :meth:`forward`."""
+        """:meth:`forward` on an (N, H, W, C) map, returning (N, H, W, C): on channels-last memory (BiFormer's
+        ``'fast'`` block) the permute to tokens is free. Same values as :meth:`forward`."""
         _, h_in, w_in, _ = x.shape
         # region size x regions - input size (not (n_win - h_in % n_win) % n_win): the same padding, in a form the
         # symbolic shapes of a dynamic-size export can simplify
@@ -450,12 +454,16 @@ class GlobalAttentionLePE(ImplOperator, nn.Module):
     def extra_repr(self):
         return f'embed_dims={self.embed_dims}, num_heads={self.num_heads}, scale={self.scale:.6g}, impl={self.impl!r}'
 
-    def forward(self, x):
+    def forward(self, x, channels_last_output=False):
+        """``channels_last_output=True`` (what BiFormer's ``'fast'`` block passes) returns the (N, C, H, W) result
+        with channels-last strides instead of copying it into a contiguous map; the call still goes through
+        the module, so forward hooks see it."""
         check_nchw(x, self.embed_dims, type(self).__name__)
-        return self.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+        out = self.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return out if channels_last_output else out.contiguous()
 
     def forward_nhwc(self, x):
-        """:meth:`forward` on an (N, H, W, C) map, returning (N, H, W, C) (BiFormer's ``'fast'`` block)."""
+        """:meth:`forward` on an (N, H, W, C) map, returning (N, H, W, C)."""
         _, h, w, _ = x.shape
         tokens = rearrange(x, 'n h w c -> n (h w) c')
         q, k, v = rearrange(self.qkv(tokens), 'n t (three m d) -> three n m t d', three=3, m=self.num_heads)

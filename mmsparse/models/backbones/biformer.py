@@ -98,7 +98,9 @@ class BiFormerBlock(ImplOperator, nn.Module):
         x = x.contiguous(memory_format=torch.channels_last)  # a no-op from the second block of a stage on
         x = x + self.pos_embed(x)
         t = x.permute(0, 2, 3, 1)  # (N, H, W, C), contiguous: a view, not a copy
-        t = t + self.drop_path(self.attn.forward_nhwc(self._layer_norm(self.norm1, t)))
+        # through the module (not forward_nhwc) so that forward hooks on the attention see every call
+        attn = self.attn(self._layer_norm(self.norm1, t).permute(0, 3, 1, 2), channels_last_output=True)
+        t = t + self.drop_path(attn.permute(0, 2, 3, 1))
         t = t + self.drop_path(self._mlp_nhwc(self._layer_norm(self.norm2, t)))
         return t.permute(0, 3, 1, 2)
 
