@@ -47,6 +47,8 @@ class BiFormerBlock(ImplOperator, nn.Module):
     map and no 1x1 convolution falls back to im2col on CPU. Same maths as ``'reference'`` (layer by layer in
     NCHW, as the authors write it); the output then has channels-last strides, which
     :meth:`~mmsparse.models.backbones.base.SparseBackbone.out_norm` turns into a contiguous map.
+    The attention is called as a module (its forward hooks fire); ``norm1``, ``norm2`` and ``mlp`` are not (their
+    parameters are used directly), so hooks on them need ``impl='reference'``.
 
     Args:
         embed_dims (int): Channels C.
