@@ -10,7 +10,7 @@ from mmengine.config import ConfigDict, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmsparse.apis import check_data, load_config, run_tool
+from mmsparse.apis import check_data, load_tool_config, run_tool
 
 
 def parse_args():
@@ -58,7 +58,7 @@ def use_tta(cfg, task):
 
 def main():
     args = parse_args()
-    cfg, task = load_config(args)
+    cfg, task = load_tool_config(args)
     if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
         raise SystemExit(f'checkpoint: no such file: {args.checkpoint}')
 

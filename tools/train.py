@@ -10,7 +10,8 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmsparse.apis import amp_fallback_on_cpu, check_data, check_pretrained, check_torchvision, load_config, run_tool
+from mmsparse.apis import (amp_fallback_on_cpu, check_data, check_pretrained, check_torchvision, load_tool_config,
+                           run_tool)
 
 
 def parse_args():
@@ -31,7 +32,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    cfg, task = load_config(args)
+    cfg, task = load_tool_config(args)
 
     if args.amp:
         wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')

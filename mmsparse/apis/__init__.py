@@ -1,5 +1,6 @@
 """What the command-line tools under ``tools/`` do besides parsing arguments, importable by scripts and tests.
 
+* :mod:`.model`: the one way from a config to a model, :func:`load_config` and :func:`build_model`.
 * :mod:`.runner`: load a config for ``tools/train.py`` / ``tools/test.py`` and adapt it to the launcher and the
   machine (gloo and per-process BN without a GPU, float32 instead of AMP), and end a distributed run's process.
 * :mod:`.checks`: stop early, with what to do, when a dataset, a pretrained checkpoint or torchvision is missing.
@@ -10,10 +11,12 @@ imported where a function needs them.
 """
 from .checks import check_data, check_pretrained, check_torchvision
 from .inference import TASKS, drop_pretrained, fake_data_sample, load_task_config, task_of
-from .runner import amp_fallback_on_cpu, finish_distributed, load_config, prepare, revert_sync_bn_on_cpu, run_tool
+from .model import build_model, load_config
+from .runner import (amp_fallback_on_cpu, finish_distributed, load_tool_config, prepare, revert_sync_bn_on_cpu,
+                     run_tool)
 
 __all__ = [
     'TASKS', 'task_of', 'load_task_config', 'drop_pretrained', 'fake_data_sample', 'check_data', 'check_pretrained',
-    'check_torchvision', 'load_config', 'prepare', 'revert_sync_bn_on_cpu', 'amp_fallback_on_cpu', 'run_tool',
-    'finish_distributed'
+    'check_torchvision', 'load_config', 'build_model', 'load_tool_config', 'prepare', 'revert_sync_bn_on_cpu',
+    'amp_fallback_on_cpu', 'run_tool', 'finish_distributed'
 ]

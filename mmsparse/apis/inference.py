@@ -1,5 +1,4 @@
 """The task of a config, model configs without pretrained weights, and fake data samples for forward passes."""
-import os.path as osp
 
 import torch
 
@@ -25,12 +24,8 @@ def load_task_config(path, cfg_options=None):
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` (:func:`task_of`) for another scope.
     """
-    from mmengine.config import Config
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'config: no such file: {path}')
-    cfg = Config.fromfile(path)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    from .model import load_config  # model.py imports this module
+    cfg = load_config(path, cfg_options)
     return cfg, task_of(cfg, source=path)
 
 

@@ -38,7 +38,7 @@ def prepare(cfg, args):
     return task_of(cfg)
 
 
-def _sync_bn_to_bn(node):
+def sync_bn_to_bn(node):
     """Replace ``type='SyncBN'`` by ``'BN'`` in a config tree, in place; returns how many were replaced."""
     count = 0
     if isinstance(node, dict):
@@ -46,16 +46,16 @@ def _sync_bn_to_bn(node):
             node['type'] = 'BN'
             count += 1
         for value in node.values():
-            count += _sync_bn_to_bn(value)
+            count += sync_bn_to_bn(value)
     elif isinstance(node, (list, tuple)):
         for value in node:
-            count += _sync_bn_to_bn(value)
+            count += sync_bn_to_bn(value)
     return count
 
 
 def revert_sync_bn_on_cpu(cfg):
     """SyncBN has no CPU implementation: in a CPU distributed run, build BN instead (with a one-line notice)."""
-    count = _sync_bn_to_bn(cfg.get('model') or {})
+    count = sync_bn_to_bn(cfg.get('model') or {})
     if cfg.get('sync_bn'):
         cfg.sync_bn = None
         count += 1
@@ -118,12 +118,14 @@ def finish_distributed(code):
     os._exit(code)
 
 
-def load_config(args):
-    """Config from ``args.config`` with ``--cfg-options``, launcher and work_dir applied; returns (cfg, task)."""
-    from mmengine.config import Config
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+def load_tool_config(args):
+    """Config from ``args.config`` with ``--cfg-options``, launcher and work_dir applied; returns (cfg, task).
+
+    The tools' config step (:func:`mmsparse.apis.load_config` plus what a Runner needs); used by
+    ``tools/train.py`` and ``tools/test.py``.
+    """
+    from .model import load_config
+    cfg = load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
