@@ -13,7 +13,6 @@ What the graph computes (its contract) depends on the model, see :func:`model_ki
 ``input`` is the image after the data preprocessor (normalised, padded), float32 ``[B, 3, H, W]``.
 """
 import json
-import os.path as osp
 import warnings
 
 import torch
@@ -31,14 +30,12 @@ META_KEY = 'mmsparse'
 
 
 def load_config(path, cfg_options=None):
-    """The config at ``path`` (``--cfg-options`` merged), with mmsparse's modules registered."""
-    from mmengine.config import Config
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'config: no such file: {path}')
-    import mmsparse  # noqa: F401  (registers our models, also under mmdet / mmseg names)
-    cfg = Config.fromfile(path)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    """The mmdet / mmseg config at ``path`` (``--cfg-options`` merged), with mmsparse's modules registered.
+
+    :func:`mmsparse.apis.load_config`, restricted to the scopes the exporter takes (``ValueError`` otherwise).
+    """
+    from mmsparse.apis import load_config as _load_config
+    cfg = _load_config(path, cfg_options)
     if cfg.get('default_scope') not in ('mmdet', 'mmseg'):
         raise ValueError(f'{path}: default_scope is {cfg.get("default_scope")!r}; the exporter takes mmdet or '
                          'mmseg configs')
@@ -48,30 +45,11 @@ def load_config(path, cfg_options=None):
 def build_model(cfg, checkpoint=None):
     """The config's model in eval mode on the CPU, with ``checkpoint``'s weights when given.
 
-    Without a checkpoint the weights are the modules' constructor initialisation (no ``init_cfg`` is run, so no
-    pretrained file is needed): fine for checking the export, meaningless as predictions.
+    :func:`mmsparse.apis.build_model`: without a checkpoint the weights are the model's ``init_weights()``
+    (``Pretrained`` entries dropped, nothing downloaded): fine for checking the export, meaningless as predictions.
     """
-    from mmengine.registry import DefaultScope
-    from mmengine.runner import load_checkpoint
-    scope = cfg.get('default_scope')
-    with DefaultScope.overwrite_default_scope(scope):
-        if scope == 'mmdet':
-            from mmdet.registry import MODELS
-            from mmdet.utils import register_all_modules
-        else:
-            from mmseg.registry import MODELS
-            from mmseg.utils import register_all_modules
-        register_all_modules(init_default_scope=False)
-        model = MODELS.build(cfg.model)
-    if checkpoint is not None:
-        if not osp.isfile(checkpoint):
-            raise FileNotFoundError(f'checkpoint: no such file: {checkpoint}')
-        ckpt = load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
-        meta = ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
-        if meta.get('dataset_meta'):
-            model.dataset_meta = meta['dataset_meta']
-    model.cfg = cfg
-    return model.eval()
+    from mmsparse.apis import build_model as _build_model
+    return _build_model(cfg, checkpoint)
 
 
 def model_kind(model, backbone_only=False):

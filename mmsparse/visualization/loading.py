@@ -1,6 +1,5 @@
 """Backbone, image and query points for the attention pictures, from an mmdet / mmseg / mmsparse config."""
 import os.path as osp
-import warnings
 
 import numpy as np
 import torch
@@ -11,16 +10,10 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
-def _register_scope(scope):
-    """Register the downstream package's modules (what its inferencers do); the scope is set only while
-    building (see :func:`load_backbone`), so the caller's default scope is left as it was."""
-    if scope in ('mmdet', 'mmseg'):
-        import importlib
-        importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
-
-
 def load_backbone(config, checkpoint=None, cfg_options=None):
     """Build ``model.backbone`` of a config in eval mode, with random weights or a checkpoint's.
+
+    :func:`mmsparse.apis.build_model` with ``part='backbone'``, checked to hold an mmsparse operator.
 
     Args:
         config (str | Config): an mmsparse config or a stock mmdet / mmseg one importing mmsparse through
@@ -36,57 +29,19 @@ def load_backbone(config, checkpoint=None, cfg_options=None):
         ValueError: the config has no ``model.backbone``, the backbone holds no mmsparse operator, or the
             checkpoint does not fit it.
     """
-    from mmengine.config import Config
-
-    import mmsparse  # noqa: F401  (registers our models, also under mmdet / mmseg)
-    from mmsparse.utils.checkpoint import load_checkpoint_file, load_pretrained, unwrap_state_dict
+    from mmsparse.apis import build_model, load_config
     from .attention import OPERATOR_TYPES
 
-    if isinstance(config, str) and not osp.isfile(config):
-        raise FileNotFoundError(f'config: no such file: {config}')
-    cfg = Config.fromfile(config) if isinstance(config, str) else config
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    cfg = load_config(config, cfg_options)
     backbone_cfg = (cfg.get('model') or {}).get('backbone')
     if not backbone_cfg:
         raise ValueError(f'{config}: the config has no model.backbone')
-    backbone_cfg = backbone_cfg.to_dict() if hasattr(backbone_cfg, 'to_dict') else dict(backbone_cfg)
-    backbone_cfg.pop('_delete_', None)
-    init_cfg = backbone_cfg.get('init_cfg')
-    if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
-        backbone_cfg['init_cfg'] = None  # weights come from --checkpoint, or are random
-    scope = cfg.get('default_scope') or 'mmdet'
-    _register_scope(scope)
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.registry import MODELS, DefaultScope
-    with DefaultScope.overwrite_default_scope(scope):
-        backbone = revert_sync_batchnorm(MODELS.build(backbone_cfg))  # segmentation configs use SyncBN
+    backbone = build_model(cfg, checkpoint, part='backbone')
     if not any(isinstance(m, OPERATOR_TYPES) for m in backbone.modules()):
         names = ', '.join(t.__name__ for t in OPERATOR_TYPES)
         raise ValueError(f'{config}: model.backbone ({backbone_cfg.get("type")}) holds none of mmsparse\'s '
                          f'attention operators ({names}); use a BiFormer, CloFormer or STViT config, or a '
                          'backbone with mmsparse plugins (operators in necks are not drawn)')
-    if checkpoint is None:
-        from mmengine.logging import MMLogger
-        logger = MMLogger.get_current_instance()
-        level = logger.level
-        logger.setLevel('WARNING')  # mmengine logs every parameter's init at INFO
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore')
-                backbone.init_weights()
-        finally:
-            logger.setLevel(level)
-    else:
-        if not osp.isfile(checkpoint) and '://' not in checkpoint:
-            raise FileNotFoundError(f'checkpoint: no such file: {checkpoint}')
-        state = unwrap_state_dict(load_checkpoint_file(checkpoint))
-        prefix = 'backbone.' if any(k.startswith('backbone.') for k in state) else None
-        try:
-            load_pretrained(backbone, state, prefix=prefix)
-        except (KeyError, RuntimeError) as err:  # the message names the missing / unexpected keys
-            raise ValueError(f'checkpoint {checkpoint}: {err}') from err
-    backbone.eval()  # not chained: some backbones' train() (mmdet's ResNet) returns None
     return backbone, cfg
 
 
