@@ -1,7 +1,7 @@
 """Run a trained detector or segmentor on images and save the drawn predictions and the raw results.
 
     python tools/infer.py CONFIG CHECKPOINT INPUT [INPUT ...] [--out-dir DIR] [--score-thr T] [--device cpu]
-    python tools/infer.py CONFIG FILE.onnx INPUT [INPUT ...] --backend onnxruntime   # an exported model
+    python tools/infer.py CONFIG FILE.onnx INPUT [INPUT ...] --backend onnxruntime [--weights CKPT]  # exported
 
 INPUT is an image, a folder (its images, recursively) or a glob pattern (quote it). The config's
 ``default_scope`` picks mmdet's ``DetInferencer`` (``mmdet``) or mmseg's ``MMSegInferencer`` (``mmseg``); both
@@ -39,6 +39,10 @@ def build_parser():
     parser.add_argument('--backend', choices=('pytorch', 'onnxruntime'), default='pytorch',
                         help='onnxruntime: CHECKPOINT is an ONNX file from tools/deployment/export_onnx.py, run on '
                         'the CPU; pre- and post-processing stay the config\'s (docs/deployment.md)')
+    parser.add_argument('--weights', metavar='CKPT',
+                        help='onnxruntime: the PyTorch checkpoint the ONNX file was exported from. Required for '
+                        'two-stage detectors (Mask R-CNN), whose RPN and RoI heads run outside the graph with its '
+                        'weights; it also gives the checkpoint\'s class names')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries, as in tools/test.py')
     return parser
@@ -97,15 +101,19 @@ def run(args):
     os.makedirs(args.out_dir, exist_ok=True)
     entries = []
     onnx = getattr(args, 'backend', 'pytorch') == 'onnxruntime'
-    weights = None if onnx else args.checkpoint
+    weights = getattr(args, 'weights', None) if onnx else args.checkpoint
     if onnx:
         args.device = 'cpu'
+        if weights is not None and not osp.isfile(weights):
+            raise FileNotFoundError(f'--weights: no such file: {weights}')
+    elif getattr(args, 'weights', None) is not None:
+        raise ValueError('--weights is for --backend onnxruntime (with pytorch, CHECKPOINT holds the weights)')
     if scope == 'mmdet':
         from mmdet.apis import DetInferencer
         inferencer = DetInferencer(model=cfg, weights=weights, device=args.device, show_progress=False)
         if onnx:
             from mmsparse.deployment import attach_to_inferencer
-            attach_to_inferencer(inferencer, args.checkpoint)
+            attach_to_inferencer(inferencer, args.checkpoint, weights_loaded=weights is not None)
         classes = (inferencer.model.dataset_meta or {}).get('classes')
         for image in images:
             out = inferencer(image, out_dir=args.out_dir, pred_score_thr=args.score_thr, no_save_pred=True)
@@ -117,7 +125,7 @@ def run(args):
         inferencer.show_progress = False
         if onnx:
             from mmsparse.deployment import attach_to_inferencer
-            attach_to_inferencer(inferencer, args.checkpoint)
+            attach_to_inferencer(inferencer, args.checkpoint, weights_loaded=weights is not None)
         classes = (inferencer.model.dataset_meta or {}).get('classes')
         for image in images:
             # mmseg numbers its label maps (pred/00000000_pred.png, ...); they are renamed after the images

@@ -80,12 +80,28 @@ class OnnxNetwork:
         return tuple(groups)
 
 
-def attach_onnx(model, network):
+#: the model's top-level modules that each graph kind computes (None: all of them); the parameters of every
+#: other module are used outside the graph, in PyTorch, and must come from a checkpoint
+GRAPH_MODULES = {'segmentor': None, 'single_stage': ('backbone', 'neck', 'bbox_head'), 'two_stage': ('backbone', 'neck')}
+
+
+def modules_outside_graph(model, kind):
+    """Names of ``model``'s top-level modules with parameters that a ``kind`` graph leaves to PyTorch."""
+    covered = GRAPH_MODULES[kind]
+    if covered is None:
+        return []
+    return sorted({name.split('.')[0] for name, _ in model.named_parameters() if name.split('.')[0] not in covered})
+
+
+def attach_onnx(model, network, checkpoint=None, *, weights_loaded=False):
     """Route ``model``'s network through ``network`` (an :class:`OnnxNetwork` or a path); returns ``model``.
 
     Segmentors: ``encode_decode`` becomes the graph. Single-stage detectors: ``extract_feat`` returns the
     graph's head outputs and the head's ``forward`` passes them on, so ``bbox_head.predict`` runs mmdet's own
-    ``predict_by_feat``. Two-stage detectors: ``extract_feat`` returns the graph's neck outputs.
+    ``predict_by_feat``. Two-stage detectors: ``extract_feat`` returns the graph's neck outputs, and the RPN and
+    RoI heads run in PyTorch with ``model``'s weights: pass ``checkpoint`` (the PyTorch checkpoint the graph was
+    exported from; it is loaded strictly into ``model``) or ``weights_loaded=True`` when ``model`` already holds
+    them. Without either, a model with parameters outside the graph is refused (never run unloaded weights).
     """
     if isinstance(network, str):
         network = OnnxNetwork(network)
@@ -93,23 +109,39 @@ def attach_onnx(model, network):
     if kind == 'backbone':
         raise ValueError(f'{network.path} is a backbone-only graph (features, no predictions); export the '
                          'detector or segmentor without --backbone-only to run it on images')
+    if kind not in GRAPH_MODULES:
+        raise ValueError(f'{network.path}: unknown graph kind {kind!r}')
     if kind == 'segmentor':
         if not hasattr(model, 'encode_decode'):
             raise ValueError(f'{network.path} holds a segmentor graph but the config builds {type(model).__name__}')
-        model.encode_decode = lambda inputs, batch_img_metas: network(inputs)[0]
     elif kind == 'two_stage':
         if not hasattr(model, 'roi_head'):
             raise ValueError(f'{network.path} holds a two-stage detector graph but the config builds '
                              f'{type(model).__name__}')
+    elif not hasattr(model, 'bbox_head') or hasattr(model, 'roi_head'):
+        raise ValueError(f'{network.path} holds a single-stage detector graph but the config builds '
+                         f'{type(model).__name__}')
+    outside = modules_outside_graph(model, kind)
+    if checkpoint is not None:
+        from mmengine.runner import load_checkpoint
+        if not osp.isfile(checkpoint):
+            raise FileNotFoundError(f'checkpoint: no such file: {checkpoint}')
+        load_checkpoint(model, checkpoint, map_location='cpu', strict=True, logger='silent')
+    elif outside and not weights_loaded:
+        source = network.meta.get('checkpoint')
+        hint = f' (it was exported from {source})' if source else ''
+        raise ValueError(
+            f'{network.path} is a {kind.replace("_", "-")} detector graph: {", ".join(outside)} run outside it, in '
+            f'PyTorch, and need the weights of the checkpoint the graph was exported from{hint}. Pass it: '
+            'tools/infer.py ... --backend onnxruntime --weights CHECKPOINT, or attach_onnx(model, graph, '
+            'checkpoint=CHECKPOINT)')
+    if kind == 'segmentor':
+        model.encode_decode = lambda inputs, batch_img_metas: network(inputs)[0]
+    elif kind == 'two_stage':
         model.extract_feat = lambda inputs: tuple(network(inputs))
-    elif kind == 'single_stage':
-        if not hasattr(model, 'bbox_head') or hasattr(model, 'roi_head'):
-            raise ValueError(f'{network.path} holds a single-stage detector graph but the config builds '
-                             f'{type(model).__name__}')
+    else:
         model.extract_feat = network.grouped
         model.bbox_head.forward = lambda head_outputs: head_outputs
-    else:
-        raise ValueError(f'{network.path}: unknown graph kind {kind!r}')
     model.onnx_network = network
     return model
 
@@ -159,7 +191,7 @@ def compare(model, network, inputs, box_tol=1e-3, mask_tol=1e-3):
         import copy
         with torch.no_grad():
             ref = _predict(model, inputs)
-            got = _predict(attach_onnx(copy.deepcopy(model), network), inputs)
+            got = _predict(attach_onnx(copy.deepcopy(model), network, weights_loaded=True), inputs)
         scale = max(inputs.shape[2:])
         for i, (r, g) in enumerate(zip(ref, got)):
             same_count = len(r) == len(g)
@@ -204,11 +236,12 @@ def verify(model, path, sizes, batch=1, rtol=1e-4, box_tol=1e-3, seed=0, threads
     return all_rows
 
 
-def attach_to_inferencer(inferencer, onnx_path, threads=None):
+def attach_to_inferencer(inferencer, onnx_path, threads=None, checkpoint=None, weights_loaded=False):
     """Make an mmdet ``DetInferencer`` / mmseg ``MMSegInferencer`` run its network through ``onnx_path``.
 
     The inferencer keeps its pipeline, data preprocessor, post-processing and drawing, so its pictures and
-    results have the PyTorch path's form. ``threads``: ONNX Runtime intra-op threads (default ORT's).
+    results have the PyTorch path's form. ``threads``: ONNX Runtime intra-op threads (default ORT's);
+    ``checkpoint`` / ``weights_loaded``: as in :func:`attach_onnx` (two-stage detectors need the weights).
     """
-    attach_onnx(inferencer.model, OnnxNetwork(onnx_path, threads))
+    attach_onnx(inferencer.model, OnnxNetwork(onnx_path, threads), checkpoint, weights_loaded=weights_loaded)
     return inferencer

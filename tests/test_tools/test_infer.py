@@ -139,3 +139,37 @@ def test_bad_inputs(checkpoints, tmp_path):
     assert proc.returncode == 2 and 'checkpoint: no such file' in proc.stderr
     proc = run_tool('tools/infer.py', 'configs/demo/none.py', checkpoints['det'], photograph())
     assert proc.returncode == 2 and 'config: no such file' in proc.stderr
+
+
+def test_onnx_mask_rcnn_runs_the_checkpoints_heads(checkpoints, tmp_path):
+    """A Mask R-CNN graph stops at the neck; the RPN and RoI heads run in PyTorch. Without ``--weights`` the ONNX
+    backend must refuse (it used to run randomly initialised heads: confident, wrong detections); with it, the
+    detections are PyTorch's."""
+    onnx_file = tmp_path / 'maskrcnn.onnx'
+    # a 256 x 192 validation image: the test pipeline keeps its size, padded it is exactly the export shape
+    image = os.path.join(REPO, 'data/demo_coco/val2017/000010.jpg')
+    assert cv2.imread(image).shape[:2] == (192, 256)
+    ok(run_tool('tools/deployment/export_onnx.py', DET_DEMO, '--checkpoint', checkpoints['det'], '--out', onnx_file,
+                '--shape', 192, 256))
+    proc = run_tool('tools/infer.py', DET_DEMO, onnx_file, image, '--backend', 'onnxruntime', '--out-dir',
+                    tmp_path / 'refused')
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert 'rpn_head' in proc.stderr and 'roi_head' in proc.stderr and '--weights CHECKPOINT' in proc.stderr
+    assert not (tmp_path / 'refused' / 'results.json').exists()
+
+    ok(run_tool('tools/infer.py', DET_DEMO, checkpoints['det'], image, '--out-dir', tmp_path / 'pt',
+                '--score-thr', 0.0))
+    ok(run_tool('tools/infer.py', DET_DEMO, onnx_file, image, '--backend', 'onnxruntime', '--weights',
+                checkpoints['det'], '--out-dir', tmp_path / 'ort', '--score-thr', 0.0))
+    (ref,) = load_results(tmp_path / 'pt')['results']
+    (got,) = load_results(tmp_path / 'ort')['results']
+    assert len(ref['labels']) > 0 and len(got['labels']) == len(ref['labels'])
+    # as sets: tied scores of a barely trained head may swap places
+    ref_rows = sorted(zip(ref['labels'], ref['scores'], ref['bboxes']), key=lambda r: (r[0], -r[1], r[2]))
+    got_rows = sorted(zip(got['labels'], got['scores'], got['bboxes']), key=lambda r: (r[0], -r[1], r[2]))
+    for (l_ref, s_ref, b_ref), (l_got, s_got, b_got) in zip(ref_rows, got_rows):
+        assert l_got == l_ref
+        assert abs(s_got - s_ref) < 1e-4
+        assert max(abs(a - b) for a, b in zip(b_got, b_ref)) < 1e-3 * 256
+    assert got['label_names'] == [load_results(tmp_path / 'ort')['classes'][i] for i in got['labels']]
+    assert load_results(tmp_path / 'ort')['classes'] == ['disc', 'square', 'triangle', 'ring']
