@@ -82,7 +82,11 @@ class OnnxNetwork:
 
 #: the model's top-level modules that each graph kind computes (None: all of them); the parameters of every
 #: other module are used outside the graph, in PyTorch, and must come from a checkpoint
-GRAPH_MODULES = {'segmentor': None, 'single_stage': ('backbone', 'neck', 'bbox_head'), 'two_stage': ('backbone', 'neck')}
+GRAPH_MODULES = {
+    'segmentor': None,
+    'single_stage': ('backbone', 'neck', 'bbox_head'),
+    'two_stage': ('backbone', 'neck')
+}
 
 
 def modules_outside_graph(model, kind):
