@@ -9,23 +9,32 @@ and ``upgrade_state_dict(sd)`` (an older mmsparse layout -> the current one), al
 """
 from collections import OrderedDict
 
+# the families package imports no model at import time; its specs (which name backbones) load on first look-up
+from mmsparse.families import LiveMapping, get_family, list_families
 from mmsparse.utils.checkpoint import unwrap_state_dict
 
-from . import biformer, cloformer, stvit
+from . import biformer, cloformer, stvit  # noqa: F401  (the built-in families' key maps)
 from .common import ForeignStateDictError, UnmappedKeysError
 
-#: family name -> its converter module (the names ``tools/model_converters/official2mmsparse.py`` accepts)
-FAMILIES = {'biformer': biformer, 'cloformer': cloformer, 'stvit': stvit}
+
+def _converters():
+    specs = (get_family(name) for name in list_families())
+    return {spec.name: spec.converter for spec in specs if spec.converter is not None}
+
+
+#: family name -> its converter module (the names ``tools/model_converters/official2mmsparse.py`` accepts): a live
+#: view of the registered families (:mod:`mmsparse.families`) that have a converter
+FAMILIES = LiveMapping(_converters, 'family name -> converter module')
 
 __all__ = ['FAMILIES', 'UnmappedKeysError', 'ForeignStateDictError', 'family_module', 'convert', 'convert_checkpoint']
 
 
 def family_module(family):
     """The converter module of ``family`` (raises naming the accepted families)."""
-    fam = str(family).lower()
-    if fam not in FAMILIES:
-        raise ValueError(f'family={family!r} is not supported; choose one of {sorted(FAMILIES)}')
-    return FAMILIES[fam]
+    fam, converters = str(family).lower(), _converters()
+    if fam not in converters:
+        raise ValueError(f'family={family!r} is not supported; choose one of {sorted(converters)}')
+    return converters[fam]
 
 
 def convert(family, state_dict, use_ema=False):

@@ -10,11 +10,12 @@ from collections import OrderedDict
 import torch.nn as nn
 
 from mmsparse.converters import biformer, cloformer, stvit
+from mmsparse.families import LiveMapping, get_family, list_families
 from mmsparse.models.backbones import BiFormer, CloFormer, STViT
 from mmsparse.ops import AttnConv, BiLevelRoutingAttention, SuperTokenAttention
 from mmsparse.utils.checkpoint import unwrap_state_dict
 
-__all__ = ['OFFICIAL_CLASSES', 'model_from_official']
+__all__ = ['OFFICIAL_CLASSES', 'BIFORMER_CLASSES', 'CLOFORMER_CLASSES', 'STVIT_CLASSES', 'model_from_official']
 
 
 def _merge(defaults, kwargs, cls):
@@ -197,16 +198,20 @@ def _build_stoken_attention(official_kwargs):
     return module, stvit.convert_attention_state_dict
 
 
-#: the authors' class name -> ``build(official_kwargs) -> (module, convert_fn)``
-OFFICIAL_CLASSES = {
-    'BiFormer': _build_biformer,
-    'BiFormer_mm': _build_biformer_mm,
-    'BiLevelRoutingAttention': _build_bra,
-    'CloFormer': _build_cloformer,
-    'EfficientAttention': _build_efficient_attention,
-    'STViT': _build_stvit,
-    'StokenAttention': _build_stoken_attention,
-}
+#: the authors' class name -> ``build(official_kwargs) -> (module, convert_fn)``, per family (the family specs
+#: of :mod:`mmsparse.families` name these tables)
+BIFORMER_CLASSES = {'BiFormer': _build_biformer, 'BiFormer_mm': _build_biformer_mm,
+                    'BiLevelRoutingAttention': _build_bra}
+CLOFORMER_CLASSES = {'CloFormer': _build_cloformer, 'EfficientAttention': _build_efficient_attention}
+STVIT_CLASSES = {'STViT': _build_stvit, 'StokenAttention': _build_stoken_attention}
+
+
+def _official_classes():
+    return {name: build for fam in list_families() for name, build in (get_family(fam).official or {}).items()}
+
+
+#: every registered family's builders, by the authors' class name (a live view of :mod:`mmsparse.families`)
+OFFICIAL_CLASSES = LiveMapping(_official_classes, "the authors' class name -> build(official_kwargs)")
 
 
 def model_from_official(official_class, official_kwargs=None, state_dict=None):
@@ -215,10 +220,10 @@ def model_from_official(official_class, official_kwargs=None, state_dict=None):
     If ``state_dict`` (the authors' keys) is given, it is converted and loaded strictly, so every tensor,
     BN buffers included, must find its place. Returns the module in eval mode.
     """
-    if official_class not in OFFICIAL_CLASSES:
-        raise ValueError(f'official_class={official_class!r} is not supported; choose one of '
-                         f'{sorted(OFFICIAL_CLASSES)}')
-    module, convert_fn = OFFICIAL_CLASSES[official_class](dict(official_kwargs or {}))
+    classes = _official_classes()
+    if official_class not in classes:
+        raise ValueError(f'official_class={official_class!r} is not supported; choose one of {sorted(classes)}')
+    module, convert_fn = classes[official_class](dict(official_kwargs or {}))
     if state_dict is not None:
         sd = convert_fn(unwrap_state_dict(state_dict))
         missing, unexpected = module.load_state_dict(sd, strict=False)

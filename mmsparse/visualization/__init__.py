@@ -4,7 +4,8 @@
 :mod:`.drawing` draws them, :mod:`.maps` puts both together per stage and :mod:`.loading` builds the backbone
 and the input from a config. ``tools/visualization/attention_map.py`` is the command line.
 """
-from .attention import (OPERATOR_TYPES, OperatorCall, attnconv_global_attention, attnconv_local_weights,
+from . import attention
+from .attention import (OperatorCall, attnconv_global_attention, attnconv_local_weights,
                         bra_channels, bra_layout, bra_token_attention, capture_operator_inputs, family_of,
                         feature_point, sta_association)
 from .loading import default_points, load_backbone, preprocess, read_image, resize_for_model, scale_points
@@ -16,3 +17,10 @@ __all__ = [
     'load_backbone', 'read_image', 'resize_for_model', 'preprocess', 'default_points', 'scale_points',
     'StageMap', 'attention_maps'
 ]
+
+
+def __getattr__(name):
+    # OPERATOR_TYPES follows the registered families (see :func:`.attention.operator_types`)
+    if name == 'OPERATOR_TYPES':
+        return attention.operator_types()
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -28,14 +28,26 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from mmsparse.ops import AttnConv, BiLevelRoutingAttention, GlobalAttentionLePE, SuperTokenAttention
+from mmsparse import families
+# maps.py reads these classes from here
+from mmsparse.ops import AttnConv, BiLevelRoutingAttention, GlobalAttentionLePE, SuperTokenAttention  # noqa: F401
 
-__all__ = ['OPERATOR_TYPES', 'OperatorCall', 'capture_operator_inputs', 'family_of', 'feature_point',
-           'bra_channels', 'bra_layout', 'bra_token_attention', 'sta_association', 'attnconv_global_attention',
-           'attnconv_local_weights']
+# OPERATOR_TYPES comes from the module's __getattr__
+__all__ = ['OPERATOR_TYPES', 'OperatorCall', 'capture_operator_inputs', 'family_of', 'feature_point',  # noqa: F822
+           'operator_types', 'bra_channels', 'bra_layout', 'bra_token_attention', 'sta_association',
+           'attnconv_global_attention', 'attnconv_local_weights']
 
-#: the operator classes :func:`capture_operator_inputs` records
-OPERATOR_TYPES = (BiLevelRoutingAttention, GlobalAttentionLePE, SuperTokenAttention, AttnConv)
+
+def operator_types():
+    """The operator classes of every registered family (what :func:`capture_operator_inputs` records)."""
+    return tuple(op.cls for name in families.list_families() for op in families.get_family(name).operators)
+
+
+def __getattr__(name):
+    # ``OPERATOR_TYPES`` is computed at each access, so a family registered after import is included
+    if name == 'OPERATOR_TYPES':
+        return operator_types()
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 @dataclass
@@ -61,30 +73,25 @@ class OperatorCall:
 
 
 def family_of(module):
-    """'biformer', 'stvit' or 'cloformer' for an operator instance (``None`` for anything else)."""
-    if isinstance(module, (BiLevelRoutingAttention, GlobalAttentionLePE)):
-        return 'biformer'
-    if isinstance(module, SuperTokenAttention):
-        return 'stvit'
-    if isinstance(module, AttnConv):
-        return 'cloformer'
-    return None
+    """The registered family of an operator instance ('biformer', ...; ``None`` for anything else)."""
+    return families.family_of(module)
 
 
 @torch.no_grad()
-def capture_operator_inputs(backbone, img, types=OPERATOR_TYPES):
+def capture_operator_inputs(backbone, img, types=None):
     """Run ``backbone(img)`` once and record every operator call (see :class:`OperatorCall`).
 
     Args:
         backbone (nn.Module): any module holding mmsparse operators; put it in eval mode first.
         img (Tensor): (1, 3, H, W) preprocessed image.
-        types (tuple): operator classes to record.
+        types (tuple, optional): operator classes to record. Default: every registered family's operators.
 
     Returns:
         list[OperatorCall]: in call order. Empty when the backbone holds none of ``types``.
     """
     if img.dim() != 4 or img.shape[0] != 1:
         raise ValueError(f'img must be a (1, C, H, W) batch of one image, got shape {tuple(img.shape)}')
+    types = operator_types() if types is None else tuple(types)
     operators = [(name, m) for name, m in backbone.named_modules() if isinstance(m, types)]
     calls, handles, recording = [], [], {}
 
@@ -183,7 +190,7 @@ def bra_token_attention(op, x, routing_idx, query_yx):
     q_h = q[0, region, token].view(m, -1)  # head-major split
     k_h = k[0, routed].reshape(routed.numel() * rh * rw, m, -1)
     per_head = (torch.einsum('md,smd->ms', q_h * op.scale, k_h)).softmax(-1)
-    placed = torch.zeros(n * n, rh * rw, dtype=per_head.dtype)
+    placed = torch.zeros(n * n, rh * rw, dtype=per_head.dtype, device=per_head.device)
     placed[routed] = per_head.mean(0).view(routed.numel(), rh * rw)
     weights = rearrange(placed, '(j i) (h w) -> (j h) (i w)', j=n, h=rh)
     return dict(region=int(region), routed=[int(r) for r in routed], per_head=per_head, weights=weights,

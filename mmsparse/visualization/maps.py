@@ -9,11 +9,15 @@ draws, per family:
 - CloFormer (AttnConv): per query point, the global branch's attention over the pooled keys and a zoom on the
   local branch's weights around the query (one per local group).
 
-Stages whose operator has nothing sparse to show (BiFormer's global stage 4, STViT's 1x1 super tokens) are
-listed in ``skipped`` with the reason.
+Operators of any other registered family explain themselves: their spec's ``explain`` hook (or their own
+``explain(x, query_yx)`` method) returns a weight grid per query point, drawn as a heat map.
+
+Stages whose operator has nothing sparse to show (BiFormer's global stage 4, STViT's 1x1 super tokens, an
+operator that cannot explain itself) are listed in ``skipped`` with the reason.
 """
 from dataclasses import dataclass, field
 
+from mmsparse import families
 from . import attention as A
 from . import drawing as D
 
@@ -25,7 +29,7 @@ class StageMap:
     """The drawing of one stage.
 
     Attributes:
-        family (str): 'biformer', 'stvit' or 'cloformer'.
+        family (str): the operator's family ('biformer', 'stvit', 'cloformer' or one registered later).
         stage (int), stride (int), block (int): where the drawn operator sits (block: call order at that stride).
         name (str): the operator's module path.
         panels (list[ndarray]): BGR pictures, one per query point (and per AttnConv branch).
@@ -51,6 +55,8 @@ def _drawable(call):
         return 'global attention + LePE (no routing)'
     if isinstance(op, A.SuperTokenAttention) and op.is_global:
         return 'super-token size 1x1: plain global attention (no super tokens)'
+    if A.family_of(op) not in _DRAWERS and families.operator_spec(op).explainer() is None:
+        return f'{type(op).__name__} cannot explain itself (no explain hook or method)'
     return None
 
 
@@ -67,7 +73,7 @@ def _outside(box):
     return x1 <= x0 or y1 <= y0
 
 
-def _biformer(call, img, points):
+def _biformer(call, img, points, seed):
     op, hw = call.module, call.x.shape[-2:]
     sm = StageMap('biformer', call.stage, call.stride, call.block, call.name,
                   summary=f'BRA n_win={op.n_win}, topk={op.topk}, feature map {hw[0]}x{hw[1]}')
@@ -88,7 +94,7 @@ def _biformer(call, img, points):
     return sm
 
 
-def _stvit(call, img, seed):
+def _stvit(call, img, points, seed):
     op, hw = call.module, call.x.shape[-2:]
     assoc = A.sta_association(op, call.x)
     labels = assoc['assignment'].cpu().numpy()
@@ -102,7 +108,7 @@ def _stvit(call, img, seed):
     return sm
 
 
-def _cloformer(call, img, points):
+def _cloformer(call, img, points, seed):
     op, hw = call.module, call.x.shape[-2:]
     sm = StageMap('cloformer', call.stage, call.stride, call.block, call.name,
                   summary=f'AttnConv kernels {op.kernel_sizes}, global heads {op.global_heads}, pooling '
@@ -122,6 +128,29 @@ def _cloformer(call, img, points):
                                'weights |gate * W| (zoom)')
             sm.meta.append(dict(kind='attnconv_local', point=list(point), feature_yx=list(fyx), kernel_size=k))
     return sm
+
+
+def _explained(call, img, points):
+    """Any other family: the operator's explanation of each query point, drawn as a heat map over the image."""
+    op, hw = call.module, call.x.shape[-2:]
+    explain = families.operator_spec(op).explainer()
+    family = A.family_of(op)
+    sm = StageMap(family, call.stage, call.stride, call.block, call.name,
+                  summary=f'{type(op).__name__}, feature map {hw[0]}x{hw[1]}')
+    for point in points:
+        fyx = A.feature_point(point, img.shape[:2], hw)
+        out = explain(op, call.x, fyx)
+        weights = out['weights']
+        # a grid coarser than the map (pooled keys) covers it with larger cells
+        cell = call.stride * -(-hw[0] // weights.shape[0])
+        sm.panels.append(D.draw_heatmap(img, weights, cell, point))
+        sm.captions.append(f'query ({point[0]}, {point[1]}): {out.get("caption", "attention")}')
+        sm.meta.append(dict(kind=family, point=list(point), feature_yx=list(fyx)))
+    return sm
+
+
+#: built-in families with a drawing of their own; the others are drawn from their operators' explanations
+_DRAWERS = dict(biformer=_biformer, stvit=_stvit, cloformer=_cloformer)
 
 
 def attention_maps(backbone, img, x, points, stages=None, block=-1, seed=0):
@@ -162,10 +191,8 @@ def attention_maps(backbone, img, x, points, stages=None, block=-1, seed=0):
             skipped[stage] = reason
             continue
         family = A.family_of(call.module)
-        if family == 'biformer':
-            maps.append(_biformer(call, img, points))
-        elif family == 'stvit':
-            maps.append(_stvit(call, img, seed))
+        if family in _DRAWERS:
+            maps.append(_DRAWERS[family](call, img, points, seed))
         else:
-            maps.append(_cloformer(call, img, points))
+            maps.append(_explained(call, img, points))
     return maps, skipped

@@ -21,47 +21,47 @@ from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
+from mmsparse.families import LiveMapping, plugin_operators
 from mmsparse.models.layers import LayerScale2d
-from mmsparse.ops import AttnConv, BiLevelRoutingAttention, SuperTokenAttention
 from mmsparse.ops.checks import check_nchw, check_number, check_positive_int, check_rate
 from mmsparse.registry import MODELS, register_in_root
 
 __all__ = ['SparseAttnBlock', 'DWConvFFN', 'ATTN_TYPES', 'build_sparse_attention']
 
-#: accepted ``attn_cfg['type']`` -> (operator class, defaults filled when absent); every operator takes its
+
+def _attn_types():
+    return {name: (op.cls, op.plugin_defaults) for name, op in plugin_operators().items()}
+
+
+#: accepted ``attn_cfg['type']`` -> (operator class, defaults filled when absent): a live view of the operators of
+#: every registered family (:mod:`mmsparse.families`) that have plug-in defaults; every operator takes its
 #: channel count as ``embed_dims``, which the block fills in
-ATTN_TYPES = {
-    # auto_pad: a plugin sees whatever map size the detector produces
-    'BiLevelRoutingAttention': (BiLevelRoutingAttention, dict(num_heads=8, n_win=7, topk=4, auto_pad=True)),
-    # CloFormer's stage-3 split: half the heads local (7x7), half global over 2x2-pooled keys
-    'AttnConv': (AttnConv, dict(num_heads=8, group_split=[4, 4], kernel_sizes=[7], window_size=2)),
-    'SuperTokenAttention': (SuperTokenAttention, dict(num_heads=8, stoken_size=4)),
-}
+ATTN_TYPES = LiveMapping(_attn_types, "attn_cfg type -> (operator class, default kwargs)")
 
 
 def build_sparse_attention(attn_cfg, channels):
     """Build the operator described by ``attn_cfg`` with its channel argument set to ``channels``.
 
     Args:
-        attn_cfg (dict): ``type`` is one of :data:`ATTN_TYPES` (an ``mmsparse.`` scope prefix is accepted);
-            the other keys are the operator's constructor arguments. Missing ones take the defaults of
-            :data:`ATTN_TYPES`. ``embed_dims``, if given, must equal ``channels``.
+        attn_cfg (dict): ``type`` is one of :data:`ATTN_TYPES`, a registered family's operator class name (an
+            ``mmsparse.`` scope prefix is accepted); the other keys are the operator's constructor arguments.
+            Missing ones take the defaults of :data:`ATTN_TYPES`. ``embed_dims``, if given, must equal ``channels``.
         channels (int): channels of the map the operator runs on.
 
     Returns:
         nn.Module: the operator, NCHW in and out.
     """
+    types = _attn_types()
     if not isinstance(attn_cfg, dict) or 'type' not in attn_cfg:
-        raise TypeError(f'attn_cfg must be a dict with a "type" key, one of {sorted(ATTN_TYPES)}; '
-                        f'got {attn_cfg!r}')
+        raise TypeError(f'attn_cfg must be a dict with a "type" key, one of {sorted(types)}; got {attn_cfg!r}')
     cfg = copy.deepcopy(dict(attn_cfg))
     cfg.pop('_scope_', None)  # mmdet::/mmseg:: bases tag inherited dicts with their scope
     name = cfg.pop('type')
     if isinstance(name, str) and name.startswith('mmsparse.'):
         name = name[len('mmsparse.'):]
-    if name not in ATTN_TYPES:
-        raise ValueError(f'attn_cfg type={name!r} is not supported; accepted types are {sorted(ATTN_TYPES)}')
-    cls, defaults = ATTN_TYPES[name]
+    if name not in types:
+        raise ValueError(f'attn_cfg type={name!r} is not supported; accepted types are {sorted(types)}')
+    cls, defaults = types[name]
     given = cfg.pop('embed_dims', channels)
     if given != channels:
         raise ValueError(f'attn_cfg embed_dims={given} does not match the block channels {channels}; '
@@ -121,9 +121,9 @@ class SparseAttnBlock(BaseModule):
 
     Args:
         in_channels (int): channels C of the input and output (the plugin builder passes it).
-        attn_cfg (dict): the operator: ``type`` is ``'BiLevelRoutingAttention'``, ``'AttnConv'`` or
-            ``'SuperTokenAttention'``; other keys are its arguments (see :func:`build_sparse_attention`;
-            the channel argument is filled in with ``embed_dims``).
+        attn_cfg (dict): the operator: ``type`` is ``'BiLevelRoutingAttention'``, ``'AttnConv'``,
+            ``'SuperTokenAttention'`` or the operator of a family registered later; other keys are its arguments
+            (see :func:`build_sparse_attention`; the channel argument is filled in with ``embed_dims``).
         embed_dims (int, optional): channels the operator runs at. Default: ``in_channels``.
         ffn_ratio (float): hidden/C ratio of the conv-FFN; 0 disables the FFN. Default: 0.
         norm_cfg (dict): pre-norm layer. Default: ``dict(type='LN2d', eps=1e-6)`` (channel LayerNorm, which a
