@@ -14,8 +14,24 @@ from setuptools import find_packages, setup
 ROOT = osp.dirname(osp.abspath(__file__))
 #: what the package carries under ``mmsparse/.mim`` (mmengine looks for ``configs`` and ``model-index.yml``)
 MIM_FILES = ('configs', 'tools', 'model-index.yml')
-#: the range the project is tested on; mmcv 2.1.0's compiled ops must match the installed torch
+#: the ranges the project is tested on (CI installs exact versions: tools/setup_env.sh); mmcv's compiled ops
+#: must match the installed torch
 TORCH_REQUIREMENT = 'torch>=2.1,<2.14'
+INSTALL_REQUIRES = [
+    TORCH_REQUIREMENT,
+    'mmengine>=0.10,<0.11',
+    'mmcv>=2.1,<2.2',
+    'einops',
+    'setuptools<81',  # mmengine 0.10 imports pkg_resources
+]
+#: ``pip install mmsparse[det]`` / ``[seg]`` / ``[all]``: the downstream toolboxes. mmseg's text tokenizer imports
+#: ftfy and regex without declaring them.
+EXTRAS_REQUIRE = {
+    'det': ['mmdet>=3.3,<3.4'],
+    'seg': ['mmsegmentation>=1.2,<1.3', 'ftfy', 'regex'],
+    'tests': ['pytest', 'matplotlib', 'pyyaml'],
+}
+EXTRAS_REQUIRE['all'] = EXTRAS_REQUIRE['det'] + EXTRAS_REQUIRE['seg']
 
 
 def get_version():
@@ -73,20 +89,8 @@ if __name__ == '__main__':  # setuptools runs setup.py as __main__; tests import
         packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'configs.*', 'tools', 'tools.*')),
         include_package_data=True,  # mmsparse/.mim, as listed in MANIFEST.in
         python_requires='>=3.8',
-        install_requires=[
-            TORCH_REQUIREMENT,
-            'mmengine==0.10.7',
-            'mmcv==2.1.0',
-            'mmdet==3.3.0',
-            'mmsegmentation==1.2.2',
-            'einops',
-            'ftfy',
-            'regex',
-            'setuptools<81',  # mmengine 0.10.7 imports pkg_resources
-        ],
-        extras_require={
-            'tests': ['pytest', 'matplotlib', 'pyyaml'],
-        },
+        install_requires=INSTALL_REQUIRES,
+        extras_require=EXTRAS_REQUIRE,
         classifiers=[
             'License :: OSI Approved :: Apache Software License',
             'Operating System :: OS Independent',

@@ -7,6 +7,7 @@ that inherits from it, with the repository nowhere on the path.
 import importlib.util
 import os
 import os.path as osp
+import re
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,45 @@ def load_user_config(tmp_path, pythonpath):
                           env=dict(os.environ, PYTHONPATH=pythonpath, OMP_NUM_THREADS='1'))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout.split('\n')
+
+
+def ci_pins():
+    """``{distribution: [versions]}`` that CI installs: the ``name==version`` pins in tools/setup_env.sh, and the
+    torch of each lane (setup_env.sh's default and tools/ci/torch21_lane.sh's ``TORCH=``)."""
+    pins = {}
+    for rel in ('tools/setup_env.sh', 'tools/ci/torch21_lane.sh'):
+        with open(osp.join(REPO, rel)) as f:
+            text = f.read()
+        for name, version in re.findall(r'"([A-Za-z][\w-]*)==([\d.]+)"', text):
+            pins.setdefault(name.lower(), []).append(version)
+        for version in re.findall(r'TORCH(?:="\$\{TORCH:-|=)([\d.]+)', text):
+            pins.setdefault('torch', []).append(version)
+    return pins
+
+
+def test_requirements_are_ranges_that_hold_the_ci_pins():
+    """Users get ranges (mmdet / mmseg as extras); the exact versions CI installs lie inside them."""
+    from packaging.requirements import Requirement
+    setup = load_setup_module()
+    required = [Requirement(r) for r in setup.INSTALL_REQUIRES]
+    extras = {k: [Requirement(r) for r in v] for k, v in setup.EXTRAS_REQUIRE.items()}
+    assert not any(spec.operator == '==' for r in required for spec in r.specifier)
+    assert {r.name for r in required} >= {'torch', 'mmengine', 'mmcv', 'einops'}
+    assert not {'mmdet', 'mmsegmentation'} & {r.name for r in required}
+    assert [r.name for r in extras['det']] == ['mmdet']
+    assert {r.name for r in extras['seg']} == {'mmsegmentation', 'ftfy', 'regex'}
+    assert {r.name for r in extras['all']} == {r.name for r in extras['det'] + extras['seg']}
+    ranges = {r.name: r.specifier for r in required + extras['all']}
+    pins = ci_pins()
+    assert set(pins) >= {'torch', 'mmengine', 'mmcv', 'mmdet', 'mmsegmentation'}, pins
+    assert len(pins['torch']) == 2, pins['torch']  # the main lane's and the torch 2.1 lane's
+    for name in ('torch', 'mmengine', 'mmcv', 'mmdet', 'mmsegmentation'):
+        for version in pins[name]:
+            assert version in ranges[name], (name, version, str(ranges[name]))
+    # the ranges are not wider than the minor versions CI tests
+    assert '2.0.1' not in ranges['torch'] and '2.14.0' not in ranges['torch']
+    assert '0.11.0' not in ranges['mmengine'] and '2.2.0' not in ranges['mmcv']
+    assert '3.4.0' not in ranges['mmdet'] and '1.3.0' not in ranges['mmsegmentation']
 
 
 def test_mim_mode_follows_the_setuptools_command():
@@ -160,8 +200,9 @@ def test_wheel_ships_configs_and_installs_with_pip(tmp_path):
     assert not any(n.startswith(('tests/', 'configs/', 'tools/')) for n in names)
     assert not any('__pycache__' in n for n in names)
     requires = {line.split(': ', 1)[1] for line in metadata.splitlines() if line.startswith('Requires-Dist: ')}
-    assert {'torch<2.14,>=2.1', 'mmengine==0.10.7', 'mmcv==2.1.0', 'mmdet==3.3.0',
-            'mmsegmentation==1.2.2'} <= requires, requires
+    assert {'torch<2.14,>=2.1', 'mmengine<0.11,>=0.10', 'mmcv<2.2,>=2.1', 'mmdet<3.4,>=3.3; extra == "det"',
+            'mmsegmentation<1.3,>=1.2; extra == "seg"'} <= requires, requires
+    assert 'Provides-Extra: all' in metadata
     assert 'Requires-Python: >=3.8' in metadata
 
     target = tmp_path / 'site'
