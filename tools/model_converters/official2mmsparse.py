@@ -6,39 +6,56 @@ Classification checkpoints (``{'model': ...}``) become backbone weights stored a
 ``{'state_dict': {'backbone.<key>': tensor}}``, to be used with
 ``init_cfg=dict(type='Pretrained', checkpoint=DST, prefix='backbone.')``. The authors' detection /
 segmentation checkpoints (keys ``backbone.*``) become whole mmdet 3.x / mmseg 1.x checkpoints (``load_from``).
-The source is read with ``weights_only=True``; the output holds tensors and plain values only.
+The source is read with ``weights_only=True``; the output holds tensors and plain values only. The converted
+backbone keys must fill one published variant of the family exactly (output norms aside): a fragment or another
+model's file is refused with the missing and unexpected keys, before anything is written.
 """
 import argparse
 import os
 import os.path as osp
+import sys
 
 import torch
 
 from mmsparse.converters import FAMILIES, convert_checkpoint
+from mmsparse.converters.check import match_variant
 from mmsparse.utils.checkpoint import load_checkpoint_file
 
 
-def parse_args():
+def build_parser():
     parser = argparse.ArgumentParser(description='Convert an official checkpoint to mmsparse keys')
     parser.add_argument('family', choices=sorted(FAMILIES), help='model family')
     parser.add_argument('src', help='official checkpoint file')
     parser.add_argument('dst', help='output file')
     parser.add_argument('--ema', action='store_true', help='convert the "model_ema" weights')
-    return parser.parse_args()
+    return parser
 
 
-def main():
-    args = parse_args()
+def run(args):
     if not osp.isfile(args.src):
-        raise SystemExit(f'src: no such file: {args.src}')
+        raise FileNotFoundError(f'src: no such file: {args.src}')
     ckpt = load_checkpoint_file(args.src)
     out = convert_checkpoint(args.family, ckpt, use_ema=args.ema)
-    if osp.dirname(args.dst):
-        os.makedirs(osp.dirname(args.dst), exist_ok=True)  # e.g. checkpoints/ on a fresh clone
+    backbone = {k[len('backbone.'):]: v for k, v in out['state_dict'].items() if k.startswith('backbone.')}
+    arch = match_variant(args.family, backbone)
+    folder = osp.dirname(osp.abspath(args.dst))
+    if not osp.isdir(folder):
+        print(f'creating the output folder {folder}')  # e.g. checkpoints/ on a fresh clone
+        os.makedirs(folder)
     torch.save(out, args.dst)
     n = sum(v.numel() for v in out['state_dict'].values())
-    print(f'wrote {len(out["state_dict"])} tensors ({n:,} values) to {args.dst}')
+    print(f'wrote {len(out["state_dict"])} tensors ({n:,} values) to {args.dst} ({args.family} arch={arch!r})')
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except (OSError, ValueError, KeyError, TypeError) as err:  # CheckpointFileError is a ValueError
+        parser.error(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

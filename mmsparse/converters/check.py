@@ -1,0 +1,65 @@
+"""Is a converted state dict a whole backbone? The key check behind ``tools/model_converters/official2mmsparse.py``.
+
+A key map renames what it is given; it cannot tell a complete checkpoint from a fragment. Here the converted keys
+are compared with each published variant of the family's backbone (built on the meta device: names and shapes,
+no memory), the way loading compares them, so a truncated or foreign file fails at conversion time.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+__all__ = ['KeyReport', 'match_variant']
+
+
+def _shown(keys: list[str], limit: int = 8) -> str:
+    return ', '.join(keys[:limit]) + (f' ... ({len(keys)} in all)' if len(keys) > limit else '')
+
+
+class KeyReport:
+    """Missing, unexpected and mis-shaped keys of a state dict against one variant of a backbone."""
+
+    def __init__(self, arch: str, missing: list[str], unexpected: list[str], mismatched: list[str]):
+        self.arch = arch
+        self.missing = missing
+        self.unexpected = unexpected
+        self.mismatched = mismatched
+
+    @property
+    def errors(self) -> int:
+        return len(self.missing) + len(self.unexpected) + len(self.mismatched)
+
+    def describe(self) -> str:
+        parts = [f'{len(keys)} {title} key(s): {_shown(keys)}'
+                 for title, keys in (('missing', self.missing), ('unexpected', self.unexpected),
+                                     ('shape-mismatched', self.mismatched)) if keys]
+        return '; '.join(parts)
+
+
+def _variant_report(backbone_cls: type, arch: str, shapes: Mapping[str, tuple]) -> KeyReport:
+    with torch.device('meta'):
+        model = backbone_cls(arch=arch)
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith('num_batches_tracked')}
+    dense_only = set(model.dense_only_keys())
+    missing = [k for k in own if k not in shapes and k not in dense_only]
+    unexpected = [k for k in shapes if k not in own and not k.endswith('num_batches_tracked')]
+    mismatched = [f'{k} {shapes[k]} vs {own[k]}' for k in shapes if k in own and shapes[k] != own[k]]
+    return KeyReport(arch, missing, unexpected, mismatched)
+
+
+def match_variant(family: str, backbone_state_dict: Mapping[str, torch.Tensor]) -> str:
+    """The ``arch`` of ``family`` whose backbone the converted keys fill exactly (output norms may be absent).
+
+    Raises ``ValueError`` naming the missing, unexpected and mis-shaped keys against the closest variant.
+    """
+    from mmsparse.families import get_family
+    backbone_cls = get_family(family).backbone
+    shapes = {k: tuple(v.shape) for k, v in backbone_state_dict.items()}
+    reports = [_variant_report(backbone_cls, arch, shapes) for arch in backbone_cls.arch_zoo]
+    best = min(reports, key=lambda r: r.errors)
+    if best.errors:
+        raise ValueError(f'the converted weights are not a whole {family} backbone: against the closest published '
+                         f'variant ({best.arch!r}) there are {best.describe()}. Is the source a complete official '
+                         f'{family} checkpoint?')
+    return best.arch
