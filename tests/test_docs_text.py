@@ -89,3 +89,12 @@ def test_readme_first_screen():
     sections = re.findall(r'^## (.+)$', text, re.M)
     assert sections[:3] == ['Install', 'Use', 'What is verified'], sections
     assert 'segmentor recipe' not in text and 'docs/demo.md' in text
+
+
+def test_readme_lists_every_document():
+    """A page under docs/ that the README's document list does not link is one a newcomer never finds."""
+    with open(osp.join(REPO, 'README.md'), encoding='utf-8') as f:
+        text = f.read()
+    linked = set(re.findall(r'^- \[docs/([\w.]+\.md)\]\(docs/\1\)', text, re.M))
+    pages = {osp.basename(p) for p in glob.glob(osp.join(REPO, 'docs', '*.md'))}
+    assert pages - linked == set(), f'docs pages missing from the README list: {sorted(pages - linked)}'
