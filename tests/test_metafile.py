@@ -1,12 +1,12 @@
 """``model-index.yml`` and the families' ``metafile.yml``: complete, well-formed, and their numbers recomputed.
 
-Parameters and FLOPs are recomputed the way ``tools/analysis_tools/get_flops.py`` computes them (its
-``build_measured`` and :func:`mmsparse.utils.flop_count`), at the metafile's ``Input Size``, with torch seed 0.
+Parameters and FLOPs are recomputed the way ``tools/analysis_tools/get_flops.py`` computes them
+(:func:`mmsparse.benchmark.flops.build_measured` and :func:`mmsparse.utils.flop_count`), at the metafile's
+``Input Size``, with torch seed 0.
 Parameter counts only need the model built and run for every config; the FLOPs need a forward pass of the full
 model at 800x1333 or 512x512 (up to two minutes each on two CPU cores), so they are marked ``slow``.
 """
 import glob
-import importlib.util
 import os
 import os.path as osp
 
@@ -85,21 +85,14 @@ def test_biformer_results_are_the_papers():
     assert metrics('semfpn_biformer_s_ade20k') == {'mIoU': 48.9}
 
 
-def get_flops_module():
-    spec = importlib.util.spec_from_file_location('get_flops', osp.join(REPO, 'tools', 'analysis_tools',
-                                                                        'get_flops.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def measured(config):
     """``(module, input)`` exactly as ``get_flops.py`` builds them for the metafile's input size."""
     import mmsparse  # noqa: F401
     from mmengine.config import Config
     torch.manual_seed(0)
     cfg = Config.fromfile(osp.join(REPO, config))
-    module, x, _ = get_flops_module().build_measured(cfg, MODELS[config]['Metadata']['Input Size'])
+    from mmsparse.benchmark.flops import build_measured
+    module, x, _ = build_measured(cfg, MODELS[config]['Metadata']['Input Size'])
     return module, x
 
 

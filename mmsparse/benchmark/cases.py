@@ -14,8 +14,8 @@ set ``compile: true`` (the module runs through ``torch.compile``, default induct
 run compiles, so such a case needs ``warmup >= 1``).
 
 Implementations are ``'reference'`` and ``'fast'`` (:data:`IMPLS`) for every operator family. Layers and
-backbones are built with ``impl=...``; a config's model is built as the config says and then switched with
-:func:`mmsparse.set_impl`, which reaches the operators wherever they sit (backbone, plug-ins, neck).
+backbones are built with ``impl=...``; a config's model is built by :func:`mmsparse.apis.build_model`, which
+switches it with :func:`mmsparse.set_impl` (reaching the operators wherever they sit: backbone, plug-ins, neck).
 """
 import os
 import os.path as osp
@@ -23,12 +23,15 @@ import os.path as osp
 import torch
 import yaml
 
-from mmsparse import set_impl
+from mmsparse import set_impl  # noqa: F401  (re-exported: the benchmark tests switch built models with it)
 from mmsparse.ops.checks import IMPLS
 from mmsparse.ops.checks import check_impl as _check_impl
 from . import REPO
 
 MODES = ('fwd', 'fwdbwd', 'train')
+#: what a case may run: the shared implementations and BRA's ``'flex'`` (BRA layers, BiFormer and models holding
+#: BRA; any other operator rejects it, naming what it accepts)
+ALL_IMPLS = IMPLS + ('flex', )
 KINDS = ('layer', 'backbone', 'config')
 SUITE_DIR = osp.join(REPO, 'tools/analysis_tools/suites')
 
@@ -102,9 +105,9 @@ def check_case(case):
 
 
 def check_impl(impl):
-    """``None`` (as built) or one of :data:`IMPLS`; the operators' own check gives the error."""
+    """``None`` (as built) or one of :data:`ALL_IMPLS`; the operators' own check gives the error."""
     if impl is not None:
-        _check_impl(impl, 'benchmark')
+        _check_impl(impl, 'benchmark', ALL_IMPLS)
 
 
 def build(case, impl=None, device='cpu'):
@@ -152,18 +155,11 @@ def run_tensor_model(module, args, mode):
 
 def _build_config(case, impl, device):
     """A whole mmdet / mmseg model from a config, its own AdamW, and synthetic data samples of the case's size."""
-    from mmsparse.apis import drop_pretrained, fake_data_sample, task_of
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    cfg = Config.fromfile(config_path(case['name']))
+    from mmsparse.apis import build_model, fake_data_sample, task_of
+    # random weights time the same, and nothing is downloaded (build_model drops Pretrained init)
+    model = build_model(config_path(case['name']), impl=impl, device=device)
+    cfg = model.cfg
     task = task_of(cfg)
-    init_default_scope(task)
-    drop_pretrained(cfg.model)  # random weights time the same, and nothing is downloaded
-    model = _import(f'{task}.registry.MODELS').build(cfg.model)
-    model.init_weights()
-    if impl is not None:
-        set_impl(model, impl)  # raises when the model holds no mmsparse operator
-    model.to(device)
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     batch, (h, w) = case['batch'], case['input_size']
     g = torch.Generator().manual_seed(1)

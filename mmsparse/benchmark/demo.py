@@ -1,22 +1,8 @@
-"""The main job on the embedded default: generate the demo configs' synthetic data if missing (their
-``synthetic_data`` entries), then for the demo Mask R-CNN and UPerNet (reduced BiFormer backbones, trained
-from scratch, seeded):
+"""What ``tools/demo.py`` runs (its docstring describes the steps): synthetic data for the demo configs, then for
+each demo model an evaluation untrained, training, an evaluation of the final checkpoint through tools/test.py and
+tools/train.py, and pictures of its predictions; :func:`run_demo` does it all and prints the summary."""
+from __future__ import annotations
 
-1. evaluate the initialised, untrained model through tools/test.py;
-2. train it through tools/train.py (mmengine's progress is shown);
-3. evaluate the final checkpoint through tools/test.py;
-4. draw its predictions on a few validation images next to the ground truth (mmdet's / mmseg's visualizer).
-
-Metrics are read from the JSON file that tools/test.py (mmengine's LoggerHook) writes into its work dir, the
-loss curves from mmengine's ``vis_data/scalars.json``. Ends with a summary table (untrained vs trained, times)
-and the paths of the pictures, all under ``--work-dir``.
-
-    python tools/demo.py [--iters N] [--work-dir work_dirs/demo] [--num-images 4]
-
-``--iters`` shortens (or lengthens) training: every LR-scheduler entry that ends at the config's ``max_iters``
-is stretched to the new length.
-"""
-import argparse
 import glob
 import json
 import os
@@ -27,7 +13,8 @@ import sys
 import time
 from collections import deque
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from . import REPO
+
 # (task, config, metrics shown in the summary)
 JOBS = [
     ('detection', 'configs/demo/maskrcnn_demo_synthetic.py',
@@ -38,7 +25,7 @@ JOBS = [
 PROGRESS = ('Iter(train)', 'Iter(test)', 'Saving checkpoint')
 
 
-def run(args):
+def run(args: list[str]) -> None:
     """Run a repository script with this interpreter, echo its progress, fail loudly with its log tail."""
     print('$ python ' + ' '.join(args), flush=True)
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''), PYTHONUNBUFFERED='1')
@@ -77,20 +64,14 @@ def schedule_options(cfg, iters):
 
 
 def build_model(cfg, checkpoint=None):
-    """The config's model (in the config's default scope), initialised as training would initialise it (seeded)
-    or loaded from ``checkpoint``; returns (model, test dataset)."""
-    import mmsparse  # noqa: F401  (registers the backbones)
-    from mmengine.registry import DATASETS, MODELS, init_default_scope
-    from mmengine.runner import load_checkpoint, set_random_seed
+    """The config's model, initialised as training would initialise it (seeded) or loaded from ``checkpoint``,
+    and its test dataset; the config's default scope is made the current one (the visualizer is built in it)."""
+    from mmengine.registry import DATASETS, init_default_scope
 
+    from mmsparse.apis import build_model as _build_model
     init_default_scope(cfg.default_scope)
-    set_random_seed(cfg.get('randomness', {}).get('seed', 0))
-    model = MODELS.build(cfg.model)
-    if checkpoint is None:
-        model.init_weights()
-    else:
-        load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
-    return model.eval(), DATASETS.build(cfg.test_dataloader.dataset)
+    model = _build_model(cfg, checkpoint, seed=cfg.get('randomness', {}).get('seed', 0))
+    return model, DATASETS.build(cfg.test_dataloader.dataset)
 
 
 def save_untrained(cfg, path):
@@ -173,27 +154,19 @@ def draw_predictions(cfg, checkpoint, num_images, path):
     mmcv.imwrite(np.concatenate(rows), path)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--iters', type=int, help='training iterations (default: each config\'s max_iters); '
-                        'scheduler entries that end at max_iters are stretched to match')
-    parser.add_argument('--work-dir', default='work_dirs/demo')
-    parser.add_argument('--num-images', type=int, default=4, help='validation images drawn per model')
-    args = parser.parse_args()
-    if args.iters is not None and args.iters < 1:
-        parser.error('--iters must be a positive integer')
-    if args.num_images < 1:
-        parser.error('--num-images must be a positive integer')
-
+def run_demo(train_iters: int | None = None, work_dir: str = 'work_dirs/demo', num_images: int = 4) -> None:
+    """The whole demo (module docstring) for every job: ``train_iters`` training iterations (None: each config's
+    ``max_iters``), outputs under ``work_dir``, ``num_images`` validation images drawn per model."""
     from mmengine.config import Config
+
     start = time.time()
-    work_root = osp.abspath(args.work_dir)
+    work_root = osp.abspath(work_dir)
     os.makedirs(work_root, exist_ok=True)
     results, curves, pictures = {}, {}, {}
     for task, config, keys in JOBS:
         run(['tools/dataset_converters/make_synthetic.py', '--config', config, '--skip-existing'])
         cfg = Config.fromfile(osp.join(REPO, config))
-        iters, options = schedule_options(cfg, args.iters)
+        iters, options = schedule_options(cfg, train_iters)
         work = osp.join(work_root, task)
         shutil.rmtree(work, ignore_errors=True)  # only this run's files are read back
         os.makedirs(work)
@@ -218,7 +191,7 @@ def main():
                              train_time=train_time, test_time=test_time)
         curves[task] = loss_curve(osp.join(work, 'train'))
         pictures[task] = osp.join(work_root, f'{task}_predictions.png')
-        draw_predictions(cfg, checkpoint, args.num_images, pictures[task])
+        draw_predictions(cfg, checkpoint, num_images, pictures[task])
 
     loss_png = osp.join(work_root, 'training_loss.png')
     plot_losses(curves, loss_png)
@@ -232,8 +205,4 @@ def main():
     print(f'total time {time.time() - start:.0f}s')
     print(f'training loss curves: {loss_png}')
     for task, path in pictures.items():
-        print(f'{task} predictions (ground truth | prediction, {args.num_images} validation images): {path}')
-
-
-if __name__ == '__main__':
-    main()
+        print(f'{task} predictions (ground truth | prediction, {num_images} validation images): {path}')

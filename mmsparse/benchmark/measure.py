@@ -1,6 +1,7 @@
 """Measuring a case: interleaved timing, peak memory in a fresh subprocess, FLOPs and the GEMM roofline.
 
 The method is described in the docstring of ``tools/analysis_tools/benchmark.py``; keep the two in step.
+``python -m mmsparse.benchmark.measure PAYLOAD`` is the memory subprocess (:func:`memory_worker`).
 """
 import copy
 import gc
@@ -18,7 +19,6 @@ import torch
 from . import REPO
 from .cases import build
 
-BENCHMARK_CLI = osp.join(REPO, 'tools/analysis_tools/benchmark.py')
 DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
@@ -179,8 +179,8 @@ def memory_in_subprocess(case, impl, mem_limit_gib, timeout):
     # follows live memory (glibc's adaptive threshold would recycle freed heap and hide peaks)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536', MALLOC_TRIM_THRESHOLD_='131072')
     try:
-        res = subprocess.run([sys.executable, BENCHMARK_CLI, '--_memory-worker', payload], capture_output=True,
-                             text=True, timeout=timeout, cwd=REPO, env=env)
+        res = subprocess.run([sys.executable, '-m', 'mmsparse.benchmark.measure', payload],
+                             capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
     except subprocess.TimeoutExpired:
         return dict(error=f'timed out after {timeout}s')
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith('{')]
@@ -299,3 +299,7 @@ def time_backends(runners, warmup, repeats):
                 run()
                 times[name].append(time.perf_counter() - t0)
     return times
+
+
+if __name__ == '__main__':
+    memory_worker(sys.argv[1])

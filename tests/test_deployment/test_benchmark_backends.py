@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import onnxruntime  # noqa: E402,F401  (a dependency of the project: missing, the tests fail)
-from benchmarking.measure import inference_runners, time_backends  # noqa: E402  (pytest.ini's pythonpath)
+from mmsparse.benchmark.measure import inference_runners, time_backends  # noqa: E402
 
 
 def test_backends_compute_the_same_and_are_timed(tmp_path):

@@ -143,8 +143,8 @@ def test_detector_and_segmentor_amp_training_step(config, size, needs_ops):
         (f'{p} is not installed' for p in ('mmseg', 'mmcv') if importlib.util.find_spec(p) is None), None)
     if reason:
         pytest.skip(reason)
-    from benchmarking.cases import build
-    from benchmarking.measure import one_run
+    from mmsparse.benchmark.cases import build
+    from mmsparse.benchmark.measure import one_run
     case = dict(kind='config', name=osp.join(REPO, config), batch=2, input_size=list(size), mode='train')
     built = build(case, device='cuda')
     before = {n: p.detach().clone() for n, p in built.module.named_parameters() if p.requires_grad}

@@ -1,10 +1,9 @@
-"""tools/analysis_tools/benchmark.py and its package (cases, measure, report): what the numbers mean.
+"""tools/analysis_tools/benchmark.py and its package mmsparse.benchmark (cases, measure, report): what the numbers mean.
 
 The tests marked ``NEW_API`` build layers with ``embed_dims=`` / backbones with ``impl=`` (issue 10's vocabulary);
 the others use the STA operator (whose names are the same before and after the rename) or configs whose
 operators are switched through their ``impl`` attribute.
 """
-import importlib
 import json
 import math
 import os.path as osp
@@ -13,7 +12,7 @@ import resource
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_tool
 
 STA_CASE = dict(kind='layer', name='sta', shape=[2, 64, 128, 128], layer_args=dict(num_heads=1, stoken_size=8),
                 mode='fwdbwd', device='cpu', dtype='fp32', threads=1)
@@ -22,13 +21,13 @@ TINY = ['--warmup', '1', '--repeats', '2', '--threads', '1', '--gemm-size', '128
 
 @pytest.fixture(scope='module')
 def bench():
-    """The CLI module (``tools/analysis_tools`` is on ``sys.path`` through pytest.ini, as for the script)."""
-    return importlib.import_module('benchmark')
+    """The CLI module, loaded from its file."""
+    return load_tool('tools/analysis_tools/benchmark.py')
 
 
 @pytest.fixture(scope='module')
-def pkg(bench):
-    from benchmarking import cases, measure, report
+def pkg():
+    from mmsparse.benchmark import cases, measure, report
     return cases, measure, report
 
 
@@ -231,6 +230,23 @@ def test_bad_arguments(bench, pkg):
     for case, message in bad:
         with pytest.raises(ValueError, match=message):
             cases.check_case(case)
+
+
+def test_impl_flex_times_bra_and_is_refused_elsewhere(bench, pkg, tmp_path):
+    """``--impl flex`` (BRA's FlexAttention path) is accepted and reaches the operator; an operator without it
+    names what it accepts."""
+    cases, _, _ = pkg
+    out = tmp_path / 'flex.json'
+    bench.main(['--layer', 'bra', '--shape', '1,16,16,16', '--layer-args', 'num_heads=1', 'n_win=4', 'topk=1',
+                '--impl', 'flex', '--mode', 'fwd', '--no-memory', '--no-flops', *TINY, '--out', str(out)])
+    (rec, ) = json.loads(out.read_text())['records']
+    assert list(rec['results']) == ['flex']
+    case = dict(kind='layer', name='bra', shape=[1, 16, 16, 16], layer_args=dict(num_heads=1, n_win=4, topk=1))
+    assert cases.build(case, 'flex').module.impl == 'flex'
+    with pytest.raises(ValueError, match="impl='flex'"):
+        cases.build(dict(STA_CASE), 'flex')
+    with pytest.raises(ValueError, match="impl='gather'.*'flex'"):
+        cases.check_impl('gather')
 
 
 def test_suite_file_covers_the_targets(pkg):
