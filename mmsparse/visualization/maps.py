@@ -17,6 +17,8 @@ operator that cannot explain itself) are listed in ``skipped`` with the reason.
 """
 from dataclasses import dataclass, field
 
+import torch
+
 from mmsparse import families
 from . import attention as A
 from . import drawing as D
@@ -130,6 +132,7 @@ def _cloformer(call, img, points, seed):
     return sm
 
 
+@torch.no_grad()
 def _explained(call, img, points):
     """Any other family: the operator's explanation of each query point, drawn as a heat map over the image."""
     op, hw = call.module, call.x.shape[-2:]
@@ -140,7 +143,7 @@ def _explained(call, img, points):
     for point in points:
         fyx = A.feature_point(point, img.shape[:2], hw)
         out = explain(op, call.x, fyx)
-        weights = out['weights']
+        weights = out['weights'].detach()
         # a grid coarser than the map (pooled keys) covers it with larger cells
         cell = call.stride * -(-hw[0] // weights.shape[0])
         sm.panels.append(D.draw_heatmap(img, weights, cell, point))
