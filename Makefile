@@ -1,5 +1,5 @@
 # The README's two commands: `make demo` (main job on the embedded synthetic data) and `make test` (style check
-# with flake8, settings in setup.cfg, then the test suite).
+# with flake8 and type check with mypy, settings in setup.cfg, then the test suite).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -12,6 +12,7 @@ demo: install
 
 lint: install
 	$(PY) -m flake8 mmsparse tools tests configs setup.py
+	$(PY) -m mypy mmsparse
 
 test: install lint
 	$(PY) -m pytest tests -q -ra

@@ -28,8 +28,20 @@ PY="$VENV/bin/python"
 # setuptools stays < 81 in every step: mmengine 0.10.7 imports pkg_resources (removed in 82, deprecated loudly in 81).
 PIP=("$PY" -m pip install --disable-pip-version-check -q "setuptools<81")
 
+#: the linters `make lint` runs (the fast path below installs them into an environment made before they were added)
+MYPY_VERSION=2.4.1
+LINTERS=("flake8>=7.1,<8" "mypy==$MYPY_VERSION")
+linters_ok() {
+  "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('mypy') != '$MYPY_VERSION')" 2>/dev/null \
+    && "$PY" -m flake8 --version >/dev/null 2>&1
+}
+
 # Fast path: everything present with the pinned versions and compiled mmcv ops that load.
 if "$PY" "$ROOT/tools/check_env.py" --quiet 2>/dev/null; then
+  if ! linters_ok; then
+    echo "[setup] installing the linters"
+    "${PIP[@]}" "${LINTERS[@]}"
+  fi
   echo "[setup] environment OK ($VENV)"
   exit 0
 fi
@@ -46,7 +58,7 @@ fi
 
 echo "[setup] installing mmengine and pure-Python dependencies"
 "${PIP[@]}" "mmengine==0.10.7" "numpy$NUMPY" einops pycocotools ftfy regex pytest matplotlib \
-  scipy shapely terminaltables prettytable opencv-python-headless addict yapf rich termcolor ninja "flake8>=7.1,<8" \
+  scipy shapely terminaltables prettytable opencv-python-headless addict yapf rich termcolor ninja "${LINTERS[@]}" \
   "onnx==1.23.2" "onnxruntime==1.32.0" "onnxscript==0.7.2"
 
 mmcv_ok() { "$PY" "$ROOT/tools/check_env.py" --only mmcv --quiet 2>/dev/null; }
