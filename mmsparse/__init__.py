@@ -1,8 +1,10 @@
 """mmsparse: BiFormer, CloFormer and STViT for mmdet 3.x and mmseg 1.x.
 
-Importing the package registers every public module in mmsparse's registry (scope ``mmsparse``) and, when
-mmdet / mmseg are importable, under the same names in theirs. It also makes mmengine's checkpoint loading
-work on torch >= 2.6 for the objects mmengine itself writes (see :mod:`mmsparse.utils.checkpoint`).
+Importing the package registers every module in mmsparse's registry (scope ``mmsparse``) and, when mmdet / mmseg
+are installed, the public ones (:data:`mmsparse.registry.DOWNSTREAM_MODELS`) under the same names in theirs. It
+also makes mmengine's checkpoint loading work on torch >= 2.6 for the objects mmengine itself writes (see
+:mod:`mmsparse.utils.checkpoint`). It stays cheap (no mmdet / mmseg models or datasets, no ONNX, no plotting:
+those are imported where they are used) and sets no warnings filters or environment variables.
 """
 from .version import __version__
 from .utils.checkpoint import allow_mmengine_checkpoint_objects
@@ -16,7 +18,7 @@ from .registry import register_into_downstream  # noqa: E402
 register_into_downstream()
 
 
-def _register_config_package():
+def _register_config_package() -> None:
     """Let mmengine resolve ``_base_ = 'mmsparse::biformer/...py'`` to ``mmsparse/.mim/configs``.
 
     mmengine accepts only the packages named in its ``MODULE2PACKAGE`` and locates them through pkg_resources,
