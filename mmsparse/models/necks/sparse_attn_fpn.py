@@ -44,8 +44,10 @@ class SparseAttnFPN(BaseModule):
         upsample_cfg (dict): ``F.interpolate`` arguments of the top-down path. Default: ``dict(mode='nearest')``.
         attn_levels (int | sequence[int]): used levels (0 = backbone level ``start_level``) that get attention.
             Default: () (a plain FPN).
-        attn_cfg (dict | list[dict], optional): operator config, ``type`` one of ``'BiLevelRoutingAttention'``,
-            ``'AttnConv'``, ``'SuperTokenAttention'``; one dict for all levels or one per ``attn_levels`` entry.
+        attn_cfg (dict | list[dict], optional): operator config, ``type`` one of
+            :data:`~mmsparse.models.plugins.ATTN_TYPES` (``'BiLevelRoutingAttention'``, ``'AttnConv'``,
+            ``'SuperTokenAttention'`` and the operators of families registered later, looked up when the neck is
+            built); one dict for all levels or one per ``attn_levels`` entry.
         block_cfg (dict, optional): further :class:`SparseAttnBlock` arguments (``embed_dims``, ``ffn_ratio``...).
         attn_position (str): ``'lateral'`` or ``'output'`` (see above). Default: ``'lateral'``.
         init_cfg (dict | list[dict]): Default: Xavier-uniform on the convs, as FPN.
