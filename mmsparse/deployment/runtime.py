@@ -175,14 +175,50 @@ def _predict(model, inputs):
     return model.bbox_head.predict(feats, samples, rescale=False)
 
 
+def match_detections(ref, got, box_tol):
+    """Pair two detection sets (``bboxes [N, 4]``, ``labels [N]``), order ignored.
+
+    Each reference detection, highest score first, takes the unpaired detection of ``got`` with its label whose
+    box is nearest (max coordinate difference), if within ``box_tol`` pixels. Ties between scores reorder
+    detections freely, so ranks are never compared. Returns ``[(i_ref, i_got), ...]``.
+    """
+    taken, pairs = set(), []
+    for i in torch.argsort(ref.scores, descending=True, stable=True).tolist():
+        candidates = [j for j in range(len(got)) if j not in taken and int(got.labels[j]) == int(ref.labels[i])]
+        if not candidates:
+            continue
+        dist = [(got.bboxes[j] - ref.bboxes[i]).abs().max().item() for j in candidates]
+        best = min(range(len(candidates)), key=dist.__getitem__)
+        if dist[best] <= box_tol:
+            taken.add(candidates[best])
+            pairs.append((i, candidates[best]))
+    return pairs
+
+
+def _detection_row(r, g, box_tol, mask_tol):
+    """One image's comparison of PyTorch (``r``) and ONNX Runtime (``g``) detections, matched as sets."""
+    pairs = match_detections(r, g, box_tol)
+    row = dict(count=(len(r), len(g)), compared=len(pairs),
+               labels_equal=sorted(r.labels.tolist()) == sorted(g.labels.tolist()))
+    ri = torch.tensor([i for i, _ in pairs], dtype=torch.long)
+    gi = torch.tensor([j for _, j in pairs], dtype=torch.long)
+    row['box_err'] = (r.bboxes[ri] - g.bboxes[gi]).abs().max().item() if pairs else 0.
+    row['score_err'] = (r.scores[ri] - g.scores[gi]).abs().max().item() if pairs else 0.
+    if 'masks' in r:
+        row['mask_mismatch'] = (r.masks[ri] != g.masks[gi]).float().mean().item() if pairs else 0.
+    row['ok'] = (len(r) == len(g) == len(pairs) and row['labels_equal'] and row.get('mask_mismatch', 0.) <= mask_tol)
+    return row
+
+
 def compare(model, network, inputs, box_tol=1e-3, mask_tol=1e-3):
     """PyTorch (``model``) against ONNX Runtime (``network``) on ``inputs``; a list of result rows.
 
     Each row: ``name``, ``rel_err`` (max |ORT - PyTorch| / max |PyTorch| over the tensor) for features, logits
-    and raw head outputs; for detections also ``count``, ``labels_equal``, ``box_err`` (max |ORT - PyTorch|
-    box coordinate, pixels), ``mask_mismatch`` (fraction of mask pixels that differ, instance segmentation
-    only) and ``ok`` (same count and labels, boxes within ``box_tol`` x the image size, masks within
-    ``mask_tol``).
+    and raw head outputs; for detections, matched as sets (:func:`match_detections`, boxes within ``box_tol``
+    x the image size), also ``count`` (PyTorch, ORT), ``compared`` (matched pairs), ``labels_equal`` (the same
+    labels), ``box_err`` (max |ORT - PyTorch| box coordinate over the pairs, pixels), ``score_err``,
+    ``mask_mismatch`` (fraction of mask pixels that differ, instance segmentation only) and ``ok`` (every
+    detection paired, masks within ``mask_tol``).
     """
     kind = network.meta['kind']
     wrapper_outputs = network(inputs)
@@ -198,17 +234,7 @@ def compare(model, network, inputs, box_tol=1e-3, mask_tol=1e-3):
             got = _predict(attach_onnx(copy.deepcopy(model), network, weights_loaded=True), inputs)
         scale = max(inputs.shape[2:])
         for i, (r, g) in enumerate(zip(ref, got)):
-            same_count = len(r) == len(g)
-            row = dict(name=f'detections[{i}]', count=(len(r), len(g)))
-            if same_count:
-                row['labels_equal'] = bool(torch.equal(r.labels, g.labels))
-                row['box_err'] = (r.bboxes - g.bboxes).abs().max().item() if len(r) else 0.
-                row['score_err'] = (r.scores - g.scores).abs().max().item() if len(r) else 0.
-                if 'masks' in r:
-                    row['mask_mismatch'] = (r.masks != g.masks).float().mean().item() if len(r) else 0.
-            row['ok'] = (same_count and row['labels_equal'] and row['box_err'] <= box_tol * scale
-                         and row.get('mask_mismatch', 0.) <= mask_tol)
-            rows.append(row)
+            rows.append(dict(name=f'detections[{i}]', **_detection_row(r, g, box_tol * scale, mask_tol)))
     return rows
 
 
@@ -226,7 +252,8 @@ def verify(model, path, sizes, batch=1, rtol=1e-4, box_tol=1e-3, seed=0, threads
         for row in compare(model, network, inputs, box_tol):
             row['size'] = (batch, h, w)
             bad = row['rel_err'] > rtol if 'rel_err' in row else not row['ok']
-            row['status'] = 'FAIL' if bad else 'ok'
+            empty = not bad and row.get('count') == (0, 0)
+            row['status'] = 'FAIL' if bad else 'none' if empty else 'ok'
             if bad:
                 failures.append(row)
             all_rows.append(row)
@@ -235,6 +262,9 @@ def verify(model, path, sizes, batch=1, rtol=1e-4, box_tol=1e-3, seed=0, threads
                           ', '.join(f'{k} {v:.2e}' if isinstance(v, float) else f'{k} {v}' for k, v in row.items()
                                     if k not in ('name', 'size', 'status', 'ok')))
                 printer(f'[{row["status"]:>4}] {batch}x3x{h}x{w} {row["name"]}: {detail}')
+                if empty:
+                    printer('       no detection from either to compare (every score under the score '
+                            'threshold, as with an untrained head): only the raw outputs above were compared')
     if failures:
         raise AssertionError(f'ONNX Runtime differs from PyTorch: {failures[0]}')
     return all_rows
