@@ -4,27 +4,34 @@ Every backbone is ``stem`` -> ``stages[0..3]`` (``stages[i].downsample`` where s
 then ``stages[i].blocks``) with an optional output norm ``norm{i}`` per returned stage. This class holds what
 does not depend on the family: ``arch`` resolution, ``out_indices``, output norms (``out_norm_cfg=None``: none
 at all), ``frozen_stages``, ``norm_eval``, ``with_cp``, ``impl``, loud pretrained loading (dict or list
-``init_cfg``) and the upgrade of checkpoints written by older mmsparse layouts.
+``init_cfg``) and the upgrade of checkpoints written by older mmsparse layouts. The forward is one loop here:
+the stem, then each stage's :meth:`BackboneStage.forward` up to the last returned stage.
 """
+from __future__ import annotations
+
 import copy
 import os.path as osp
 import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
+import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmsparse.ops.checks import IMPLS, check_bool, check_impl, check_layer_cfg
+from mmsparse.ops.checks import IMPLS, check_bool, check_impl, check_layer_cfg, check_nchw
 from mmsparse.ops.impl import ImplModel
 from mmsparse.utils.checkpoint import load_pretrained
 
-__all__ = ['SparseBackbone', 'BackboneStage', 'resolve_arch', 'check_out_indices']
+__all__ = ['SparseBackbone', 'BackboneStage', 'resolve_arch', 'check_out_indices', 'match_param_strides']
 
 
-def resolve_arch(arch, arch_zoo, aliases, required_keys, optional_keys=(), name='arch'):
+def resolve_arch(arch: str | dict, arch_zoo: dict[str, dict], aliases: dict[str, str],
+                 required_keys: Sequence[str], optional_keys: Sequence[str] = (), name: str = 'arch') -> dict:
     """Return a copy of the arch dict for ``arch`` (a zoo name, an alias, or a dict).
 
     A dict must hold every key of ``required_keys`` and nothing outside ``required_keys + optional_keys``.
@@ -47,7 +54,7 @@ def resolve_arch(arch, arch_zoo, aliases, required_keys, optional_keys=(), name=
     raise TypeError(f'{name} must be a variant name (str) or a dict, got {type(arch).__name__}')
 
 
-def check_out_indices(out_indices, num_stages):
+def check_out_indices(out_indices: int | Sequence[int], num_stages: int) -> tuple[int, ...]:
     """Normalise ``out_indices`` (int or sequence, negative allowed) to a sorted tuple of stage indices."""
     if isinstance(out_indices, int) and not isinstance(out_indices, bool):
         out_indices = [out_indices]
@@ -80,7 +87,7 @@ FROM_SCRATCH_HINT = ('to train from scratch instead, remove the checkpoint (init
                      'where the config sets it)')
 
 
-def check_checkpoint(owner, checkpoint, via_pretrained):
+def check_checkpoint(owner: str, checkpoint: Any, via_pretrained: bool) -> None:
     """Raise at build time when a Pretrained ``checkpoint`` cannot be an mmsparse backbone's weights.
 
     Stock mmseg configs set ``pretrained='open-mmlab://resnet50_v1c'`` on the EncoderDecoder, which mmseg
@@ -103,11 +110,21 @@ class SparseBackbone(ImplModel, BaseModule):
     """Base class of the mmsparse backbones.
 
     A subclass calls :meth:`setup_skeleton` in ``__init__`` before building its modules, builds ``stem`` and
-    ``stages``, then calls :meth:`build_out_norms` and :meth:`_freeze_stages`. It names its key maps as class
-    attributes: ``official_converter`` (the authors' keys -> ours) and ``upgrade_state_dict`` (an older
-    mmsparse layout -> the current one), both plain functions of a state dict.
+    ``stages`` (:class:`BackboneStage` each, given ``with_cp=self.with_cp``), then calls
+    :meth:`finish_skeleton`. It names its key maps as class attributes: ``official_converter`` (the authors'
+    keys -> ours) and ``upgrade_state_dict`` (an older mmsparse layout -> the current one), both plain functions
+    of a state dict. What differs between families lives in their stages (:meth:`BackboneStage.forward`) and,
+    where the stem is more than ``self.stem``, in :meth:`forward_stem`.
 
     ``frozen_stages = k`` freezes the stem and stages ``0 .. k-1`` with their output norms (``-1``: nothing).
+
+    The forward stops after the last stage of ``out_indices``. Later stages are still built, so checkpoints keep
+    their keys, but they never run and would get no gradient: DDP (without ``find_unused_parameters``) would fail
+    on them at the second iteration. Their parameters (:meth:`unused_modules`) are therefore frozen
+    (``requires_grad=False``) at build time; a user who sets ``requires_grad`` on them again needs
+    ``find_unused_parameters=True`` under DDP.
+
+    Gradients get the strides of their parameters (see :func:`match_param_strides`), which DDP's buckets need.
 
     ``impl`` is one switch for every operator inside (:class:`~mmsparse.ops.impl.ImplModel`): set it after
     building and each operator follows. A subclass sets ``self.impl = impl`` once its operators exist.
@@ -121,7 +138,7 @@ class SparseBackbone(ImplModel, BaseModule):
     #: the ``impl`` values the backbone accepts at build time
     impls = IMPLS
 
-    def __init__(self, init_cfg=None, pretrained=None):
+    def __init__(self, init_cfg: dict | list[dict] | None = None, pretrained: str | None = None) -> None:
         # ``pretrained``: the deprecated mmseg-style argument; stock mmseg models (EncoderDecoder) pass their
         # ``pretrained=`` to the backbone. Mapped to a Pretrained init_cfg as mmseg's backbones do.
         if pretrained is not None:
@@ -141,20 +158,38 @@ class SparseBackbone(ImplModel, BaseModule):
                 check_checkpoint(type(self).__name__, entry.get('checkpoint'), via_pretrained=False)
         super().__init__(init_cfg=init_cfg)
 
-    def setup_skeleton(self, out_indices, frozen_stages, norm_eval, with_cp, impl):
+    def setup_skeleton(self, out_indices: int | Sequence[int], frozen_stages: int, norm_eval: bool,
+                       with_cp: bool, impl: str) -> None:
+        """Check and store the options every family shares (before the modules are built)."""
         self.out_indices = check_out_indices(out_indices, self.num_stages)
         if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) \
                 or not -1 <= frozen_stages <= self.num_stages:
             raise ValueError(f'frozen_stages must be an int in [-1, {self.num_stages}] (-1: nothing frozen), '
                              f'got {frozen_stages!r}')
         check_bool(norm_eval, 'norm_eval')
-        check_bool(with_cp, 'with_cp')
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
         self._impl = check_impl(impl, type(self).__name__, self.impls)
 
-    def build_out_norms(self, out_norm_cfg, channels):
+    @property
+    def with_cp(self) -> bool:
+        """Gradient checkpointing of each training block; setting it reaches every stage."""
+        return self._with_cp
+
+    @with_cp.setter
+    def with_cp(self, value: bool) -> None:
+        self._with_cp = check_bool(value, 'with_cp')
+        for stage in getattr(self, 'stages', ()):  # none yet while setup_skeleton runs
+            stage.with_cp = value
+
+    def finish_skeleton(self, out_norm_cfg: dict | None, channels: Sequence[int]) -> None:
+        """End of a subclass's ``__init__``: output norms, gradient-stride hooks, then freezing."""
+        self.build_out_norms(out_norm_cfg, channels)
+        match_param_strides(self)  # before freezing: hooks need parameters that require grad
+        self._freeze_stages()
+
+    def build_out_norms(self, out_norm_cfg: dict | None, channels: Sequence[int]) -> None:
         """Add ``norm{i}`` for each ``i`` in ``out_indices``; ``out_norm_cfg=None`` adds none."""
         if out_norm_cfg is None:
             return
@@ -162,23 +197,23 @@ class SparseBackbone(ImplModel, BaseModule):
         for i in self.out_indices:
             self.add_module(f'norm{i}', build_norm_layer(out_norm_cfg, channels[i])[1])
 
-    def dense_only_keys(self):
+    def dense_only_keys(self) -> list[str]:
         """State-dict keys of the output norms: dense-task layers that classification checkpoints lack."""
         return [k for k in self.state_dict() if k.split('.')[0] in {f'norm{i}' for i in self.out_indices}]
 
-    def out_norm(self, i, x):
+    def out_norm(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Output ``i``: normed when the backbone has output norms, always a contiguous NCHW tensor (what
         mmdet / mmseg heads and mmcv's ops such as RoIAlign assume of a backbone's features)."""
         norm = getattr(self, f'norm{i}', None)
         return (x if norm is None else norm(x)).contiguous()
 
-    def stage_modules(self, i):
+    def stage_modules(self, i: int) -> list[nn.Module | None]:
         """Modules frozen with stage ``i`` (``-1``: the stem)."""
         if i == -1:
             return [self.stem]
         return [self.stages[i], getattr(self, f'norm{i}', None)]
 
-    def _freeze_stages(self):
+    def _freeze_stages(self) -> None:
         for i in range(-1, self.frozen_stages):
             for m in self.stage_modules(i):
                 if m is None:
@@ -186,8 +221,14 @@ class SparseBackbone(ImplModel, BaseModule):
                 m.eval()
                 for p in m.parameters():
                     p.requires_grad = False
+        for m in self.unused_modules():  # see the class docstring
+            m.requires_grad_(False)
 
-    def train(self, mode=True):
+    def unused_modules(self) -> list[nn.Module]:
+        """Modules that no output depends on: the stages after the last one in ``out_indices``."""
+        return list(self.stages)[self.out_indices[-1] + 1:]
+
+    def train(self, mode: bool = True) -> SparseBackbone:
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:
@@ -196,22 +237,37 @@ class SparseBackbone(ImplModel, BaseModule):
                     m.eval()
         return self
 
-    def run_block(self, block, *args):
-        """Run ``block``, with gradient checkpointing when ``with_cp`` is set and the block trains.
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem; a family whose stem is more than ``self.stem`` overrides this."""
+        return self.stem(x)
 
-        A block whose inputs need no gradient (the first trainable block after frozen stages) is checkpointed
-        too: the non-reentrant checkpoint recomputes it for its own parameters' gradients.
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(N, in_channels, H, W) -> ``out_norm(i, feature_i)`` for each ``i`` in ``out_indices``.
+
+        The stages run in order and stop after the last one in ``out_indices``.
         """
-        if self.with_cp and self.training and torch.is_grad_enabled() and (
-                any(getattr(a, 'requires_grad', False) for a in args)
-                or any(p.requires_grad for p in block.parameters())):
-            return cp.checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
+        check_nchw(x, self.in_channels, type(self).__name__)
+        x = self.forward_stem(x)
+        outs = []
+        for i in range(self.out_indices[-1] + 1):
+            x, feature = self.stages[i](x)
+            if i in self.out_indices:
+                outs.append(self.out_norm(i, feature))
+        return tuple(outs)
 
-    def init_default_weights(self):
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The raw features (no output norm) of every stage, whatever ``out_indices`` says."""
+        x = self.forward_stem(x)
+        features = []
+        for stage in self.stages:
+            x, feature = stage(x)
+            features.append(feature)
+        return features
+
+    def init_default_weights(self) -> None:
         """The family's own initialisation, run when no Pretrained checkpoint is given (none by default)."""
 
-    def init_weights(self):
+    def init_weights(self) -> None:
         """Initialise, then load a Pretrained ``init_cfg`` entry (dict or inside a list) last and loudly.
 
         The other init_cfg entries and the family's default initialisation run first, so they can never
@@ -253,18 +309,73 @@ class SparseBackbone(ImplModel, BaseModule):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
 
-class BackboneStage(torch.nn.Module):
+class BackboneStage(nn.Module):
     """One stage of the skeleton: an optional ``downsample`` (absent in a stage that starts at the previous
-    stage's resolution) followed by ``blocks`` (a ModuleList). The backbone runs it, block by block, so that
-    ``with_cp`` can checkpoint each block.
+    stage's resolution) followed by ``blocks`` (a ModuleList), run block by block so that ``with_cp`` can
+    checkpoint each one.
+
+    :meth:`forward` returns ``(next_input, feature)``: what the next stage takes and what the backbone outputs
+    (through its output norm) for this stage. Here both are the last block's output; a family whose feature is
+    tapped elsewhere (CloFormer: inside the last, strided block) overrides :meth:`forward`.
+
+    Args:
+        blocks (Iterable[nn.Module]): the stage's blocks, in order.
+        downsample (nn.Module, optional): run before the blocks.
+        with_cp (bool): gradient checkpointing per block (the backbone's ``with_cp`` sets it).
     """
 
-    def __init__(self, blocks, downsample=None):
+    def __init__(self, blocks: Iterable[nn.Module], downsample: nn.Module | None = None,
+                 with_cp: bool = False) -> None:
         super().__init__()
         if downsample is not None:
             self.downsample = downsample
-        self.blocks = torch.nn.ModuleList(blocks)
+        self.blocks = nn.ModuleList(blocks)
+        self.with_cp = with_cp
 
-    def run_downsample(self, x):
+    def run_downsample(self, x: torch.Tensor) -> torch.Tensor:
         downsample = getattr(self, 'downsample', None)
         return x if downsample is None else downsample(x)
+
+    def run_block(self, block: nn.Module, *args: Any) -> Any:
+        """Run ``block``, with gradient checkpointing when ``with_cp`` is set and the block trains.
+
+        A block whose inputs need no gradient (the first trainable block after frozen stages) is checkpointed
+        too: the non-reentrant checkpoint recomputes it for its own parameters' gradients.
+        """
+        if self.with_cp and self.training and torch.is_grad_enabled() and (
+                any(getattr(a, 'requires_grad', False) for a in args)
+                or any(p.requires_grad for p in block.parameters())):
+            return cp.checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.run_downsample(x)
+        for block in self.blocks:
+            x = self.run_block(block, x)
+        return x, x
+
+
+def _restride_grad(param: torch.Tensor) -> None:
+    grad = param.grad
+    if grad is None or grad.is_sparse or grad.stride() == param.stride():
+        return
+    if all(g == p or n == 1 for g, p, n in zip(grad.stride(), param.stride(), param.shape)):
+        # strides differ only where the size is 1: the same memory, viewed with the parameter's strides
+        param.grad = grad.as_strided(param.shape, param.stride(), grad.storage_offset())
+    else:
+        param.grad = torch.empty_strided(param.shape, param.stride(), dtype=grad.dtype,
+                                         device=grad.device).copy_(grad)
+
+
+def match_param_strides(module: nn.Module) -> None:
+    """Give every gradient of ``module``'s parameters the parameter's strides once it is accumulated.
+
+    A convolution on channels-last input returns its weight gradient in channels-last strides. For a depthwise
+    (C, 1, k, k) or a 1x1 (O, I, 1, 1) weight they differ from the parameter's only in size-1 dimensions, which
+    autograd accepts, but DDP compares strides exactly and warns "Grad strides do not match bucket view
+    strides" on every rank. The hook makes the gradient a view with the parameter's strides (no copy, the same
+    numbers). Only parameters with a size-1 dimension can be affected, so only they get the hook.
+    """
+    for p in module.parameters():
+        if p.requires_grad and p.dim() > 1 and 1 in p.shape:
+            p.register_post_accumulate_grad_hook(_restride_grad)

@@ -11,7 +11,10 @@ official recipes exempt every parameter whose name contains ``norm`` from weight
 (``norm1``/``norm2``) and the output norms (``norm{i}``) contain ``norm``, the stem/downsample BNs
 (``stem.*.bn``, ``stages.*.downsample.bn``) do not.
 """
+from __future__ import annotations
+
 import warnings
+from collections.abc import Sequence
 from collections import OrderedDict
 
 import torch
@@ -23,7 +26,7 @@ from mmcv.cnn.bricks import DropPath
 from mmsparse.converters import biformer as biformer_keys
 from mmsparse.models.layers import LayerNorm2d, drop_path_rates, per_stage
 from mmsparse.ops import BRA_IMPLS, BiLevelRoutingAttention, GlobalAttentionLePE
-from mmsparse.ops.checks import (DEFAULT_IMPL, IMPLS, check_each, check_layer_cfg, check_nchw, check_positive_int,
+from mmsparse.ops.checks import (DEFAULT_IMPL, IMPLS, check_each, check_layer_cfg, check_positive_int,
                                  check_positive_number)
 from mmsparse.ops.impl import ImplOperator
 from mmsparse.registry import MODELS
@@ -68,8 +71,10 @@ class BiFormerBlock(ImplOperator, nn.Module):
         input and output (N, C, H, W); with ``impl='fast'`` the output has channels-last strides.
     """
 
-    def __init__(self, embed_dims, topk, num_heads, n_win, qk_dim=None, qk_scale=None, global_num_heads=8,
-                 mlp_ratio=3, side_dwconv=5, auto_pad=True, drop_path=0., impl=DEFAULT_IMPL):
+    def __init__(self, embed_dims: int, topk: int, num_heads: int, n_win: int, qk_dim: int | None = None,
+                 qk_scale: float | None = None, global_num_heads: int = 8, mlp_ratio: float = 3,
+                 side_dwconv: int = 5, auto_pad: bool = True, drop_path: float = 0.,
+                 impl: str = DEFAULT_IMPL) -> None:
         super().__init__()
         self.impl = impl
         self.pos_embed = nn.Conv2d(embed_dims, embed_dims, 3, padding=1, groups=embed_dims)
@@ -91,7 +96,7 @@ class BiFormerBlock(ImplOperator, nn.Module):
             fc1=nn.Conv2d(embed_dims, hidden, 1), act=nn.GELU(), fc2=nn.Conv2d(hidden, embed_dims, 1)))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.impl == 'reference':
             x = x + self.pos_embed(x)
             x = x + self.drop_path(self.attn(self.norm1(x)))
@@ -107,10 +112,10 @@ class BiFormerBlock(ImplOperator, nn.Module):
         return t.permute(0, 3, 1, 2)
 
     @staticmethod
-    def _layer_norm(norm, t):
+    def _layer_norm(norm: nn.LayerNorm, t: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(t, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
-    def _mlp_nhwc(self, t):
+    def _mlp_nhwc(self, t: torch.Tensor) -> torch.Tensor:
         fc1, fc2 = self.mlp.fc1, self.mlp.fc2
         t = self.mlp.act(F.linear(t, fc1.weight.flatten(1), fc1.bias))
         return F.linear(t, fc2.weight.flatten(1), fc2.bias)
@@ -174,22 +179,23 @@ class BiFormer(SparseBackbone):
     impls = tuple(BRA_IMPLS)
 
     def __init__(self,
-                 arch='tiny',
-                 in_channels=3,
-                 n_win=7,
-                 topks=(1, 4, 16, -2),
-                 auto_pad=True,
-                 side_dwconv=5,
-                 qk_scale=None,
-                 drop_path_rate=0.,
-                 out_indices=(0, 1, 2, 3),
-                 frozen_stages=-1,
-                 norm_eval=False,
-                 norm_cfg=dict(type='BN'),
-                 out_norm_cfg=dict(type='LN2d', eps=1e-6),
-                 with_cp=False,
-                 impl=DEFAULT_IMPL,
-                 init_cfg=None, pretrained=None):
+                 arch: str | dict = 'tiny',
+                 in_channels: int = 3,
+                 n_win: int = 7,
+                 topks: Sequence[int] = (1, 4, 16, -2),
+                 auto_pad: bool = True,
+                 side_dwconv: int = 5,
+                 qk_scale: float | None = None,
+                 drop_path_rate: float = 0.,
+                 out_indices: int | Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 norm_cfg: dict = dict(type='BN'),
+                 out_norm_cfg: dict | None = dict(type='LN2d', eps=1e-6),
+                 with_cp: bool = False,
+                 impl: str = DEFAULT_IMPL,
+                 init_cfg: dict | list[dict] | None = None,
+                 pretrained: str | None = None) -> None:
         super().__init__(init_cfg=init_cfg, pretrained=pretrained)
         self.setup_skeleton(out_indices, frozen_stages, norm_eval, with_cp, impl)
         arch = resolve_arch(arch, self.arch_zoo, self.arch_aliases, ('embed_dims', 'depths'),
@@ -237,12 +243,11 @@ class BiFormer(SparseBackbone):
                                   drop_path=dpr[i][j], impl=block_impl) for j in range(depths[i])
                 ]
                 downsample = conv_bn(embed_dims[i - 1], embed_dims[i]) if i > 0 else None
-                self.stages.append(BackboneStage(blocks, downsample))
-        self.build_out_norms(out_norm_cfg, embed_dims)
-        self._freeze_stages()
+                self.stages.append(BackboneStage(blocks, downsample, with_cp=self.with_cp))
+        self.finish_skeleton(out_norm_cfg, embed_dims)
         self.impl = impl
 
-    def init_default_weights(self):
+    def init_default_weights(self) -> None:
         """Official init: trunc-normal(0.02) Linear layers (and the MLP's 1x1 convs), unit LayerNorms."""
         for m in self.modules():
             # the only 1x1 convs are the MLP's, which are Linear layers in the official model
@@ -253,15 +258,3 @@ class BiFormer(SparseBackbone):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-
-    def forward(self, x):
-        check_nchw(x, self.in_channels, type(self).__name__)
-        outs = []
-        x = self.stem(x)
-        for i, stage in enumerate(self.stages):
-            x = stage.run_downsample(x)
-            for block in stage.blocks:
-                x = self.run_block(block, x)
-            if i in self.out_indices:
-                outs.append(self.out_norm(i, x))
-        return tuple(outs)

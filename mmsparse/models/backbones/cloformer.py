@@ -17,6 +17,10 @@ Any input size runs: every conv is 'same' or stride-2-with-ceil, and the only si
 branch's pooling) pads internally, see :mod:`mmsparse.ops.attn_conv`. Nothing pads the network input, so the
 GroupNorm statistics are those of the true map.
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 from mmcv.cnn import build_norm_layer
@@ -25,8 +29,8 @@ from mmcv.cnn.bricks import DropPath
 from mmsparse.converters import cloformer as cloformer_keys
 from mmsparse.models.layers import drop_path_rates, per_stage
 from mmsparse.ops import AttnConv
-from mmsparse.ops.checks import (DEFAULT_IMPL, check_each, check_layer_cfg, check_nchw, check_odd_kernel,
-                                 check_positive_int, check_positive_number, check_rate)
+from mmsparse.ops.checks import (DEFAULT_IMPL, check_each, check_layer_cfg, check_odd_kernel, check_positive_int,
+                                 check_positive_number, check_rate)
 from mmsparse.ops.impl import ImplOperator
 from mmsparse.registry import MODELS
 from .base import BackboneStage, SparseBackbone, resolve_arch
@@ -34,7 +38,7 @@ from .base import BackboneStage, SparseBackbone, resolve_arch
 __all__ = ['CloFormer']
 
 
-def _gn(channels):
+def _gn(channels: int) -> nn.GroupNorm:
     # GroupNorm(1, C): one mean/var over (C, H, W) per sample -- not a per-pixel channel LayerNorm
     return nn.GroupNorm(1, channels, eps=1e-5)
 
@@ -42,14 +46,14 @@ def _gn(channels):
 class ConvBNReLU(nn.Module):
     """3x3 conv (bias) -> norm -> ReLU, stored as ``conv.{0,1,2}`` like the authors' ``BasicBlock``."""
 
-    def __init__(self, in_channels, out_channels, stride, norm_cfg):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, norm_cfg: dict) -> None:
         super().__init__()
         self.conv = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, 3, stride, 1),
             build_norm_layer(norm_cfg, out_channels)[1],
             nn.ReLU(inplace=True))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
 
 
@@ -59,7 +63,7 @@ class ConvStem(nn.Module):
     Input (B, in_channels, H, W); output (B, channels, ceil(H/4), ceil(W/4)).
     """
 
-    def __init__(self, in_channels, channels, norm_cfg):
+    def __init__(self, in_channels: int, channels: int, norm_cfg: dict) -> None:
         super().__init__()
         self.conv1 = ConvBNReLU(in_channels, channels // 2, 2, norm_cfg)
         self.conv2 = ConvBNReLU(channels // 2, channels, 2, norm_cfg)
@@ -68,7 +72,7 @@ class ConvStem(nn.Module):
         self.conv5 = nn.Conv2d(channels, channels, 1)
         self.layernorm = _gn(channels)  # the authors' name; it is a GroupNorm(1, C)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv4(self.conv3(self.conv2(self.conv1(x))))
         return self.layernorm(self.conv5(x))
 
@@ -77,7 +81,8 @@ class CloFormerFFN(nn.Module):
     """CloFormer's strided conv-FFN: PW (C -> hidden) -> GELU -> DW k x k with the block's stride -> dropout ->
     PW (hidden -> out) -> dropout."""
 
-    def __init__(self, in_channels, hidden_channels, out_channels, kernel_size, stride, drop=0.):
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, kernel_size: int, stride: int,
+                 drop: float = 0.) -> None:
         super().__init__()
         self.fc1 = nn.Conv2d(in_channels, hidden_channels, 1)
         self.act = nn.GELU()
@@ -86,7 +91,7 @@ class CloFormerFFN(nn.Module):
         self.fc2 = nn.Conv2d(hidden_channels, out_channels, 1)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.drop(self.dwconv(self.act(self.fc1(x))))
         return self.drop(self.fc2(x))
 
@@ -116,9 +121,10 @@ class EfficientBlock(ImplOperator, nn.Module):
         input (B, C, H, W) -> ``(mid, out)``: mid (B, C, H, W), out (B, out_channels, ceil(H/s), ceil(W/s)).
     """
 
-    def __init__(self, embed_dims, out_channels, num_heads, group_split, kernel_sizes, window_size,
-                 mlp_kernel_size, mlp_ratio, stride, drop_path=0., attn_drop=0., drop=0., qkv_bias=True,
-                 norm_cfg=dict(type='BN'), impl=DEFAULT_IMPL):
+    def __init__(self, embed_dims: int, out_channels: int, num_heads: int, group_split: Sequence[int],
+                 kernel_sizes: Sequence[int], window_size: int, mlp_kernel_size: int, mlp_ratio: float, stride: int,
+                 drop_path: float = 0., attn_drop: float = 0., drop: float = 0., qkv_bias: bool = True,
+                 norm_cfg: dict = dict(type='BN'), impl: str = DEFAULT_IMPL) -> None:
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f'stride must be 1 or 2, got {stride!r}')
@@ -145,13 +151,24 @@ class EfficientBlock(ImplOperator, nn.Module):
         else:
             self.downsample = nn.Identity()
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mid = x + self.drop_path(self.attn(self.norm1(x)))
         ffn_in = self.norm2(mid)
         if self.impl != 'reference':
             ffn_in = ffn_in.contiguous(memory_format=torch.channels_last)
         out = self.downsample(mid) + self.drop_path(self.mlp(ffn_in))
         return mid, out
+
+
+class CloFormerStage(BackboneStage):
+    """A CloFormer stage: blocks only (the last block of stages 0-2 carries the stride). Its feature is that
+    block's ``mid``, tapped before the stride; a stage whose last block keeps the resolution emits its output.
+    Same module names as :class:`BackboneStage`."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for block in self.blocks:
+            mid, x = self.run_block(block, x)
+        return x, (mid if self.blocks[-1].stride == 2 else x)
 
 
 @MODELS.register_module()
@@ -211,10 +228,12 @@ class CloFormer(SparseBackbone):
     arch_keys = ('embed_dims', 'depths', 'num_heads', 'group_splits', 'kernel_sizes', 'window_sizes',
                  'mlp_kernel_sizes', 'mlp_ratios')
 
-    def __init__(self, arch='xxs', in_channels=3, drop_path_rate=0., attn_drop_rate=0., drop_rate=0.,
-                 qkv_bias=True, out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False, with_cp=False,
-                 norm_cfg=dict(type='BN'), out_norm_cfg=dict(type='GN', num_groups=1), impl=DEFAULT_IMPL,
-                 init_cfg=None, pretrained=None):
+    def __init__(self, arch: str | dict = 'xxs', in_channels: int = 3, drop_path_rate: float = 0.,
+                 attn_drop_rate: float = 0., drop_rate: float = 0., qkv_bias: bool = True,
+                 out_indices: int | Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1, norm_eval: bool = False,
+                 with_cp: bool = False, norm_cfg: dict = dict(type='BN'),
+                 out_norm_cfg: dict | None = dict(type='GN', num_groups=1), impl: str = DEFAULT_IMPL,
+                 init_cfg: dict | list[dict] | None = None, pretrained: str | None = None) -> None:
         super().__init__(init_cfg=init_cfg, pretrained=pretrained)
         arch = resolve_arch(arch, self.arch_zoo, self.arch_aliases, self.arch_keys)
         n = self.num_stages
@@ -247,20 +266,12 @@ class CloFormer(SparseBackbone):
                     arch['window_sizes'][i], arch['mlp_kernel_sizes'][i], arch['mlp_ratios'][i], stride,
                     drop_path=dpr[i][j], attn_drop=attn_drop_rate, drop=drop_rate, qkv_bias=qkv_bias,
                     norm_cfg=norm_cfg, impl=impl))
-            self.stages.append(BackboneStage(blocks))
-        self.build_out_norms(out_norm_cfg, self.embed_dims)
-        self._freeze_stages()
+            self.stages.append(CloFormerStage(blocks, with_cp=self.with_cp))
+        self.finish_skeleton(out_norm_cfg, self.embed_dims)
         self.impl = impl
 
-    def forward(self, x):
-        """x: (B, in_channels, H, W) -> tuple of (B, embed_dims[i], ceil(H/2^(i+2)), ceil(W/2^(i+2)))."""
-        check_nchw(x, self.in_channels, type(self).__name__)
-        x = self.stem(x)
-        outs = []
-        for i, stage in enumerate(self.stages):
-            for blk in stage.blocks:
-                mid, x = self.run_block(blk, x)
-            if i in self.out_indices:
-                # stages 0-2: full-resolution feature inside the stride-2 block; stage 3: its output
-                outs.append(self.out_norm(i, x if i == self.num_stages - 1 else mid))
-        return tuple(outs)
+    def unused_modules(self) -> list[nn.Module]:
+        """Also the strided half of the last returned stage's last block: it only feeds the next stage."""
+        last = self.stages[self.out_indices[-1]].blocks[-1]
+        tail = [last.norm2, last.mlp, last.downsample] if last.stride == 2 else []
+        return super().unused_modules() + tail

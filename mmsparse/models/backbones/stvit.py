@@ -4,8 +4,12 @@ Numerically the authors' ``STViT`` (hhb072/STViT ``models/stvit.py``) without it
 module tree follows the mmsparse skeleton (``stem``, ``stages.i.{downsample,blocks}``, ``norm{i}``) and
 ``mmsparse.converters.stvit`` maps the official keys onto it.
 """
-from collections import OrderedDict
+from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
 import torch.nn as nn
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
@@ -13,7 +17,7 @@ from mmcv.cnn.bricks import DropPath
 from mmsparse.converters import stvit as stvit_keys
 from mmsparse.models.layers import LayerScale2d, drop_path_rates, per_stage
 from mmsparse.ops import SuperTokenAttention
-from mmsparse.ops.checks import (DEFAULT_IMPL, check_each, check_layer_cfg, check_nchw, check_positive_int,
+from mmsparse.ops.checks import (DEFAULT_IMPL, check_each, check_layer_cfg, check_positive_int,
                                  check_positive_number, check_rate)
 from mmsparse.registry import MODELS
 from .base import BackboneStage, SparseBackbone, resolve_arch
@@ -21,7 +25,7 @@ from .base import BackboneStage, SparseBackbone, resolve_arch
 __all__ = ['STViT', 'STViTBlock']
 
 
-def _conv_act_norm(in_channels, out_channels, stride, norm_cfg):
+def _conv_act_norm(in_channels: int, out_channels: int, stride: int, norm_cfg: dict) -> nn.Sequential:
     """3×3 conv (with bias) -> GELU -> norm: the authors' stem order (activation *before* the norm)."""
     return nn.Sequential(OrderedDict(
         conv=nn.Conv2d(in_channels, out_channels, 3, stride, 1),
@@ -35,7 +39,7 @@ class STViTFFN(nn.Module):
     Shapes: (B, C, H, W) -> (B, C, H, W).
     """
 
-    def __init__(self, embed_dims, hidden_dims, drop=0.):
+    def __init__(self, embed_dims: int, hidden_dims: int, drop: float = 0.) -> None:
         super().__init__()
         self.fc1 = nn.Conv2d(embed_dims, hidden_dims, 1)
         self.act = nn.GELU()
@@ -43,7 +47,7 @@ class STViTFFN(nn.Module):
         self.fc2 = nn.Conv2d(hidden_dims, embed_dims, 1)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.drop(self.act(self.fc1(x)))
         x = x + self.dwconv(x)  # residual depthwise conv, no activation after it (HEAD semantics)
         return self.drop(self.fc2(x))
@@ -74,9 +78,11 @@ class STViTBlock(nn.Module):
         (B, C, H, W) -> (B, C, H, W).
     """
 
-    def __init__(self, embed_dims, num_heads, stoken_size, n_iter=1, mlp_ratio=4., qkv_bias=True,
-                 qk_scale=None, drop=0., attn_drop=0., drop_path=0., layer_scale=False,
-                 layer_scale_init_value=1e-6, norm_cfg=dict(type='BN'), impl=DEFAULT_IMPL):
+    def __init__(self, embed_dims: int, num_heads: int, stoken_size: int | tuple[int, int], n_iter: int = 1,
+                 mlp_ratio: float = 4., qkv_bias: bool = True, qk_scale: float | None = None, drop: float = 0.,
+                 attn_drop: float = 0., drop_path: float = 0., layer_scale: bool = False,
+                 layer_scale_init_value: float = 1e-6, norm_cfg: dict = dict(type='BN'),
+                 impl: str = DEFAULT_IMPL) -> None:
         super().__init__()
         self.cpe = nn.Conv2d(embed_dims, embed_dims, 3, 1, 1, groups=embed_dims)
         self.norm1 = build_norm_layer(dict(type='LN2d', eps=1e-6), embed_dims)[1]
@@ -88,7 +94,7 @@ class STViTBlock(nn.Module):
         self.gamma1 = LayerScale2d(embed_dims, layer_scale_init_value) if layer_scale else nn.Identity()
         self.gamma2 = LayerScale2d(embed_dims, layer_scale_init_value) if layer_scale else nn.Identity()
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.cpe(x)  # the CPE output is the residual stream for both branches
         x = x + self.drop_path(self.gamma1(self.attn(self.norm1(x))))
         return x + self.drop_path(self.gamma2(self.ffn(self.norm2(x))))
@@ -151,11 +157,16 @@ class STViT(SparseBackbone):
     official_converter = staticmethod(stvit_keys.convert_state_dict)
     upgrade_state_dict = staticmethod(stvit_keys.upgrade_state_dict)
 
-    def __init__(self, arch='small', in_channels=3, stoken_size=None, n_iter=1, mlp_ratio=4., qkv_bias=True,
-                 qk_scale=None, drop_rate=0., attn_drop_rate=0., drop_path_rate=0., layer_scale=None,
-                 layer_scale_init_value=1e-6, out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False,
-                 with_cp=False, norm_cfg=dict(type='BN'), out_norm_cfg=dict(type='LN2d', eps=1e-6),
-                 impl=DEFAULT_IMPL, init_cfg=None, pretrained=None):
+    def __init__(self, arch: str | dict = 'small', in_channels: int = 3,
+                 stoken_size: int | Sequence[int | tuple[int, int]] | None = None,
+                 n_iter: int | Sequence[int] = 1, mlp_ratio: float = 4., qkv_bias: bool = True,
+                 qk_scale: float | None = None, drop_rate: float = 0., attn_drop_rate: float = 0.,
+                 drop_path_rate: float = 0., layer_scale: bool | Sequence[bool] | None = None,
+                 layer_scale_init_value: float = 1e-6, out_indices: int | Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
+                 norm_cfg: dict = dict(type='BN'), out_norm_cfg: dict | None = dict(type='LN2d', eps=1e-6),
+                 impl: str = DEFAULT_IMPL, init_cfg: dict | list[dict] | None = None,
+                 pretrained: str | None = None) -> None:
         super().__init__(init_cfg=init_cfg, pretrained=pretrained)
         self.setup_skeleton(out_indices, frozen_stages, norm_eval, with_cp, impl)
         arch = resolve_arch(arch, self.arch_zoo, self.arch_aliases, ('embed_dims', 'depths', 'num_heads'),
@@ -197,23 +208,9 @@ class STViT(SparseBackbone):
                            layer_scale=layer_scale[i], layer_scale_init_value=layer_scale_init_value,
                            norm_cfg=norm_cfg, impl=impl) for j in range(depths[i])
             ]
-            self.stages.append(BackboneStage(blocks, downsample))
-        self.build_out_norms(out_norm_cfg, dims)
-        self._freeze_stages()
+            self.stages.append(BackboneStage(blocks, downsample, with_cp=self.with_cp))
+        self.finish_skeleton(out_norm_cfg, dims)
         self.impl = impl
 
-    def forward_stages(self, x):
-        """The raw stage features (no output norms), all four, as a list."""
-        x = self.stem_drop(self.stem(x))
-        feats = []
-        for stage in self.stages:
-            x = stage.run_downsample(x)
-            for block in stage.blocks:
-                x = self.run_block(block, x)
-            feats.append(x)
-        return feats
-
-    def forward(self, x):
-        check_nchw(x, self.in_channels, type(self).__name__)
-        feats = self.forward_stages(x)
-        return tuple(self.out_norm(i, feats[i]) for i in self.out_indices)
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem_drop(self.stem(x))  # the authors' dropout after the stem

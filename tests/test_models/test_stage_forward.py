@@ -1,0 +1,115 @@
+"""Stages own their forward: the backbone loop stops after the last ``out_indices`` entry, ``stage(x)`` is the
+unit the loop runs, and every gradient has its parameter's strides (what DDP's buckets compare)."""
+import pytest
+import torch
+
+from mmsparse.models import BiFormer, CloFormer, STViT
+from mmsparse.models.backbones.base import BackboneStage
+
+# reduced archs with every block kind of the full models: BiFormer's BRA and global stage, CloFormer's strided
+# last blocks with local and global AttnConv branches, STViT's super-token and global stages
+REDUCED = {
+    BiFormer: dict(arch=dict(embed_dims=[16, 32, 32, 32], depths=[1, 2, 1, 1], head_dim=16), n_win=2,
+                   topks=(1, 2, 2, -2)),
+    CloFormer: dict(arch=dict(embed_dims=[16, 32, 32, 32], depths=[1, 2, 2, 1], num_heads=[2, 2, 2, 2],
+                              group_splits=[[1, 1]] * 4, kernel_sizes=[[3]] * 4, window_sizes=[4, 2, 2, 1],
+                              mlp_kernel_sizes=[5] * 4, mlp_ratios=[2] * 4)),
+    STViT: dict(arch=dict(embed_dims=[16, 32, 32, 32], depths=[1, 2, 1, 1], num_heads=[1, 2, 2, 2],
+                          layer_scale=[False, False, True, True])),
+}
+FAMILIES = list(REDUCED)
+
+
+def build(cls, **kwargs):
+    torch.manual_seed(0)
+    return cls(**REDUCED[cls], **kwargs)
+
+
+def image():
+    return torch.randn(2, 3, 45, 38, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize('cls', FAMILIES, ids=lambda c: c.__name__)
+def test_out_indices_stop_after_the_last_returned_stage(cls):
+    full = build(cls).eval()
+    part = build(cls, out_indices=(1, )).eval()
+    part.load_state_dict({k: v for k, v in full.state_dict().items() if k in part.state_dict()}, strict=True)
+    ran = []
+    for i, stage in enumerate(part.stages):
+        for m in stage.modules():
+            m.register_forward_pre_hook(lambda *_, i=i: ran.append(i))
+    x = image()
+    with torch.no_grad():
+        (out, ) = part(x)
+        expected = full(x)[1]
+    assert torch.equal(out, expected)
+    assert set(ran) == {0, 1}, sorted(set(ran))  # nothing inside stages 2 and 3 ran
+    # the stages that never run keep their keys but are frozen, so every trainable parameter gets a gradient
+    assert part.state_dict().keys() == {k for k in full.state_dict() if not k.startswith(('norm0', 'norm2',
+                                                                                          'norm3'))}
+    assert not any(p.requires_grad for s in part.stages[2:] for p in s.parameters())
+    part.train()(x)[0].square().mean().backward()
+    missing = [n for n, p in part.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize('cls', FAMILIES, ids=lambda c: c.__name__)
+def test_forward_is_the_stem_then_stage_by_stage(cls):
+    model = build(cls).eval()
+    x = image()
+    with torch.no_grad():
+        outs = model(x)
+        y, manual, raw = model.forward_stem(x), [], []
+        for i, stage in enumerate(model.stages):
+            assert isinstance(stage, BackboneStage)
+            y, feature = stage(y)
+            raw.append(feature)
+            manual.append(model.out_norm(i, feature))
+        stages = model.forward_stages(x)
+    assert len(outs) == len(manual) == 4
+    for i in range(4):
+        assert torch.equal(outs[i], manual[i]), i
+        assert torch.equal(stages[i], raw[i]), i
+        stride = 2 ** (i + 2)
+        assert outs[i].shape == (2, model.embed_dims[i], -(-45 // stride), -(-38 // stride))
+
+
+def test_cloformer_stage_taps_the_strided_block_before_its_stride():
+    model = build(CloFormer).eval()
+    x = model.forward_stem(image())
+    with torch.no_grad():
+        for stage in model.stages:
+            mid = out = x
+            for block in stage.blocks:
+                mid, out = block(out)
+            nxt, feature = stage(x)
+            assert torch.equal(nxt, out)
+            assert torch.equal(feature, mid if block.stride == 2 else out)
+            x = nxt
+
+
+@pytest.mark.parametrize('cls', FAMILIES, ids=lambda c: c.__name__)
+def test_with_cp_reaches_every_stage(cls):
+    model = build(cls)
+    assert not any(s.with_cp for s in model.stages)
+    model.with_cp = True
+    assert all(s.with_cp for s in model.stages)
+    assert all(s.with_cp for s in build(cls, with_cp=True).stages)
+    with pytest.raises(TypeError, match='with_cp must be True or False'):
+        model.with_cp = 1
+
+
+@pytest.mark.parametrize('with_cp', [False, True], ids=['plain', 'with_cp'])
+@pytest.mark.parametrize('impl', ['fast', 'reference'])
+@pytest.mark.parametrize('cls', FAMILIES, ids=lambda c: c.__name__)
+def test_gradients_have_their_parameters_strides(cls, impl, with_cp):
+    """DDP warns "Grad strides do not match bucket view strides" (and copies) when a gradient's strides differ
+    from its parameter's, even in size-1 dimensions: channels-last convolutions give (C, 1, k, k) and
+    (O, I, 1, 1) weights such gradients."""
+    model = build(cls, impl=impl, with_cp=with_cp).train()
+    for _ in range(2):  # the second backward accumulates into the existing gradients
+        sum(o.square().mean() for o in model(image())).backward()
+    grads = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
+    assert len(grads) == sum(1 for _ in model.parameters())
+    wrong = [(n, p.stride(), p.grad.stride()) for n, p in grads if p.grad.stride() != p.stride()]
+    assert not wrong, wrong[:5]
