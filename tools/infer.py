@@ -92,6 +92,15 @@ def _seg_entry(label_map, classes, written, out_dir, image):
     return dict(shape=list(label_map.shape), counts=dict(zip(names, counts.tolist())), pred=path)
 
 
+def _use_config_classes(inferencer, cfg):
+    """Built without a checkpoint, an inferencer shows its library's default classes: use the config's."""
+    from mmsparse.deployment.runtime import config_dataset_meta
+    meta = config_dataset_meta(cfg)
+    if meta:
+        inferencer.model.dataset_meta = meta
+        inferencer.visualizer.dataset_meta = meta
+
+
 def run(args):
     warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
     images = expand_inputs(args.inputs)
@@ -114,6 +123,8 @@ def run(args):
         if onnx:
             from mmsparse.deployment import attach_to_inferencer
             attach_to_inferencer(inferencer, args.checkpoint, weights_loaded=weights is not None)
+            if weights is None:
+                _use_config_classes(inferencer, cfg)
         classes = (inferencer.model.dataset_meta or {}).get('classes')
         for image in images:
             out = inferencer(image, out_dir=args.out_dir, pred_score_thr=args.score_thr, no_save_pred=True)
@@ -126,6 +137,8 @@ def run(args):
         if onnx:
             from mmsparse.deployment import attach_to_inferencer
             attach_to_inferencer(inferencer, args.checkpoint, weights_loaded=weights is not None)
+            if weights is None:
+                _use_config_classes(inferencer, cfg)
         classes = (inferencer.model.dataset_meta or {}).get('classes')
         for image in images:
             # mmseg numbers its label maps (pred/00000000_pred.png, ...); they are renamed after the images

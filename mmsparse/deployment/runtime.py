@@ -270,6 +270,32 @@ def verify(model, path, sizes, batch=1, rtol=1e-4, box_tol=1e-3, seed=0, threads
     return all_rows
 
 
+def config_dataset_meta(cfg):
+    """Class names (and palette) of ``cfg``'s test set: its ``metainfo``, else its dataset class's ``METAINFO``.
+
+    What an inferencer built without a checkpoint should show instead of its default (COCO's or Cityscapes'
+    names); ``None`` when the config names no dataset.
+    """
+    dataset = cfg.get('test_dataloader', {}).get('dataset', {})
+    while 'dataset' in dataset and 'metainfo' not in dataset:  # wrappers (RepeatDataset, ConcatDataset, ...)
+        dataset = dataset['dataset']
+    if dataset.get('metainfo'):
+        return dict(dataset['metainfo'])
+    if 'type' not in dataset:
+        return None
+    from mmengine.registry import DATASETS, DefaultScope
+    scope = cfg.get('default_scope')
+    with DefaultScope.overwrite_default_scope(scope):
+        registry = DATASETS
+        if scope:
+            import importlib
+            registry = importlib.import_module(f'{scope}.registry').DATASETS
+            importlib.import_module(f'{scope}.datasets')  # registers the dataset classes
+        cls = registry.get(dataset['type']) if isinstance(dataset['type'], str) else dataset['type']
+    meta = getattr(cls, 'METAINFO', None)
+    return dict(meta) if meta else None
+
+
 def attach_to_inferencer(inferencer, onnx_path, threads=None, checkpoint=None, weights_loaded=False):
     """Make an mmdet ``DetInferencer`` / mmseg ``MMSegInferencer`` run its network through ``onnx_path``.
 

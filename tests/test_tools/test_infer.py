@@ -173,3 +173,18 @@ def test_onnx_mask_rcnn_runs_the_checkpoints_heads(checkpoints, tmp_path):
         assert max(abs(a - b) for a, b in zip(b_got, b_ref)) < 1e-3 * 256
     assert got['label_names'] == [load_results(tmp_path / 'ort')['classes'][i] for i in got['labels']]
     assert load_results(tmp_path / 'ort')['classes'] == ['disc', 'square', 'triangle', 'ring']
+
+
+def test_onnx_segmentor_names_the_configs_classes(checkpoints, tmp_path):
+    """An ONNX segmentor run without ``--weights`` (its graph holds every weight) reports the config's classes,
+    not the inferencer's default dataset's (it used to say Cityscapes' names for the demo UPerNet)."""
+    onnx_file = tmp_path / 'upernet.onnx'
+    image = os.path.join(REPO, 'data/demo_ade20k/ADEChallengeData2016/images/validation/ADE_valid_00000000.jpg')
+    assert cv2.imread(image).shape[:2] == (160, 160)  # the test pipeline scales it to 96 x 96, the export size
+    ok(run_tool('tools/deployment/export_onnx.py', SEG_DEMO, '--checkpoint', checkpoints['seg'], '--out', onnx_file,
+                '--shape', 96, 96))
+    ok(run_tool('tools/infer.py', SEG_DEMO, onnx_file, image, '--backend', 'onnxruntime', '--out-dir', tmp_path / 'o'))
+    report = load_results(tmp_path / 'o')
+    assert report['classes'] == ['background', 'disc', 'square', 'triangle', 'ring']
+    (entry,) = report['results']
+    assert set(entry['counts']) <= set(report['classes'])
