@@ -1,4 +1,9 @@
 """Small building blocks and argument helpers shared by the backbones, plug-ins and necks."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -18,7 +23,7 @@ class LayerNorm2d(nn.LayerNorm):
     """
     _abbr_ = 'ln'
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_nchw(x, None, type(self).__name__)
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
@@ -35,23 +40,23 @@ class LayerScale2d(nn.Module):
         init_value (float): initial value of every entry (0 makes the branch start switched off).
     """
 
-    def __init__(self, embed_dims, init_value):
+    def __init__(self, embed_dims: int, init_value: float) -> None:
         super().__init__()
         self.init_value = float(init_value)
         self.gamma = nn.Parameter(torch.full((embed_dims, 1, 1), self.init_value))
 
-    def reset_parameters(self):
+    def reset_parameters(self) -> None:
         with torch.no_grad():
             self.gamma.fill_(self.init_value)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gamma
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f'{self.gamma.shape[0]}, init_value={self.init_value}'
 
 
-def per_stage(value, name, num_stages, types=(int, float)):
+def per_stage(value: Any, name: str, num_stages: int, types: type | Sequence[type] = (int, float)) -> list:
     """One value per stage: broadcast a scalar of ``types`` or check a sequence of ``num_stages`` such values.
 
     Bools are accepted only when ``types`` contains ``bool``. Raises ``ValueError`` naming ``name``.
@@ -70,7 +75,7 @@ def per_stage(value, name, num_stages, types=(int, float)):
     return list(value)
 
 
-def drop_path_rates(rate, depths):
+def drop_path_rates(rate: float, depths: Sequence[int]) -> list[list[float]]:
     """Stochastic-depth rates per stage: ``rate`` spread linearly over all blocks, from 0 at the first block to
     ``rate`` at the last (``torch.linspace(0, rate, sum(depths))``), split into one list per stage.
 

@@ -1,10 +1,14 @@
 """Stages own their forward: the backbone loop stops after the last ``out_indices`` entry, ``stage(x)`` is the
 unit the loop runs, and every gradient has its parameter's strides (what DDP's buckets compare)."""
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from mmsparse.models import BiFormer, CloFormer, STViT
 from mmsparse.models.backbones.base import BackboneStage
+from tests.conftest import REPO
 
 # reduced archs with every block kind of the full models: BiFormer's BRA and global stage, CloFormer's strided
 # last blocks with local and global AttnConv branches, STViT's super-token and global stages
@@ -113,3 +117,28 @@ def test_gradients_have_their_parameters_strides(cls, impl, with_cp):
     assert len(grads) == sum(1 for _ in model.parameters())
     wrong = [(n, p.stride(), p.grad.stride()) for n, p in grads if p.grad.stride() != p.stride()]
     assert not wrong, wrong[:5]
+
+
+# one-process DDP (gloo) on the channels-last BiFormer block; in a subprocess because torch warns once per process
+DDP_SCRIPT = """
+import tempfile, warnings
+import torch, torch.distributed as dist
+from mmsparse.models import BiFormer
+dist.init_process_group('gloo', init_method='file://' + tempfile.mktemp(), rank=0, world_size=1)
+model = BiFormer(arch=dict(embed_dims=[16, 32, 32, 32], depths=[1, 1, 1, 1], head_dim=16), n_win=2,
+                 topks=(1, 2, 2, -2), impl='fast')
+ddp = torch.nn.parallel.DistributedDataParallel(model)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    sum(o.mean() for o in ddp(torch.randn(2, 3, 64, 64))).backward()
+dist.destroy_process_group()
+print('STRIDE WARNINGS', sum('Grad strides do not match' in str(w.message) for w in caught))
+"""
+
+
+@pytest.mark.slow
+def test_ddp_does_not_warn_about_grad_strides():
+    proc = subprocess.run([sys.executable, '-c', DDP_SCRIPT], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'STRIDE WARNINGS 0' in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
