@@ -14,26 +14,9 @@ Backbone weights: the authors' ImageNet-1k checkpoint converted with
       checkpoints/biformer_small_in1k_mmsparse.pth
 """
 _base_ = [
-    '../_base_/models/mask_rcnn_fpn.py', '../_base_/datasets/coco_instance.py',
+    '../_base_/models/maskrcnn_biformer.py', '../_base_/datasets/coco_instance.py',
     '../_base_/schedules/schedule_1x.py', '../_base_/default_runtime_det.py'
 ]
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmsparse.BiFormer',
-        arch='small',
-        n_win=16,
-        topks=[1, 4, 16, -2],
-        auto_pad=True,
-        drop_path_rate=0.2,
-        out_indices=(0, 1, 2, 3),
-        norm_cfg=dict(type='BN', requires_grad=True),
-        norm_eval=True,
-        out_norm_cfg=dict(type='LN2d', eps=1e-6),
-        with_cp=False,
-        init_cfg=dict(
-            type='Pretrained', checkpoint='checkpoints/biformer_small_in1k_mmsparse.pth', prefix='backbone.')),
-    neck=dict(in_channels=[64, 128, 256, 512]))
 train_dataloader = dict(batch_size=2, num_workers=2)
 optim_wrapper = dict(
     type='AmpOptimWrapper',

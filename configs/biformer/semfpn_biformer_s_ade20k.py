@@ -13,27 +13,9 @@ Backbone weights: the authors' ImageNet-1k checkpoint converted with
       checkpoints/biformer_small_in1k_mmsparse.pth
 """
 _base_ = [
-    '../_base_/models/semfpn.py', '../_base_/datasets/ade20k.py',
+    '../_base_/models/semfpn_biformer.py', '../_base_/datasets/ade20k.py',
     '../_base_/schedules/schedule_80k.py', '../_base_/default_runtime_seg.py'
 ]
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmsparse.BiFormer',
-        arch='small',
-        n_win=8,
-        topks=[1, 4, 16, -2],
-        auto_pad=True,
-        drop_path_rate=0.15,
-        out_indices=(0, 1, 2, 3),
-        norm_cfg=dict(type='SyncBN', requires_grad=True),
-        norm_eval=False,
-        out_norm_cfg=dict(type='LN2d', eps=1e-6),
-        with_cp=False,
-        init_cfg=dict(
-            type='Pretrained', checkpoint='checkpoints/biformer_small_in1k_mmsparse.pth', prefix='backbone.')),
-    neck=dict(in_channels=[64, 128, 256, 512], out_channels=256, num_outs=4),
-    decode_head=dict(channels=128, dropout_ratio=0.1))
 train_dataloader = dict(batch_size=4, num_workers=4)
 optim_wrapper = dict(
     type='AmpOptimWrapper',

@@ -15,27 +15,9 @@ Backbone weights: the authors' ImageNet-1k checkpoint converted with
       checkpoints/biformer_small_in1k_mmsparse.pth
 """
 _base_ = [
-    '../_base_/models/upernet.py', '../_base_/datasets/ade20k.py',
+    '../_base_/models/upernet_biformer.py', '../_base_/datasets/ade20k.py',
     '../_base_/schedules/schedule_160k.py', '../_base_/default_runtime_seg.py'
 ]
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmsparse.BiFormer',
-        arch='small',
-        n_win=8,
-        topks=[1, 4, 16, -2],
-        auto_pad=True,
-        drop_path_rate=0.3,
-        out_indices=(0, 1, 2, 3),
-        norm_cfg=dict(type='SyncBN', requires_grad=True),
-        norm_eval=False,
-        out_norm_cfg=dict(type='LN2d', eps=1e-6),
-        with_cp=False,
-        init_cfg=dict(
-            type='Pretrained', checkpoint='checkpoints/biformer_small_in1k_mmsparse.pth', prefix='backbone.')),
-    decode_head=dict(in_channels=[64, 128, 256, 512], channels=512),
-    auxiliary_head=dict(in_channels=256, in_index=2))
 train_dataloader = dict(batch_size=2, num_workers=4)
 optim_wrapper = dict(
     type='AmpOptimWrapper',

@@ -8,21 +8,9 @@ decay, as BiFormer's BNs do), 12 epochs (step x0.1 after epochs 8 and 11, 500-it
 8 GPUs x 2 images, AMP with a static loss scale of 512. Drop path 0.0, CloFormer-XXS's ImageNet value.
 """
 _base_ = [
-    '../_base_/models/mask_rcnn_fpn.py', '../_base_/datasets/coco_instance.py',
+    '../_base_/models/maskrcnn_cloformer.py', '../_base_/datasets/coco_instance.py',
     '../_base_/schedules/schedule_1x.py', '../_base_/default_runtime_det.py'
 ]
-
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmsparse.CloFormer',
-        arch='xxs',
-        drop_path_rate=0.0,
-        out_indices=(0, 1, 2, 3),
-        norm_cfg=dict(type='SyncBN', requires_grad=True),
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/cloformer_xxs_in1k_mmsparse.pth',
-                      prefix='backbone.')),
-    neck=dict(in_channels=[32, 64, 128, 256]))
 
 train_dataloader = dict(batch_size=2, num_workers=2)
 

@@ -10,21 +10,9 @@ at its first input: the same network as ``start_level=1`` on four inputs, withou
 (which DDP would reject without ``find_unused_parameters``).
 """
 _base_ = [
-    '../_base_/models/retinanet_fpn.py', '../_base_/datasets/coco_detection.py',
+    '../_base_/models/retinanet_cloformer.py', '../_base_/datasets/coco_detection.py',
     '../_base_/schedules/schedule_1x.py', '../_base_/default_runtime_det.py'
 ]
-
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmsparse.CloFormer',
-        arch='xxs',
-        drop_path_rate=0.0,
-        out_indices=(1, 2, 3),
-        norm_cfg=dict(type='SyncBN', requires_grad=True),
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/cloformer_xxs_in1k_mmsparse.pth',
-                      prefix='backbone.')),
-    neck=dict(in_channels=[64, 128, 256], start_level=0, add_extra_convs='on_input', num_outs=5))
 
 train_dataloader = dict(batch_size=2, num_workers=2)
 

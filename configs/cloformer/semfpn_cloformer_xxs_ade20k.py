@@ -9,21 +9,9 @@ channels. Drop path 0.0, CloFormer-XXS's ImageNet value.
 Test-time sizes need not be multiples of 32: CloFormer runs at any size without padding its input.
 """
 _base_ = [
-    '../_base_/models/semfpn.py', '../_base_/datasets/ade20k.py', '../_base_/schedules/schedule_80k.py',
+    '../_base_/models/semfpn_cloformer.py', '../_base_/datasets/ade20k.py', '../_base_/schedules/schedule_80k.py',
     '../_base_/default_runtime_seg.py'
 ]
-
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmsparse.CloFormer',
-        arch='xxs',
-        drop_path_rate=0.0,
-        out_indices=(0, 1, 2, 3),
-        norm_cfg=dict(type='SyncBN', requires_grad=True),
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/cloformer_xxs_in1k_mmsparse.pth',
-                      prefix='backbone.')),
-    neck=dict(in_channels=[32, 64, 128, 256], out_channels=256, num_outs=4))
 
 train_dataloader = dict(batch_size=4, num_workers=4)
 

@@ -11,22 +11,9 @@ Test-time sizes need not be multiples of 32: CloFormer runs at any size without 
 whole-image inference sees the true image (padding would change the GroupNorm statistics).
 """
 _base_ = [
-    '../_base_/models/upernet.py', '../_base_/datasets/ade20k.py', '../_base_/schedules/schedule_160k.py',
-    '../_base_/default_runtime_seg.py'
+    '../_base_/models/upernet_cloformer.py', '../_base_/datasets/ade20k.py',
+    '../_base_/schedules/schedule_160k.py', '../_base_/default_runtime_seg.py'
 ]
-
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmsparse.CloFormer',
-        arch='xxs',
-        drop_path_rate=0.0,
-        out_indices=(0, 1, 2, 3),
-        norm_cfg=dict(type='SyncBN', requires_grad=True),
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/cloformer_xxs_in1k_mmsparse.pth',
-                      prefix='backbone.')),
-    decode_head=dict(in_channels=[32, 64, 128, 256]),
-    auxiliary_head=dict(in_channels=128, in_index=2))
 
 train_dataloader = dict(batch_size=2, num_workers=2)
 

@@ -4,7 +4,7 @@ model = dict(
     backbone=dict(
         arch='base',
         drop_path_rate=0.3,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/stvit_b_in1k_mmsparse.pth', prefix='backbone.')),
+        init_cfg=dict(checkpoint='checkpoints/stvit_b_in1k_mmsparse.pth')),
     neck=dict(in_channels=[96, 192, 384, 512]))
 # base_batch_size: the recipe's total batch (the COCO 1x recipe: 8 GPUs x 2 images); on fewer GPUs, --auto-scale-lr
 # multiplies the learning rate by (GPUs x images per GPU) / base_batch_size (docs/reproduce.md).

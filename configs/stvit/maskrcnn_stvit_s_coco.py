@@ -11,23 +11,9 @@ Backbone weights: the authors' stvit-small-224.pth converted with
 tools/model_converters/official2mmsparse.py stvit stvit-small-224.pth checkpoints/stvit_s_in1k_mmsparse.pth
 """
 _base_ = [
-    '../_base_/models/mask_rcnn_fpn.py', '../_base_/datasets/coco_instance.py',
+    '../_base_/models/maskrcnn_stvit.py', '../_base_/datasets/coco_instance.py',
     '../_base_/schedules/schedule_1x.py', '../_base_/default_runtime_det.py'
 ]
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmsparse.STViT',
-        arch='small',
-        stoken_size=[8, 4, 2, 1],
-        drop_path_rate=0.2,
-        out_indices=(0, 1, 2, 3),
-        norm_cfg=dict(type='BN', requires_grad=True),
-        norm_eval=True,
-        out_norm_cfg=dict(type='LN2d', eps=1e-6),
-        with_cp=False,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/stvit_s_in1k_mmsparse.pth', prefix='backbone.')),
-    neck=dict(in_channels=[64, 128, 320, 512]))
 train_dataloader = dict(batch_size=2, num_workers=2)
 optim_wrapper = dict(
     type='OptimWrapper',

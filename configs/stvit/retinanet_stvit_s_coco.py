@@ -11,23 +11,9 @@ mmsparse choices as in maskrcnn_stvit_s_coco.py: super-token sizes [8, 4, 2, 1],
 per-output LN2d; weights converted with tools/model_converters/official2mmsparse.py.
 """
 _base_ = [
-    '../_base_/models/retinanet_fpn.py', '../_base_/datasets/coco_detection.py',
+    '../_base_/models/retinanet_stvit.py', '../_base_/datasets/coco_detection.py',
     '../_base_/schedules/schedule_1x.py', '../_base_/default_runtime_det.py'
 ]
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmsparse.STViT',
-        arch='small',
-        stoken_size=[8, 4, 2, 1],
-        drop_path_rate=0.2,
-        out_indices=(1, 2, 3),
-        norm_cfg=dict(type='BN', requires_grad=True),
-        norm_eval=True,
-        out_norm_cfg=dict(type='LN2d', eps=1e-6),
-        with_cp=False,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/stvit_s_in1k_mmsparse.pth', prefix='backbone.')),
-    neck=dict(in_channels=[128, 320, 512], start_level=0, add_extra_convs='on_input', num_outs=5))
 train_dataloader = dict(batch_size=2, num_workers=2)
 optim_wrapper = dict(
     type='OptimWrapper',

@@ -7,23 +7,9 @@ cosine decay to 1e-8 x lr, fp32, batch 32 in total.
 mmsparse choices as in upernet_stvit_s_ade20k.py: super-token sizes [8, 4, 1, 1], SyncBN, per-output LN2d.
 """
 _base_ = [
-    '../_base_/models/semfpn.py', '../_base_/datasets/ade20k.py',
+    '../_base_/models/semfpn_stvit.py', '../_base_/datasets/ade20k.py',
     '../_base_/schedules/schedule_80k.py', '../_base_/default_runtime_seg.py'
 ]
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmsparse.STViT',
-        arch='small',
-        stoken_size=[8, 4, 1, 1],
-        drop_path_rate=0.2,
-        out_indices=(0, 1, 2, 3),
-        norm_cfg=dict(type='SyncBN', requires_grad=True),
-        norm_eval=False,
-        out_norm_cfg=dict(type='LN2d', eps=1e-6),
-        with_cp=False,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/stvit_s_in1k_mmsparse.pth', prefix='backbone.')),
-    neck=dict(in_channels=[64, 128, 320, 512]))
 train_dataloader = dict(batch_size=4, num_workers=4)
 optim_wrapper = dict(
     type='OptimWrapper',

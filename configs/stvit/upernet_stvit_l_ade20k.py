@@ -4,7 +4,7 @@ model = dict(
     backbone=dict(
         arch='large',
         drop_path_rate=0.4,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/stvit_l_in1k_mmsparse.pth', prefix='backbone.')),
+        init_cfg=dict(checkpoint='checkpoints/stvit_l_in1k_mmsparse.pth')),
     decode_head=dict(in_channels=[96, 192, 448, 640]),
     auxiliary_head=dict(in_channels=448))
 # base_batch_size: the recipe's total batch (the UPerNet 160k recipe: 8 GPUs x 2 images); on fewer GPUs, --auto-scale-lr

@@ -10,24 +10,9 @@ affordable with global attention), SyncBN in the backbone (mmseg's practice for 
 BN), per-output LN2d. Weights converted with tools/model_converters/official2mmsparse.py.
 """
 _base_ = [
-    '../_base_/models/upernet.py', '../_base_/datasets/ade20k.py',
+    '../_base_/models/upernet_stvit.py', '../_base_/datasets/ade20k.py',
     '../_base_/schedules/schedule_160k.py', '../_base_/default_runtime_seg.py'
 ]
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmsparse.STViT',
-        arch='small',
-        stoken_size=[8, 4, 1, 1],
-        drop_path_rate=0.2,
-        out_indices=(0, 1, 2, 3),
-        norm_cfg=dict(type='SyncBN', requires_grad=True),
-        norm_eval=False,
-        out_norm_cfg=dict(type='LN2d', eps=1e-6),
-        with_cp=False,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/stvit_s_in1k_mmsparse.pth', prefix='backbone.')),
-    decode_head=dict(in_channels=[64, 128, 320, 512]),
-    auxiliary_head=dict(in_channels=320, in_index=2))
 train_dataloader = dict(batch_size=2, num_workers=4)
 optim_wrapper = dict(
     type='OptimWrapper',
