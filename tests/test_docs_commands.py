@@ -14,14 +14,13 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import REPO, load_fixture
+from tests.conftest import REPO, official_state_dict
 
 DOCS = ['README.md'] + sorted(glob.glob(osp.join(REPO, 'docs', '*.md'))) + \
     sorted(glob.glob(osp.join(REPO, 'configs', '*', 'README.md')))
 CONVERTER = 'tools/model_converters/official2mmsparse.py'
-#: the fixture standing in for each family's official ImageNet checkpoint (authors' keys, reduced size)
-FIXTURE = {'biformer': 'biformer_reduced_cls_autopad.pt', 'cloformer': 'cloformer_reduced.pt',
-           'stvit': 'stvit_reduced_layerscale.pt'}
+#: the families whose configs load converted official weights
+FAMILIES = ('biformer', 'cloformer', 'stvit')
 
 
 def documented_commands():
@@ -65,22 +64,57 @@ def test_every_command_is_run_or_listed():
     assert len(run_here) >= 8  # every family / variant the configs load
 
 
-@pytest.mark.parametrize('family, src, dst', sorted(set(conversion_commands())))
+def _variant(family, src):
+    """The published variant a documented source file name stands for (``biformer_small_best.pth`` -> small)."""
+    for word in re.split(r'[-_.]', src):
+        if osp.isfile(osp.join(REPO, 'tests', 'data', 'keys', f'{family}_{word}.txt')):
+            return word
+    raise AssertionError(f'{src}: no key list of a {family} variant matches the file name')
+
+
+def _smallest_per_family(commands):
+    """One documented conversion per family: its smallest variant (the same command form as the others)."""
+    chosen = {}
+    for family, src, dst in sorted(set(commands)):
+        size = len(official_state_dict(f'{family}_{_variant(family, src)}', device='meta'))
+        if family not in chosen or size < chosen[family][0]:
+            chosen[family] = (size, (family, src, dst))
+    return [c for _, c in chosen.values()]
+
+
+def test_every_conversion_source_names_a_variant():
+    for family, src, _ in set(conversion_commands()):
+        assert _variant(family, src)
+
+
+@pytest.mark.parametrize('family, src, dst', _smallest_per_family(conversion_commands()))
 def test_conversion_command_runs_as_written(family, src, dst, tmp_path):
-    from mmsparse.testing.official import model_from_official
+    """The command on a file with the authors' keys and shapes of that variant (random values): it converts,
+    names the variant, and the result loads whole into mmsparse's backbone of that variant."""
+    from mmsparse.converters import convert
+    from mmsparse.families import get_family
     from mmsparse.utils.checkpoint import load_pretrained
-    fixture = load_fixture(FIXTURE[family])
-    torch.save({'model': fixture['state_dict']}, tmp_path / src)
+    variant = _variant(family, src)
+    official = official_state_dict(f'{family}_{variant}')
+    gen = torch.Generator().manual_seed(0)
+    for key, value in official.items():
+        if key.endswith('num_batches_tracked'):
+            continue  # BatchNorm's counters, which loading does not count as weights
+        value.copy_(torch.randn(value.shape, generator=gen))
+        if key.endswith('fold.weights'):  # STViT's frozen (un)folding kernels, which its converter checks
+            value.copy_(torch.eye(9).reshape(value.shape))
+    torch.save({'model': official}, tmp_path / src)
     assert not (tmp_path / 'checkpoints').exists()
     proc = subprocess.run([sys.executable, osp.join(REPO, CONVERTER), family, src, dst], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300,
                           env={'PYTHONPATH': REPO, 'PATH': '/usr/bin:/bin'})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    model = model_from_official(fixture['official_class'], fixture['config'])
+    assert f'({family}: {variant})' in proc.stdout
+    model = get_family(family).backbone(arch=variant)
     assert load_pretrained(model, str(tmp_path / dst), prefix='backbone.') == ([], [], [])
-    reference = model_from_official(fixture['official_class'], fixture['config'], fixture['state_dict'])
-    for k, v in reference.state_dict().items():
-        assert torch.equal(model.state_dict()[k], v), k
+    expected = convert(family, {'model': official})
+    for k, v in expected.items():
+        assert k.endswith('num_batches_tracked') or torch.equal(model.state_dict()[k], v), k
 
 
 def test_each_config_loads_what_a_documented_command_writes():
@@ -89,7 +123,7 @@ def test_each_config_loads_what_a_documented_command_writes():
     checked, loaded = 0, set()
     for path in sorted(glob.glob(osp.join(REPO, 'configs', '*', '*.py'))):
         family = osp.basename(osp.dirname(path))
-        if family not in FIXTURE:
+        if family not in FAMILIES:
             continue
         init_cfg = Config.fromfile(path).model.backbone.get('init_cfg') or {}
         if init_cfg.get('type') != 'Pretrained':

@@ -1,6 +1,7 @@
 """BiFormer key maps: the authors' key lists, unknown keys, the command-line converter, dense checkpoints."""
 import argparse
 import re
+import json
 import subprocess
 import sys
 from collections import OrderedDict
@@ -60,7 +61,8 @@ def test_cli_round_trip_and_pretrained_init(tmp_path):
     # the authors' training checkpoints also pickle argparse args next to the weights
     torch.save({'model': fx['state_dict'], 'args': argparse.Namespace(lr=5e-4), 'epoch': 299}, src)
     res = subprocess.run([sys.executable, 'tools/model_converters/official2mmsparse.py', 'biformer', str(src),
-                          str(dst)], cwd=REPO, capture_output=True, text=True, timeout=300)
+                          str(dst), '--backbone-args', json.dumps(REDUCED)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     ckpt = torch.load(dst, weights_only=True)
     assert all(k.startswith('backbone.') for k in ckpt['state_dict'])

@@ -1,4 +1,5 @@
 """CloFormer key maps: the authors' key lists, unknown keys, the command-line converter."""
+import json
 import subprocess
 import sys
 
@@ -44,7 +45,8 @@ def test_cli_round_trip_and_pretrained_init(tmp_path):
     src, dst = tmp_path / 'official.pth', tmp_path / 'converted.pth'
     torch.save({'model': fx['state_dict'], 'epoch': 300}, src)
     proc = subprocess.run([sys.executable, 'tools/model_converters/official2mmsparse.py', 'cloformer',
-                           str(src), str(dst)], cwd=REPO, capture_output=True, text=True, timeout=300)
+                           str(src), str(dst), '--backbone-args', json.dumps(dict(arch=REDUCED))],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     saved = torch.load(dst, weights_only=True)
     assert all(k.startswith('backbone.') for k in saved['state_dict'])

@@ -37,7 +37,7 @@ def test_complete_file_converts_into_a_missing_folder_and_loads(tmp_path):
     proc = convert('cloformer', src, dst)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f'creating the output folder {dst.parent}' in proc.stdout
-    assert "arch='xxs'" in proc.stdout
+    assert "(cloformer: xxs)" in proc.stdout
     model = CloFormer(arch='xxs')
     missing, unexpected, mismatched = load_pretrained(model, str(dst), prefix='backbone.')
     assert not missing and not unexpected and not mismatched

@@ -1,5 +1,6 @@
 """STViT key maps: the authors' key lists, converter errors, the command-line converter."""
 import argparse
+import json
 import subprocess
 import sys
 
@@ -53,8 +54,11 @@ def test_cli_round_trip_and_pretrained_init(tmp_path):
     src, dst = tmp_path / 'official.pth', tmp_path / 'converted.pth'
     # the authors' training checkpoints pickle an argparse.Namespace next to the weights
     torch.save({'model': fx['state_dict'], 'args': argparse.Namespace(model='stvit')}, src)
-    proc = subprocess.run([sys.executable, 'tools/model_converters/official2mmsparse.py', 'stvit', str(src), str(dst)],
-                          cwd=REPO, capture_output=True, text=True)
+    cfg = fx['config']
+    backbone_args = dict(arch=dict(embed_dims=cfg['embed_dim'], depths=cfg['depths'], num_heads=cfg['num_heads']),
+                         stoken_size=cfg['stoken_size'], layer_scale=cfg['layerscale'])
+    proc = subprocess.run([sys.executable, 'tools/model_converters/official2mmsparse.py', 'stvit', str(src), str(dst),
+                           '--backbone-args', json.dumps(backbone_args)], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     ckpt = torch.load(dst, weights_only=True)
     assert all(k.startswith('backbone.') for k in ckpt['state_dict'])
