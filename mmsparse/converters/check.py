@@ -37,9 +37,10 @@ class KeyReport:
         return '; '.join(parts)
 
 
-def _variant_report(backbone_cls: type, arch: str, shapes: Mapping[str, tuple]) -> KeyReport:
+def _variant_report(backbone_cls: type, kwargs: dict, shapes: Mapping[str, tuple]) -> KeyReport:
     with torch.device('meta'):
-        model = backbone_cls(arch=arch)
+        model = backbone_cls(**kwargs)
+    arch = kwargs['arch'] if isinstance(kwargs.get('arch'), str) else 'the given backbone arguments'
     own = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith('num_batches_tracked')}
     dense_only = set(model.dense_only_keys())
     missing = [k for k in own if k not in shapes and k not in dense_only]
@@ -48,18 +49,24 @@ def _variant_report(backbone_cls: type, arch: str, shapes: Mapping[str, tuple]) 
     return KeyReport(arch, missing, unexpected, mismatched)
 
 
-def match_variant(family: str, backbone_state_dict: Mapping[str, torch.Tensor]) -> str:
+def match_variant(family: str, backbone_state_dict: Mapping[str, torch.Tensor],
+                  backbone_kwargs: dict | None = None) -> str:
     """The ``arch`` of ``family`` whose backbone the converted keys fill exactly (output norms may be absent).
 
-    Raises ``ValueError`` naming the missing, unexpected and mis-shaped keys against the closest variant.
+    ``backbone_kwargs``: check against the backbone these arguments build (a custom ``arch``) instead of the
+    published variants. Raises ``ValueError`` naming the missing, unexpected and mis-shaped keys against the
+    closest candidate.
     """
     from mmsparse.families import get_family
     backbone_cls = get_family(family).backbone
     shapes = {k: tuple(v.shape) for k, v in backbone_state_dict.items()}
-    reports = [_variant_report(backbone_cls, arch, shapes) for arch in backbone_cls.arch_zoo]
+    candidates = [backbone_kwargs] if backbone_kwargs is not None else [dict(arch=a) for a in backbone_cls.arch_zoo]
+    reports = [_variant_report(backbone_cls, kwargs, shapes) for kwargs in candidates]
     best = min(reports, key=lambda r: r.errors)
     if best.errors:
-        raise ValueError(f'the converted weights are not a whole {family} backbone: against the closest published '
-                         f'variant ({best.arch!r}) there are {best.describe()}. Is the source a complete official '
-                         f'{family} checkpoint?')
+        against = (f'the closest published variant ({best.arch!r})' if backbone_kwargs is None else
+                   f'{backbone_cls.__name__}(**{backbone_kwargs})')
+        raise ValueError(f'the converted weights are not a whole {family} backbone: against {against} there are '
+                         f'{best.describe()}. Is the source a complete official {family} checkpoint? (a model of '
+                         'another size: pass its --backbone-args)')
     return best.arch
