@@ -164,8 +164,6 @@ _STVIT_DEFAULTS = dict(
     n_iter=[1, 1, 1, 1], stoken_size=[8, 4, 2, 1], mlp_ratio=4., qkv_bias=True, qk_scale=None, drop_rate=0.,
     attn_drop_rate=0., drop_path_rate=0.1, projection=None, freeze_bn=False, use_checkpoint=False,
     checkpoint_num=[0, 0, 0, 0], layerscale=[False, False, False, False], init_values=1e-6)
-# only affect the classification head, training or nothing at all
-_STVIT_IGNORED = ('num_classes', 'projection', 'freeze_bn', 'use_checkpoint', 'checkpoint_num')
 
 _STA_DEFAULTS = dict(stoken_size=[8, 8], n_iter=1, refine=True, refine_attention=True, num_heads=8,
                      qkv_bias=False, qk_scale=None, attn_drop=0., proj_drop=0.)
