@@ -14,8 +14,11 @@ import pytest
 import torch
 import yaml
 
+from mmsparse.families import list_families
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-FAMILIES = ('biformer', 'cloformer', 'stvit')
+#: every registered family: each has its ``configs/<family>/metafile.yml``
+FAMILIES = tuple(list_families())
 TASK_METRICS = {'Object Detection': {'box AP'}, 'Instance Segmentation': {'mask AP'},
                 'Semantic Segmentation': {'mIoU', 'mIoU(ms+flip)'}}
 
@@ -106,9 +109,18 @@ def test_parameters_equal_get_flops(config):
 
 #: FLOPs are recomputed for the smallest variant of each family and task in CI (a full-size count takes one to
 #: two minutes on two cores; all of them would take 40); ``MMSPARSE_ALL_FLOPS=1`` checks every listed config
+#: family -> what names its smallest variant's configs; checked to cover exactly ``FAMILIES`` (a new family fails
+#: ``test_smallest_variant_named_for_every_family`` until it has its entry, instead of going unmeasured)
+SMALLEST = {'biformer': 'biformer_s_', 'cloformer': '_xxs_', 'stvit': 'stvit_s_'}
 FLOPS_CONFIGS = sorted(MODELS) if os.environ.get('MMSPARSE_ALL_FLOPS') else sorted(
     c for c in MODELS
-    if any(v in c for v in ('biformer_s_', '_xxs_', 'stvit_s_')) and ('retinanet' in c or 'semfpn' in c))
+    if any(v in c for v in SMALLEST.values()) and ('retinanet' in c or 'semfpn' in c))
+
+
+def test_smallest_variant_named_for_every_family():
+    assert set(SMALLEST) == set(FAMILIES)
+    for family in SMALLEST:
+        assert [c for c in FLOPS_CONFIGS if c.startswith(f'configs/{family}/')], family
 
 
 @pytest.mark.slow

@@ -15,8 +15,9 @@ import zipfile
 
 import pytest
 
+from mmsparse.families import list_families
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-FAMILY_CONFIGS = ('biformer', 'cloformer', 'stvit')
 
 
 def load_setup_module():
@@ -173,6 +174,20 @@ def test_inherited_config_builds_its_model(tmp_path):
 def tracked_files():
     out = subprocess.run(['git', 'ls-files', '-z'], cwd=REPO, capture_output=True, text=True, check=True).stdout
     return [p for p in out.split('\0') if p]
+
+
+@pytest.mark.parametrize('family', list_families())
+def test_every_family_ships_its_configs(family):
+    """Every registered family has tracked configs and a metafile under ``configs/<family>/`` (what the wheel,
+    built from the tracked files, carries) and they are reachable as ``mmsparse::<family>/...`` in the editable
+    layout."""
+    tracked = [rel for rel in tracked_files() if rel.startswith(f'configs/{family}/')]
+    assert f'configs/{family}/metafile.yml' in tracked
+    configs = [rel for rel in tracked if rel.endswith('.py')]
+    assert configs, f'no config of {family} is tracked'
+    load_setup_module().add_mim_extension('symlink')
+    for rel in configs:
+        assert osp.isfile(osp.join(REPO, 'mmsparse', '.mim', rel)), rel
 
 
 @pytest.mark.slow

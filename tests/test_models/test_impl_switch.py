@@ -9,12 +9,15 @@ from mmcv.cnn.bricks import DropPath
 
 import mmsparse
 from mmsparse import set_impl
-from mmsparse.models import BiFormer, CloFormer, SparseAttnBlock, STViT
+from mmsparse.families import get_family, list_families
+from mmsparse.models import BiFormer, SparseAttnBlock
 from mmsparse.models.backbones.biformer import BiFormerBlock
 from mmsparse.models.backbones.cloformer import EfficientBlock
 from mmsparse.models.layers import drop_path_rates
 from mmsparse.ops import (AttnConv, BiLevelRoutingAttention, GlobalAttentionLePE, SuperTokenAttention, TokenMHSA,
                           accepted_impls)
+from mmsparse.ops.impl import ImplOperator
+from mmsparse.registry import MODELS
 from mmsparse.utils.compat import flex_attention_available
 from tests.conftest import REPO
 
@@ -24,16 +27,16 @@ HAS_FLEX = flex_attention_available()[0]
 SWITCHED = (BiLevelRoutingAttention, GlobalAttentionLePE, AttnConv, SuperTokenAttention, TokenMHSA, EfficientBlock,
             BiFormerBlock)
 
-SMALL = {
-    BiFormer: dict(arch=dict(embed_dims=[16, 32, 64, 64], depths=[1, 2, 1, 1], head_dim=16), n_win=2,
-                   topks=(1, 2, 2, -2)),
-    CloFormer: dict(arch=dict(embed_dims=[16, 32, 32, 32], depths=[1, 2, 1, 1], num_heads=[2, 2, 2, 2],
-                              group_splits=[[1, 1]] * 4, kernel_sizes=[[3]] * 4, window_sizes=[4, 2, 1, 1],
-                              mlp_kernel_sizes=[3] * 4, mlp_ratios=[2] * 4)),
-    STViT: dict(arch=dict(embed_dims=[16, 32, 32, 32], depths=[1, 2, 1, 1], num_heads=[1, 2, 2, 2]),
-                stoken_size=[2, 2, 1, 1], mlp_ratio=2.),
-}
-FAMILIES = list(SMALL)
+#: every registered family (its ``tiny`` config is the small model of these tests)
+FAMILIES = list_families()
+#: the families none of whose operators offers 'flex'
+WITHOUT_FLEX = [name for name in FAMILIES
+                if not any('flex' in getattr(op.cls, 'impls', ()) for op in get_family(name).operators)]
+
+
+def tiny(name, **kwargs):
+    """The family's tiny backbone (its spec's ``tiny`` config), with ``kwargs`` added."""
+    return MODELS.build(dict(get_family(name).tiny_cfg(), **kwargs))
 
 
 def impls_inside(model):
@@ -45,20 +48,28 @@ def impls_inside(model):
     return found
 
 
+@pytest.mark.parametrize('name', FAMILIES)
+def test_switched_lists_every_operator_of_the_family(name):
+    """``impls_inside`` sees every switchable module of each family (a new family's operators go into SWITCHED)."""
+    model = tiny(name)
+    missing = {type(m).__name__ for m in model.modules() if isinstance(m, ImplOperator) and not isinstance(m, SWITCHED)}
+    assert not missing and impls_inside(model), missing
+
+
 def features(model, x):
     with torch.no_grad():
         return model.eval()(x)
 
 
-@pytest.mark.parametrize('cls', FAMILIES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize('name', FAMILIES)
 @pytest.mark.parametrize('built, switched', [('fast', 'reference'), ('reference', 'fast')])
-def test_backbone_impl_set_after_build_equals_built_with_it(cls, built, switched):
+def test_backbone_impl_set_after_build_equals_built_with_it(name, built, switched):
     """Catches a property that records the value but leaves operators behind (e.g. the pre-property attribute,
     or EfficientBlock's channels-last FFN not following): the operators, and the outputs, must be those of the
     model built with the new value."""
     torch.manual_seed(0)
-    model = cls(**SMALL[cls], impl=built)
-    target = cls(**SMALL[cls], impl=switched)
+    model = tiny(name, impl=built)
+    target = tiny(name, impl=switched)
     target.load_state_dict(model.state_dict())
     x = torch.randn(2, 3, 37, 45)
     before = features(model, x)
@@ -66,9 +77,9 @@ def test_backbone_impl_set_after_build_equals_built_with_it(cls, built, switched
     assert model.impl == switched
     kinds = impls_inside(model)
     assert kinds == impls_inside(target) and all(v == {switched} for v in kinds.values()), kinds
-    if cls is CloFormer:
+    if name == 'cloformer':
         assert 'EfficientBlock' in kinds  # the block's own FFN layout follows the switch too
-    if cls is BiFormer:
+    if name == 'biformer':
         assert 'BiFormerBlock' in kinds  # so does BiFormer's channels-last block
     after, expected = features(model, x), features(target, x)
     for a, e, b in zip(after, expected, before):
@@ -81,41 +92,47 @@ def test_biformer_flex_reaches_bra_only_and_equals_building_with_it():
     """'flex' is BRA's: the stage-4 global attention and the blocks' layout run 'fast'; building with 'flex'
     gives the same modules.
     A torch without FlexAttention (< 2.5) refuses it with an error that names the alternatives."""
-    model = BiFormer(**SMALL[BiFormer])
+    model = tiny('biformer')
     if not HAS_FLEX:
         with pytest.raises(RuntimeError, match=r"impl='flex' needs FlexAttention .*use impl='fast' or "):
             model.impl = 'flex'
         with pytest.raises(RuntimeError, match=r"impl='flex' needs FlexAttention"):
-            BiFormer(**SMALL[BiFormer], impl='flex')
+            tiny('biformer', impl='flex')
         return
     model.impl = 'flex'
     assert model.impl == 'flex'
     assert impls_inside(model) == {'BiLevelRoutingAttention': {'flex'}, 'GlobalAttentionLePE': {'fast'},
                                    'BiFormerBlock': {'fast'}}
-    assert impls_inside(BiFormer(**SMALL[BiFormer], impl='flex')) == impls_inside(model)
-    assert BiFormer(**SMALL[BiFormer], impl='flex').impl == 'flex'
+    assert impls_inside(tiny('biformer', impl='flex')) == impls_inside(model)
+    assert isinstance(model, BiFormer) and tiny('biformer', impl='flex').impl == 'flex'
     model.impl = 'reference'
     assert impls_inside(model) == {'BiLevelRoutingAttention': {'reference'}, 'GlobalAttentionLePE': {'reference'},
                                    'BiFormerBlock': {'reference'}}
 
 
-@pytest.mark.parametrize('cls', [CloFormer, STViT], ids=lambda c: c.__name__)
-def test_flex_rejected_without_bra(cls):
-    model = cls(**SMALL[cls], impl='reference')
+def test_flex_is_biformers_only():
+    """The built-in families of the test below; a new family with 'flex' needs a test like the one above."""
+    assert {'cloformer', 'stvit'} <= set(WITHOUT_FLEX) and set(FAMILIES) - set(WITHOUT_FLEX) == {'biformer'}
+
+
+@pytest.mark.parametrize('name', WITHOUT_FLEX)
+def test_flex_rejected_without_bra(name):
+    model = tiny(name, impl='reference')
     with pytest.raises(ValueError, match=r"impl='flex' is not known for .*choose one of \['reference', 'fast'\] "
                                          r"\('flex' is offered by BiLevelRoutingAttention only"):
         model.impl = 'flex'
     with pytest.raises(ValueError, match=r"impl='flex' is not known; choose one of \['reference', 'fast'\]"):
-        cls(**SMALL[cls], impl='flex')
+        tiny(name, impl='flex')
     assert model.impl == 'reference' and all(v == {'reference'} for v in impls_inside(model).values())
 
 
-@pytest.mark.parametrize('cls', FAMILIES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize('name', FAMILIES)
 @pytest.mark.parametrize('bad', ['cuda', 'Fast', None, 1])
-def test_unknown_impl_raises_and_changes_nothing(cls, bad):
+def test_unknown_impl_raises_and_changes_nothing(name, bad):
     """The check runs before any operator is touched: a rejected value leaves the whole model as it was."""
-    model = cls(**SMALL[cls], impl='reference')
-    with pytest.raises(ValueError, match=rf"impl={bad!r} is not known for {cls.__name__}; choose one of "
+    model = tiny(name, impl='reference')
+    with pytest.raises(ValueError, match=rf"impl={bad!r} is not known for {get_family(name).backbone.__name__}; "
+                                         r"choose one of "
                                          r"\['reference', 'fast'"):
         model.impl = bad
     assert model.impl == 'reference' and all(v == {'reference'} for v in impls_inside(model).values())
@@ -199,10 +216,10 @@ def test_set_impl_reaches_plugins_inside_a_stock_resnet(name, kind, flex):
 
 # ------------------------------------------------------------------------------ meta device, drop-path rates
 
-@pytest.mark.parametrize('cls, arch', [(c, a) for c in FAMILIES for a in c.arch_zoo],
-                         ids=lambda v: v.__name__ if isinstance(v, type) else v)
-def test_every_arch_builds_on_the_meta_device(cls, arch):
+@pytest.mark.parametrize('name, arch', [(n, a) for n in FAMILIES for a in get_family(n).backbone.arch_zoo])
+def test_every_arch_builds_on_the_meta_device(name, arch):
     """CloFormer and STViT used to call ``torch.linspace`` on the default device (meta has no ``tolist``)."""
+    cls = get_family(name).backbone
     with torch.device('meta'):
         model = cls(arch=arch, drop_path_rate=0.2)
     assert {p.device.type for p in model.parameters()} == {'meta'}
@@ -225,11 +242,15 @@ def test_drop_path_rates_hand_computed():
         drop_path_rates(0.1, [1, 0])
 
 
-@pytest.mark.parametrize('cls', FAMILIES, ids=lambda c: c.__name__)
-def test_backbones_take_their_block_rates_from_drop_path_rates(cls):
+@pytest.mark.parametrize('name', FAMILIES)
+def test_backbones_take_their_block_rates_from_drop_path_rates(name):
     """Block ``j`` of stage ``i`` gets ``drop_path_rates(rate, depths)[i][j]`` (linear over all blocks)."""
-    model = cls(**SMALL[cls], drop_path_rate=0.25)
-    expected = drop_path_rates(0.25, SMALL[cls]['arch']['depths'])
+    model = tiny(name, drop_path_rate=0.25)
+    depths = [len(stage.blocks) for stage in model.stages]
+    arch = get_family(name).tiny.get('arch')
+    if isinstance(arch, dict):
+        assert depths == list(arch['depths'])
+    expected = drop_path_rates(0.25, depths)
     for i, stage in enumerate(model.stages):
         for j, block in enumerate(stage.blocks):
             got = block.drop_path.drop_prob if isinstance(block.drop_path, DropPath) else 0.

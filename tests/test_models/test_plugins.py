@@ -7,16 +7,31 @@ import torch
 from mmengine.registry import DefaultScope
 
 import mmsparse  # noqa: F401  (registers everything)
+from mmsparse.families import plugin_operators
 from mmsparse.models.plugins import SparseAttnBlock
 from tests.conftest import REPO
 from mmsparse.ops import AttnConv, BiLevelRoutingAttention, SuperTokenAttention
 
+#: every plug-in operator of every registered family, by its short name
+PLUGINS = {op.short: op for op in plugin_operators().values()}
+#: the settings each plug-in operator is tested with (smaller than its ``plugin_defaults``, and chosen per operator:
+#: e.g. a super-token size that divides none of the sizes below). Keyed by the short name and checked to cover
+#: exactly ``PLUGINS`` (``test_attn_table_covers_every_plugin_operator``): a new family's plug-in fails the tests
+#: below until it has its entry here, instead of going untested.
 ATTN = {
     'bra': dict(type='BiLevelRoutingAttention', num_heads=4, n_win=4, topk=4),
     'attnconv': dict(type='AttnConv', num_heads=4, group_split=[2, 2], kernel_sizes=[5], window_size=2),
     'sta': dict(type='SuperTokenAttention', num_heads=4, stoken_size=3),
 }
-OP_CLASS = {'bra': BiLevelRoutingAttention, 'attnconv': AttnConv, 'sta': SuperTokenAttention}
+KINDS = sorted(PLUGINS)
+OP_CLASS = {kind: op.cls for kind, op in PLUGINS.items()}
+
+
+def test_attn_table_covers_every_plugin_operator():
+    assert set(ATTN) == set(PLUGINS)
+    assert {kind: cfg['type'] for kind, cfg in ATTN.items()} == {kind: op.name for kind, op in PLUGINS.items()}
+    assert {'bra': BiLevelRoutingAttention, 'attnconv': AttnConv, 'sta': SuperTokenAttention}.items() <= \
+        OP_CLASS.items()
 
 
 def _scope(name):
@@ -24,7 +39,7 @@ def _scope(name):
     return DefaultScope.overwrite_default_scope(name)
 
 
-@pytest.mark.parametrize('kind', ATTN)
+@pytest.mark.parametrize('kind', KINDS)
 @pytest.mark.parametrize('ffn_ratio', [0., 2.])
 def test_block_is_identity_at_init(kind, ffn_ratio):
     block = SparseAttnBlock(32, ATTN[kind], ffn_ratio=ffn_ratio)
@@ -36,7 +51,7 @@ def test_block_is_identity_at_init(kind, ffn_ratio):
     assert (block.ffn is None) == (ffn_ratio == 0)
 
 
-@pytest.mark.parametrize('kind', ATTN)
+@pytest.mark.parametrize('kind', KINDS)
 @pytest.mark.parametrize('size', [(1, 1), (5, 7), (13, 19), (16, 16)])
 def test_block_any_size_once_trained(kind, size):
     block = SparseAttnBlock(32, ATTN[kind], ffn_ratio=1.)
@@ -49,7 +64,7 @@ def test_block_any_size_once_trained(kind, size):
     assert not torch.allclose(out, x)
 
 
-@pytest.mark.parametrize('kind', ATTN)
+@pytest.mark.parametrize('kind', KINDS)
 def test_block_computes_its_documented_formula(kind):
     """``x + g1 * proj_out(attn(proj_in(norm1(x))))``, then ``+ g2 * ffn(norm2(.))``, recomputed by hand on a
     hand-set block: channel LayerNorm, 1x1 convs and the FFN written with torch.functional, the operator called on
@@ -100,7 +115,7 @@ def test_block_reduced_embed_dims():
     assert torch.equal(block(x), x)
 
 
-@pytest.mark.parametrize('kind', ATTN)
+@pytest.mark.parametrize('kind', KINDS)
 def test_gradients_reach_attention_after_one_step(kind):
     torch.manual_seed(0)
     block = SparseAttnBlock(32, ATTN[kind], ffn_ratio=2.)
@@ -129,7 +144,8 @@ def test_gradients_reach_attention_after_one_step(kind):
 
 
 def test_bad_attn_cfg_names_accepted_types():
-    accepted = "['AttnConv', 'BiLevelRoutingAttention', 'SuperTokenAttention']"
+    assert {'AttnConv', 'BiLevelRoutingAttention', 'SuperTokenAttention'} <= set(plugin_operators())
+    accepted = str(sorted(plugin_operators()))
     with pytest.raises(ValueError, match='accepted types are') as err:
         SparseAttnBlock(32, dict(type='SwinAttention'))
     assert accepted in str(err.value) and 'SwinAttention' in str(err.value)
@@ -204,7 +220,7 @@ def _plugins(kind, stages=(False, False, True, True), position='after_conv2'):
                  position=position)]
 
 
-@pytest.mark.parametrize('kind', ATTN)
+@pytest.mark.parametrize('kind', KINDS)
 @pytest.mark.parametrize('scope,position', [('mmdet', 'after_conv2'), ('mmdet', 'after_conv3'),
                                             ('mmseg', 'after_conv2')])
 def test_plugged_resnet_equals_plain_resnet_at_init(kind, scope, position):

@@ -7,16 +7,22 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmsparse.models import BiFormer, CloFormer, STViT
-from tests.conftest import V1_MODELS
+from mmsparse.families import get_family, list_families
+from mmsparse.registry import MODELS as SPARSE_MODELS
 
-TINY = {'biformer': (dict(type='mmsparse.BiFormer', arch=dict(embed_dims=[16, 32, 64, 64], depths=[1, 1, 1, 1],
-                                                              head_dim=16), n_win=2, topks=(1, 2, 2, -2)),
-                     [16, 32, 64, 64]),
-        'stvit': (dict(type='mmsparse.STViT', arch=dict(embed_dims=[16, 32, 32, 32], depths=[1, 1, 1, 1],
-                                                        num_heads=[1, 2, 2, 2],
-                                                        layer_scale=[False, False, True, True]),
-                       mlp_ratio=2.), [16, 32, 32, 32])}
+FAMILIES = list_families()
+
+
+def tiny(name):
+    """``(backbone config as a user writes it, the tiny model built from it, its output channels, input size)``:
+    the family's ``tiny`` config with the ``mmsparse.`` scope prefix."""
+    spec = get_family(name)
+    cfg = spec.tiny_cfg()
+    model = SPARSE_MODELS.build(copy.deepcopy(cfg)).eval()
+    with torch.no_grad():
+        channels = [o.shape[1] for o in model(torch.zeros(1, 3, *spec.tiny_input))]
+    cfg['type'] = 'mmsparse.' + cfg['type'].split('.')[-1]
+    return cfg, model, channels, spec.tiny_input
 
 
 def _stock_upernet(backbone, channels, pretrained, tmp_path):
@@ -37,12 +43,11 @@ def _stock_upernet(backbone, channels, pretrained, tmp_path):
     return cfg
 
 
-@pytest.mark.parametrize('name', list(TINY))
+@pytest.mark.parametrize('name', FAMILIES)
 def test_stock_mmseg_upernet_builds_loads_pretrained_and_runs(name, tmp_path):
     from mmengine.utils import import_modules_from_strings
     from mmseg.registry import MODELS
-    backbone, channels = TINY[name]
-    weights = V1_MODELS[name]()
+    backbone, weights, channels, size = tiny(name)
     with torch.no_grad():
         for p in weights.parameters():
             p.add_(0.01)
@@ -59,12 +64,14 @@ def test_stock_mmseg_upernet_builds_loads_pretrained_and_runs(name, tmp_path):
         assert torch.equal(model.backbone.state_dict()[k], v), k
     model.eval()
     with torch.no_grad():
-        out = model(torch.randn(1, 3, 64, 64), mode='tensor')
-    assert out.shape == (1, cfg.model.decode_head.num_classes, 16, 16) and torch.isfinite(out).all()
+        out = model(torch.randn(1, 3, *size), mode='tensor')
+    assert out.shape == (1, cfg.model.decode_head.num_classes, size[0] // 4, size[1] // 4)
+    assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize('cls', [BiFormer, CloFormer, STViT])
-def test_pretrained_argument_is_mapped_or_refused(cls):
+@pytest.mark.parametrize('name', FAMILIES)
+def test_pretrained_argument_is_mapped_or_refused(name):
+    cls = get_family(name).backbone
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         model = cls(pretrained='ckpt.pth')
@@ -91,13 +98,13 @@ def _stock_base_upernet(backbone, channels, tmp_path):
     return cfg
 
 
-@pytest.mark.parametrize('name', list(TINY))
+@pytest.mark.parametrize('name', FAMILIES)
 def test_stock_pretrained_without_override_is_refused_naming_it(name, tmp_path):
     """Without ``model.pretrained=None`` the ResNet zoo name would reach our backbone; the build stops and says
     which override to write. With it, the same config builds and runs."""
     from mmengine.utils import import_modules_from_strings
     from mmseg.registry import MODELS
-    backbone, channels = TINY[name]
+    backbone, _, channels, size = tiny(name)
     cfg = _stock_base_upernet(backbone, channels, tmp_path)
     import_modules_from_strings(**cfg.custom_imports)
     with warnings.catch_warnings():
@@ -110,13 +117,15 @@ def test_stock_pretrained_without_override_is_refused_naming_it(name, tmp_path):
     assert model.backbone.init_cfg is None
     model.init_weights()
     with torch.no_grad():
-        out = model.eval()(torch.randn(1, 3, 64, 64), mode='tensor')
-    assert out.shape == (1, cfg.model.decode_head.num_classes, 16, 16) and torch.isfinite(out).all()
+        out = model.eval()(torch.randn(1, 3, *size), mode='tensor')
+    assert out.shape == (1, cfg.model.decode_head.num_classes, size[0] // 4, size[1] // 4)
+    assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize('cls', [BiFormer, CloFormer, STViT])
-def test_missing_checkpoint_file_names_the_from_scratch_setting(cls, tmp_path):
+@pytest.mark.parametrize('name', FAMILIES)
+def test_missing_checkpoint_file_names_the_from_scratch_setting(name, tmp_path):
     """A configured checkpoint that is not there: the error names the file and how to train from scratch."""
+    cls = get_family(name).backbone
     missing = str(tmp_path / 'weights' / 'absent.pth')
     model = cls(init_cfg=dict(type='Pretrained', checkpoint=missing))
     with pytest.raises(FileNotFoundError) as info:

@@ -17,14 +17,21 @@ def test_load_checkpoint_file_refuses_arbitrary_objects(tmp_path):
 
 # ---------------------------------------------------------------- files that are not checkpoints
 
+from mmsparse.families import get_family, list_families  # noqa: E402
+from mmsparse.registry import MODELS  # noqa: E402
 from mmsparse.utils.checkpoint import CheckpointFileError, load_pretrained  # noqa: E402
-from tests.conftest import V1_MODELS  # noqa: E402  (tiny BiFormer / CloFormer / STViT)
 
-BACKBONES = ('biformer', 'cloformer', 'stvit')
+#: every registered family; its spec's ``tiny`` config is the model of these tests
+BACKBONES = list_families()
+
+
+def tiny(name):
+    """The tiny backbone of family ``name`` (a new random initialisation at every call)."""
+    return MODELS.build(get_family(name).tiny_cfg())
 
 
 def _saved(tmp_path, name='tiny'):
-    model = V1_MODELS[name]()
+    model = tiny(name)
     path = tmp_path / f'{name}.pth'
     torch.save({'state_dict': model.state_dict()}, path)
     return model, path
@@ -39,7 +46,7 @@ def test_truncated_checkpoint_names_the_file(tmp_path):
         load_checkpoint_file(str(cut))
     # the same error reaches a user through the Pretrained loader
     with pytest.raises(CheckpointFileError, match=r'cut\.pth'):
-        load_pretrained(V1_MODELS['biformer'](), str(cut))
+        load_pretrained(tiny('biformer'), str(cut))
 
 
 def test_text_file_names_the_file(tmp_path):
@@ -63,7 +70,7 @@ def _counted(model):
 
 @pytest.mark.parametrize('name', BACKBONES)
 def test_half_the_keys_is_refused_unless_partial_is_asked_for(name, tmp_path):
-    src = V1_MODELS[name]()
+    src = tiny(name)
     sd = src.state_dict()
     counted = _counted(src)
     kept = counted[::2]
@@ -72,9 +79,9 @@ def test_half_the_keys_is_refused_unless_partial_is_asked_for(name, tmp_path):
     path = tmp_path / 'half.pth'
     torch.save(half, path)
     with pytest.raises(RuntimeError, match=rf'{len(dropped)} missing key\(s\)') as err:
-        load_pretrained(V1_MODELS[name](), str(path))
+        load_pretrained(tiny(name), str(path))
     assert 'allow_partial=True' in str(err.value)
-    target = V1_MODELS[name]()
+    target = tiny(name)
     missing, unexpected, mismatched = load_pretrained(target, str(path), allow_partial=True)
     assert sorted(missing) == sorted(dropped) and unexpected == [] and mismatched == []
     for k in kept:
@@ -83,7 +90,7 @@ def test_half_the_keys_is_refused_unless_partial_is_asked_for(name, tmp_path):
 
 @pytest.mark.parametrize('name', BACKBONES)
 def test_wrong_shapes_are_counted_once_and_batch_counters_not_at_all(name, tmp_path):
-    src = V1_MODELS[name]()
+    src = tiny(name)
     sd = dict(src.state_dict())
     counted = _counted(src)
     if name == 'biformer':  # BNs: their counters exist in the file and are not counted
@@ -95,21 +102,21 @@ def test_wrong_shapes_are_counted_once_and_batch_counters_not_at_all(name, tmp_p
     torch.save(sd, path)
     total = len(counted)
     with pytest.raises(RuntimeError) as err:
-        load_pretrained(V1_MODELS[name](), str(path))
+        load_pretrained(tiny(name), str(path))
     msg = str(err.value)
     assert f'loaded {total - 3}/{total} tensors' in msg, msg
     assert '3 missing key(s)' in msg and '3 shape-mismatched key(s)' in msg and 'unexpected' not in msg
-    missing, unexpected, mismatched = load_pretrained(V1_MODELS[name](), str(path), allow_partial=True)
+    missing, unexpected, mismatched = load_pretrained(tiny(name), str(path), allow_partial=True)
     assert sorted(missing) == sorted(bad) == sorted(mismatched) and unexpected == []
 
 
 @pytest.mark.parametrize('name', BACKBONES)
 def test_full_checkpoint_loads_strictly_and_output_norms_may_be_absent(name, tmp_path):
-    src = V1_MODELS[name]()
+    src = tiny(name)
     sd = {k: v for k, v in src.state_dict().items() if not k.startswith('norm')}
     path = tmp_path / 'cls.pth'
     torch.save({'model': sd}, path)
-    target = V1_MODELS[name]()
+    target = tiny(name)
     assert target.dense_only_keys()  # the tiny models do have output norms
     assert load_pretrained(target, str(path)) == ([], [], [])
     for k, v in sd.items():
@@ -117,15 +124,15 @@ def test_full_checkpoint_loads_strictly_and_output_norms_may_be_absent(name, tmp
 
 
 def test_wrong_prefix_lists_only_the_top_level_prefixes(tmp_path):
-    src = V1_MODELS['biformer']()
+    src = tiny('biformer')
     ckpt = {'state_dict': {**{'backbone.' + k: v for k, v in src.state_dict().items()},
                            **{'decode_head.conv.weight': torch.zeros(1)}}}
     with pytest.raises(KeyError) as err:
-        load_pretrained(V1_MODELS['biformer'](), ckpt, prefix='encoder.')
+        load_pretrained(tiny('biformer'), ckpt, prefix='encoder.')
     msg = err.value.args[0]
     assert msg.endswith('top-level prefixes are backbone., decode_head.'), msg
     assert 'stem' not in msg and 'stages' not in msg  # not the whole checkpoint
-    assert load_pretrained(V1_MODELS['biformer'](), ckpt, prefix='backbone') == ([], [], [])
+    assert load_pretrained(tiny('biformer'), ckpt, prefix='backbone') == ([], [], [])
 
 
 # ---------------------------------------------------------------- init_weights keeps the loaded weights
@@ -138,7 +145,7 @@ OTHER_INITS = [dict(type='TruncNormal', layer='Linear', std=0.5), dict(type='Con
 @pytest.mark.parametrize('form', ['dict', 'list-first', 'list-last'])
 def test_pretrained_survives_init_weights(name, form, tmp_path):
     torch.manual_seed(1)
-    src = V1_MODELS[name]()
+    src = tiny(name)
     with torch.no_grad():
         for p in src.parameters():
             p.add_(torch.randn_like(p))  # values no initialiser would produce
@@ -147,7 +154,7 @@ def test_pretrained_survives_init_weights(name, form, tmp_path):
     pretrained = dict(type='Pretrained', checkpoint=str(path))
     init_cfg = {'dict': pretrained, 'list-first': [pretrained] + OTHER_INITS,
                 'list-last': OTHER_INITS + [pretrained]}[form]
-    model = V1_MODELS[name]()
+    model = tiny(name)
     model.init_cfg = init_cfg
     model.init_weights()
     got = model.state_dict()
@@ -156,16 +163,16 @@ def test_pretrained_survives_init_weights(name, form, tmp_path):
 
 
 def test_list_init_cfg_goes_through_the_loud_loader(tmp_path):
-    src = V1_MODELS['stvit']()
+    src = tiny('stvit')
     sd = dict(src.state_dict())
     sd.pop(next(k for k in sd if k.startswith('stages.')))
     path = tmp_path / 'partial.pth'
     torch.save(sd, path)
-    model = V1_MODELS['stvit']()
+    model = tiny('stvit')
     model.init_cfg = OTHER_INITS + [dict(type='Pretrained', checkpoint=str(path))]
     with pytest.raises(RuntimeError, match='1 missing key'):
         model.init_weights()
-    model = V1_MODELS['stvit']()
+    model = tiny('stvit')
     model.init_cfg = OTHER_INITS + [dict(type='Pretrained', checkpoint=str(path), allow_partial=True)]
     model.init_weights()
     model.init_cfg = [dict(type='Pretrained', checkpoint=str(path), strict=False)]
