@@ -4,11 +4,12 @@
 """
 from .export import (KINDS, MAX_SIZE, MIN_SIZE, OPSET, ExportWrapper, build_model, export_onnx, graph_ops,
                      load_config, model_kind)
+from .pooling import adaptive_avg_pool2d, size_generic_pooling
 from .runtime import (OPT_LEVELS, OnnxNetwork, attach_onnx, attach_to_inferencer, compare, graph_meta, make_session,
                       verify)
 
 __all__ = [
-    'KINDS', 'MAX_SIZE', 'MIN_SIZE', 'OPSET', 'OPT_LEVELS', 'ExportWrapper', 'OnnxNetwork', 'attach_onnx',
-    'attach_to_inferencer', 'build_model', 'compare', 'export_onnx', 'graph_meta', 'graph_ops', 'load_config',
-    'make_session', 'model_kind', 'verify'
+    'KINDS', 'MAX_SIZE', 'MIN_SIZE', 'OPSET', 'OPT_LEVELS', 'ExportWrapper', 'OnnxNetwork', 'adaptive_avg_pool2d',
+    'attach_onnx', 'attach_to_inferencer', 'build_model', 'compare', 'export_onnx', 'graph_meta', 'graph_ops',
+    'load_config', 'make_session', 'model_kind', 'size_generic_pooling', 'verify'
 ]

@@ -12,11 +12,16 @@ What the graph computes (its contract) depends on the model, see :func:`model_ki
 
 ``input`` is the image after the data preprocessor (normalised, padded), float32 ``[B, 3, H, W]``.
 """
+from __future__ import annotations
+
 import json
 import warnings
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
+
+from .pooling import size_generic_pooling
 
 #: ONNX opset of the exported graphs
 OPSET = 18
@@ -157,19 +162,36 @@ class size_generic_upsampling:
             del m.forward  # back to the class's forward
 
 
-def check_dynamic(model):
+def check_dynamic(model: nn.Module) -> None:
     """ValueError when ``model`` holds a module whose ONNX form would be right at the example size only.
 
-    Adaptive pooling to a grid larger than 1 x 1 (UPerNet's pyramid pooling: 2, 3, 6) has no ONNX operator;
-    the exporter writes it as a fixed pooling derived from the example's map size, wrong at other sizes.
+    Adaptive average pooling (UPerNet's pyramid pooling: 1, 2, 3, 6) exports size-generic through
+    :class:`.pooling.size_generic_pooling`; adaptive max pooling to a grid larger than 1 x 1 has no such form
+    (the exporter would write a fixed pooling derived from the example's map size, wrong at other sizes).
     """
     for name, module in model.named_modules():
-        if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        if isinstance(module, nn.AdaptiveMaxPool2d):
             size = module.output_size
             size = (size, size) if isinstance(size, int) or size is None else tuple(size)
             if any(s not in (1, None) for s in size):
                 raise ValueError(f'--dynamic: {name} ({type(module).__name__} to {module.output_size}) has no '
                                  'size-generic ONNX form; export this model at a fixed --shape (one graph per size)')
+
+
+#: names of the input's dynamic axes (``None``: a fixed axis)
+AXIS_NAMES = ('batch', None, 'height', 'width')
+
+
+def name_dynamic_axes(onnx_program: torch.onnx.ONNXProgram) -> None:
+    """Name the graph input's symbolic axes (``s31`` ... as traced) ``batch``, ``height``, ``width``.
+
+    ``torch.onnx`` keeps the tracer's symbols, not the ``torch.export.Dim`` names; every output whose size
+    follows them is renamed alike, expressions included (``(height//2)``).
+    """
+    dims = onnx_program.model.graph.inputs[0].shape
+    mapping = {dim.value: name for dim, name in zip(dims, AXIS_NAMES)
+               if name is not None and isinstance(getattr(dim, 'value', None), str)}
+    onnx_program.rename_axes(mapping)
 
 
 def export_onnx(model, out, shape, kind, dynamic=False, batch=1, opset=OPSET, extra_meta=None):
@@ -202,11 +224,13 @@ def export_onnx(model, out, shape, kind, dynamic=False, batch=1, opset=OPSET, ex
         warnings.simplefilter('ignore')
         # deferred runtime asserts: the shape arithmetic of the padding operators yields guards that the
         # symbolic solver cannot prove for every size (true ones); as asserts they do not specialise the graph
-        with size_generic_upsampling(model):
+        with size_generic_upsampling(model), size_generic_pooling(model) if dynamic else nullcontext():
             program = torch.export.export(wrapper, (example, ), dynamic_shapes=dynamic_shapes, strict=False,
                                           prefer_deferred_runtime_asserts_over_guards=True)
         onnx_program = torch.onnx.export(program, (example, ), input_names=['input'], output_names=names,
                                          opset_version=opset, dynamo=True, verbose=False)
+        if dynamic:
+            name_dynamic_axes(onnx_program)
     meta = dict(kind=kind, outputs=names, dynamic=bool(dynamic), shape=[batch, 3, *example_hw], opset=opset, **grouping,
                 **(extra_meta or {}))
     proto = onnx_program.model_proto
