@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from mmsparse import set_impl  # noqa: F401  (re-exported: the benchmark tests switch built models with it)
+from mmsparse.families import LiveMapping
 from mmsparse.ops.checks import IMPLS
 from mmsparse.ops.checks import check_impl as _check_impl
 from . import REPO
@@ -35,24 +36,24 @@ ALL_IMPLS = IMPLS + ('flex', )
 KINDS = ('layer', 'backbone', 'config')
 SUITE_DIR = osp.join(REPO, 'tools/analysis_tools/suites')
 
-#: layer name -> (class path, default kwargs); a case's ``layer_args`` override the kwargs
-LAYERS = {
-    'bra': ('mmsparse.ops.BiLevelRoutingAttention', dict(num_heads=2, n_win=16, topk=1, auto_pad=True)),
-    'sta': ('mmsparse.ops.SuperTokenAttention', dict(num_heads=1, stoken_size=8)),
-    'attnconv': ('mmsparse.ops.AttnConv', dict(num_heads=4, group_split=[3, 1], kernel_sizes=[3], window_size=8)),
-}
 
-#: backbone preset -> (registered type, kwargs)
-BACKBONES = {
-    'biformer-t': ('BiFormer', dict(arch='tiny', n_win=16)),
-    'biformer-s': ('BiFormer', dict(arch='small', n_win=16)),
-    'biformer-b': ('BiFormer', dict(arch='base', n_win=16)),
-    'cloformer-xxs': ('CloFormer', dict(arch='xxs')),
-    'cloformer-xs': ('CloFormer', dict(arch='xs')),
-    'cloformer-s': ('CloFormer', dict(arch='s')),
-    'stvit-s': ('STViT', dict(arch='small')),
-    'stvit-b': ('STViT', dict(arch='base')),
-}
+def _layers():
+    from mmsparse.families import get_family, list_families
+    return {op.short: (op.cls, dict(op.bench_kwargs)) for name in list_families()
+            for op in get_family(name).operators if op.bench_kwargs is not None}
+
+
+def _backbones():
+    from mmsparse.families import get_family, list_families
+    return {preset: (spec.backbone.__name__, dict(kwargs)) for spec in map(get_family, list_families())
+            for preset, kwargs in spec.presets.items()}
+
+
+#: layer name -> (operator class, default kwargs), from each family's operators (their ``bench_kwargs``); a
+#: case's ``layer_args`` override the kwargs
+LAYERS = LiveMapping(_layers, 'benchmark layer name -> (operator class, default kwargs)')
+#: backbone preset -> (registered type, kwargs), from each family's ``presets``
+BACKBONES = LiveMapping(_backbones, 'benchmark backbone preset -> (registered type, kwargs)')
 
 #: keys a case of each kind must have, and those it may have
 _REQUIRED = {'layer': {'name', 'shape'}, 'backbone': {'name', 'batch', 'input_size'},
@@ -72,11 +73,6 @@ class Built:
 
     def run(self, mode):
         self._run(self.module, self.args, mode)
-
-
-def _import(path):
-    mod, _, name = path.rpartition('.')
-    return getattr(__import__(mod, fromlist=[name]), name)
 
 
 def check_case(case):
@@ -125,9 +121,9 @@ def build(case, impl=None, device='cpu'):
         return _build_config(case, impl, device)
     with_impl = {} if impl is None else dict(impl=impl)
     if case['kind'] == 'layer':
-        cls_path, defaults = LAYERS[case['name']]
+        cls, defaults = LAYERS[case['name']]
         shape = tuple(case['shape'])
-        module = _import(cls_path)(embed_dims=shape[1], **{**defaults, **case.get('layer_args', {})}, **with_impl)
+        module = cls(embed_dims=shape[1], **{**defaults, **case.get('layer_args', {})}, **with_impl)
     else:
         from mmsparse.registry import MODELS
         typ, kwargs = BACKBONES[case['name']]

@@ -21,27 +21,29 @@ import time
 import torch
 import torch.nn.functional as F
 
+from mmsparse.families import LiveMapping
 from . import REPO
 
-#: operator cases: name -> (class, kwargs, input shape on the device, input shape in a dry run)
-OPERATORS = {
-    'bra_biformer_s_stage1': ('BiLevelRoutingAttention', dict(num_heads=2, n_win=16, topk=1, auto_pad=True),
-                              (2, 64, 200, 304), (1, 32, 20, 24)),
-    'bra_biformer_s_stage3': ('BiLevelRoutingAttention', dict(num_heads=8, n_win=16, topk=16, auto_pad=True),
-                              (2, 256, 50, 76), (1, 64, 10, 12)),
-    'sta_stvit_s_stage1': ('SuperTokenAttention', dict(num_heads=1, stoken_size=8), (2, 64, 200, 304),
-                           (1, 16, 20, 24)),
-    'attnconv_cloformer_s_stage1': ('AttnConv', dict(num_heads=4, group_split=[3, 1], kernel_sizes=[3],
-                                                     window_size=8), (2, 64, 200, 304), (1, 32, 20, 24)),
-}
+
+def _operator_cases():
+    from mmsparse.families import get_family, list_families
+    return {case_name: (op.cls, dict(case.kwargs), case.shape, case.dry_shape)
+            for spec in map(get_family, list_families()) for op in spec.operators
+            for case_name, case in op.device_cases.items()}
+
+
+def _detectors():
+    from mmsparse.families import get_family, list_families
+    return {name: tuple(step) for spec in map(get_family, list_families()) for name, step in spec.detectors.items()}
+
+
+#: operator cases: name -> (operator class, kwargs, input shape on the device, input shape in a dry run), from each
+#: family's operators (``device_cases``)
+OPERATORS = LiveMapping(_operator_cases, 'device-check operator cases')
 DRY_RUN_N_WIN = 4  # BRA regions per side at the dry run's tiny shapes
 
-#: detector steps: name -> (config, backbone preset of benchmark.py)
-DETECTORS = {
-    'maskrcnn_biformer_s': ('configs/biformer/maskrcnn_biformer_s_coco.py', 'biformer-s'),
-    'maskrcnn_stvit_s': ('configs/stvit/maskrcnn_stvit_s_coco.py', 'stvit-s'),
-    'maskrcnn_cloformer_s': ('configs/cloformer/maskrcnn_cloformer_s_coco.py', 'cloformer-s'),
-}
+#: detector steps: name -> (config, backbone preset of benchmark.py), from each family's ``detectors``
+DETECTORS = LiveMapping(_detectors, 'device-check detector steps')
 DRY_RUN_DETECTOR = ('maskrcnn_demo', ('configs/demo/maskrcnn_demo_synthetic.py', 'biformer-t'))
 
 
@@ -170,13 +172,12 @@ def run_tests(check):
     check.save()
 
 
-def build_operator(cls_name, kwargs, shape, dry):
-    import mmsparse.ops as ops
+def build_operator(cls, kwargs, shape, dry):
     kwargs = dict(kwargs)
     if dry and 'n_win' in kwargs:
         kwargs['n_win'] = DRY_RUN_N_WIN
     torch.manual_seed(0)
-    return getattr(ops, cls_name)(shape[1], **kwargs)
+    return cls(shape[1], **kwargs)
 
 
 def forward_macs(module, x):
@@ -190,9 +191,9 @@ def forward_macs(module, x):
 def run_operators(check):
     from mmsparse.ops import accepted_impls, set_impl
     dev = check.device
-    for name, (cls_name, kwargs, shape, dry_shape) in OPERATORS.items():
+    for name, (cls, kwargs, shape, dry_shape) in OPERATORS.items():
         shape = dry_shape if check.dry else shape
-        module = build_operator(cls_name, kwargs, shape, check.dry).to(dev).train()
+        module = build_operator(cls, kwargs, shape, check.dry).to(dev).train()
         x = torch.randn(shape, device=dev)
         set_impl(module, 'fast')
         macs, macs_note = forward_macs(module, x)

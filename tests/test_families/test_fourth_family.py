@@ -20,7 +20,7 @@ from mmengine.model import BaseModule
 
 from mmsparse import families
 from mmsparse.converters import FAMILIES, convert, convert_checkpoint
-from mmsparse.families import FamilySpec, OperatorSpec
+from mmsparse.families import FamilySpec, OperatorCase, OperatorSpec
 from mmsparse.models import SparseAttnBlock, SparseAttnFPN
 from mmsparse.models.plugins import ATTN_TYPES
 from mmsparse.registry import MODELS
@@ -118,7 +118,9 @@ converter.upgrade_state_dict = lambda sd: OrderedDict(sd)
 SPEC = FamilySpec(
     name=NAME, backbone=WindowNet4th, converter=converter,
     operators=(OperatorSpec(WindowAttention4th, short='win', plugin_defaults=dict(num_heads=2, window_size=4),
-                            bench_kwargs=dict(num_heads=2, window_size=8)), ),
+                            bench_kwargs=dict(num_heads=2, window_size=8),
+                            device_cases=dict(win_windownet_stage1=OperatorCase(
+                                dict(num_heads=2, window_size=8), (2, 16, 128, 128), (1, 16, 16, 16)))), ),
     presets={'windownet-t': dict(embed_dims=(8, 16, 16, 16))},
     tiny=dict(type=BACKBONE_TYPE, embed_dims=(8, 16, 16, 16)), tiny_input=(64, 64))
 
@@ -249,6 +251,23 @@ def test_plugin_defaults_build(op):
     assert type(block.attn) is op.cls and ATTN_TYPES[op.name][0] is op.cls
     x = torch.randn(1, 32, 16, 16)
     assert block(x).shape == x.shape
+
+
+def test_benchmark_and_device_check_cases(fourth):
+    """benchmark.py's --layer / --backbone presets and the GPU check's operator cases come from the spec."""
+    from mmsparse.benchmark import cases, device_check
+    assert cases.LAYERS['win'] == (WindowAttention4th, dict(num_heads=2, window_size=8))
+    assert cases.BACKBONES['windownet-t'] == (BACKBONE_TYPE, dict(embed_dims=(8, 16, 16, 16)))
+    layer = cases.build(dict(kind='layer', name='win', shape=[1, 16, 16, 16], mode='fwdbwd'))
+    layer.run('fwdbwd')
+    assert isinstance(layer.module, WindowAttention4th)
+    assert all(p.grad is not None for p in layer.module.parameters())
+    backbone = cases.build(dict(kind='backbone', name='windownet-t', batch=1, input_size=[64, 64], mode='fwd'))
+    assert isinstance(backbone.module, WindowNet4th)
+    backbone.run('fwd')
+    cls, kwargs, shape, dry_shape = device_check.OPERATORS['win_windownet_stage1']
+    module = device_check.build_operator(cls, kwargs, dry_shape, dry=True)
+    assert module(torch.randn(dry_shape)).shape == dry_shape
 
 
 def test_builtin_tables_follow_the_families():
