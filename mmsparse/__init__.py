@@ -7,7 +7,10 @@ also makes mmengine's checkpoint loading work on torch >= 2.6 for the objects mm
 those are imported where they are used) and sets no warnings filters or environment variables.
 """
 from .version import __version__
-from .utils.checkpoint import allow_mmengine_checkpoint_objects
+from .utils.quiet import quiet_pkg_resources
+
+with quiet_pkg_resources():  # the first import of mmengine
+    from .utils.checkpoint import allow_mmengine_checkpoint_objects
 
 allow_mmengine_checkpoint_objects()
 

@@ -13,6 +13,7 @@ import os.path as osp
 import warnings
 from typing import TYPE_CHECKING
 
+from mmsparse.utils.quiet import quiet_pkg_resources
 from .inference import drop_pretrained
 from .runner import sync_bn_to_bn
 
@@ -41,7 +42,8 @@ def load_config(config: str | os.PathLike | Config, cfg_options: dict | None = N
         path = os.fspath(config)
         if not osp.isfile(path):
             raise FileNotFoundError(f'config: no such file: {path}')
-        config = Config.fromfile(path)
+        with quiet_pkg_resources():  # mmengine re-imports pkg_resources for each package a config names
+            config = Config.fromfile(path)
     elif not isinstance(config, Config):
         raise TypeError(f'config must be a file path or an mmengine Config, got {type(config).__name__}')
     if cfg_options:
