@@ -1,24 +1,21 @@
-"""mmsparse's registries, and registration of its models into mmdet's and mmseg's.
+"""mmsparse's registries, and registration of its public models into mmdet's and mmseg's.
 
-``MODELS`` is a child of mmengine's root registry with scope ``mmsparse`` (the mmpretrain pattern), so
-``type='mmsparse.BiFormer'`` builds under any default scope. :func:`register_into_downstream` additionally
-registers the public models (:data:`DOWNSTREAM_MODELS`: backbones, plug-in / neck types, plug-in operators)
-under their plain names into ``mmdet.registry.MODELS`` and ``mmseg.registry.MODELS`` when those packages are
-installed, so ``type='BiFormer'`` works in stock configs under ``default_scope='mmdet'`` or ``'mmseg'``. It
-imports only their ``registry`` modules (cheap), never replaces a name those registries already hold, and leaves
-the internal blocks (``STViTBlock``, ``TokenMHSA``, ``GlobalAttentionLePE``, ...) in mmsparse's registry only,
-where ``type='mmsparse.TokenMHSA'`` builds them. ``LN2d`` reaches every scope through mmengine's root registry
-(:func:`register_in_root`); the hooks stay ``mmsparse.``-scoped; ``SyntheticADE20KDataset`` is registered into
-mmseg's ``DATASETS`` by :mod:`mmsparse.datasets`.
+``type='mmsparse.X'`` builds under any default scope; the public models (:data:`DOWNSTREAM_MODELS`) also build
+as ``type='X'`` under ``default_scope='mmdet'`` / ``'mmseg'``. Internal blocks (``STViTBlock``, ``TokenMHSA``, ...)
+and the hooks stay ``mmsparse.``-scoped; ``LN2d`` is in mmengine's root registry (:func:`register_in_root`);
+``SyntheticADE20KDataset`` is registered into mmseg's ``DATASETS`` by :mod:`mmsparse.datasets`.
 """
+from __future__ import annotations
+
 import importlib
 import warnings
-from typing import Callable, Dict, Iterable, List, Optional, TypeVar
+from typing import Callable, Iterable, TypeVar
 
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import Registry
 
+# a child of mmengine's root registry with scope 'mmsparse' (the mmpretrain pattern)
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmsparse', locations=['mmsparse.ops', 'mmsparse.models'])
 #: training hooks (``type='mmsparse.ExactResumeHook'`` from any default scope)
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mmsparse', locations=['mmsparse.engine'])
@@ -33,18 +30,19 @@ DOWNSTREAM_MODELS = frozenset({
     'BiLevelRoutingAttention', 'AttnConv', 'SuperTokenAttention',  # the operators SparseAttnBlock's attn_cfg takes
 })
 
-_T = TypeVar('_T')
+_T = TypeVar('_T', bound=type)
 
 
 def register_in_root(name: str) -> Callable[[_T], _T]:
-    """Class decorator: also register the class under ``name`` in mmengine's *root* ``MODELS``.
+    """Class decorator: also register the class as ``name`` in mmengine's *root* ``MODELS``.
 
-    For the few modules that third-party builders look up without a scope: mmcv's ``build_norm_layer`` (our
-    ``'LN2d'``) and ``build_plugin_layer`` (``SparseAttnBlock`` in a ResNet built from plain Python). Re-importing
-    the same class is fine; a different class already holding ``name`` is an error, never silently replaced.
+    Raises ``KeyError`` if another class already holds ``name`` (re-registering the same class is fine).
     """
 
-    def wrap(cls):
+    # why: mmcv's build_norm_layer ('LN2d') and build_plugin_layer (SparseAttnBlock in a plain-Python ResNet)
+    # look names up without a scope
+
+    def wrap(cls: _T) -> _T:
         existing = MMENGINE_MODELS.module_dict.get(name)
         if existing is not None and (existing.__module__, existing.__qualname__) != (cls.__module__,
                                                                                      cls.__qualname__):
@@ -55,7 +53,7 @@ def register_in_root(name: str) -> Callable[[_T], _T]:
     return wrap
 
 
-def _downstream_registry(scope: str) -> Optional[Registry]:
+def _downstream_registry(scope: str) -> Registry | None:
     try:
         return importlib.import_module(f'{scope}.registry').MODELS
     except ImportError:
@@ -63,19 +61,19 @@ def _downstream_registry(scope: str) -> Optional[Registry]:
 
 
 def register_into_downstream(scopes: Iterable[str] = DOWNSTREAM_SCOPES,
-                             names: Iterable[str] = DOWNSTREAM_MODELS) -> Dict[str, List[str]]:
-    """Register the modules of :data:`MODELS` listed in ``names`` into the ``MODELS`` of each importable scope.
+                             names: Iterable[str] = DOWNSTREAM_MODELS) -> dict[str, list[str]]:
+    """Register ``names`` of :data:`MODELS` into the ``MODELS`` of each importable scope; ``{scope: [added]}``.
 
-    Returns ``{scope: [names registered]}``. A name already present in a downstream registry is left alone
-    (with a warning when it is a different class), so mmsparse never shadows ``FPN`` or similar. A listed name
-    that mmsparse's registry lacks is skipped.
+    A name the downstream registry already holds is left alone (warning if it is another class), so mmsparse
+    never shadows ``FPN`` and the like; a name mmsparse's registry lacks is skipped. Imports only the scopes'
+    ``registry`` modules (cheap).
     """
-    done = {}
+    done: dict[str, list[str]] = {}
     for scope in scopes:
         registry = _downstream_registry(scope)
         if registry is None:
             continue
-        added = []
+        added: list[str] = []
         for name in sorted(names):
             cls = MODELS.module_dict.get(name)
             if cls is None:

@@ -1,1 +1,3 @@
-__version__ = '0.1.0'
+from __future__ import annotations
+
+__version__: str = '0.1.0'

@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 from .checkpoint import allow_mmengine_checkpoint_objects
 from .complexity import flop_count
 

@@ -1,33 +1,31 @@
-"""Make mmengine 0.10.7 checkpoints load on torch >= 2.6.
+"""Checkpoint loading: mmengine 0.10.7 checkpoints on torch >= 2.6, and the one ``torch.load`` policy of mmsparse.
 
-torch 2.6 made ``torch.load`` default to ``weights_only=True``. mmengine 0.10.7 calls ``torch.load`` without
-that argument, and the checkpoints its Runner writes pickle a few non-tensor objects: the message hub's
-``HistoryBuffer`` logs (numpy arrays inside) and numpy scalars in the runtime info. Loading such a file for
-``--resume`` or ``load_from`` then fails with ``UnpicklingError: Weights only load failed``.
-
-The narrow fix is to add exactly those classes to torch's allowlist for the restricted unpickler
-(``torch.serialization.add_safe_globals``). ``weights_only`` stays on, so a checkpoint that pickles anything
-else (arbitrary code) is still refused. We do not patch ``torch.load``; on torch < 2.6, where that allowlist is
-missing or narrower, :func:`mmsparse.utils.compat.load_restricted` enforces the same list in its own unpickler.
-
-One entry needs care: ``HistoryBuffer`` pickles its statistics methods (``HistoryBuffer.min`` ...) by
-qualified name, which pickle writes as ``getattr(HistoryBuffer, 'min')``. Allowing the builtin ``getattr``
-would let a file read any attribute of any allowed object, so the name ``getattr`` is instead bound, for the
-restricted unpickler only, to :func:`_history_buffer_getattr`, which resolves nothing but HistoryBuffer's
-registered statistics methods.
+Loads stay ``weights_only`` (no arbitrary pickled code); only the few non-tensor objects mmengine's Runner
+pickles are allowlisted.
 """
+# why: torch 2.6 made torch.load default to weights_only=True; mmengine 0.10.7 calls it without that argument and
+# its checkpoints pickle HistoryBuffer logs (numpy arrays) and numpy scalars, so --resume / load_from failed with
+# "Weights only load failed". We allowlist exactly those (add_safe_globals) rather than patch torch.load; on
+# torch < 2.6 compat.load_restricted enforces the same list in its own unpickler.
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Any, Callable, Iterable
+
 import torch
+import torch.nn as nn
 
 from .compat import TORCH_VERSION, load_restricted
 
 
-def _numpy_globals():
+def _numpy_globals() -> list[Any]:
     import numpy as np
     try:  # numpy >= 2
         from numpy._core.multiarray import _reconstruct, scalar
     except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _reconstruct, scalar
-    objs = [np.ndarray, np.dtype, _reconstruct, scalar]
+        from numpy.core.multiarray import _reconstruct, scalar  # type: ignore[no-redef]
+    objs: list[Any] = [np.ndarray, np.dtype, _reconstruct, scalar]
     # dtype classes are pickled by class (np.dtypes.Float64DType, ...) since numpy 1.25
     dtypes = getattr(np, 'dtypes', None)
     if dtypes is not None:
@@ -35,8 +33,10 @@ def _numpy_globals():
     return objs
 
 
-def _history_buffer_getattr(obj, name):
+def _history_buffer_getattr(obj: Any, name: str) -> Callable:
     """``getattr`` as seen by the restricted unpickler: only ``HistoryBuffer.<statistics method>``."""
+    # why: HistoryBuffer pickles its statistics methods as getattr(HistoryBuffer, 'min'); allowing the builtin
+    # getattr would let a file read any attribute of any allowed object
     from mmengine.logging import HistoryBuffer
     if obj is HistoryBuffer and name in HistoryBuffer._statistics_methods:
         return HistoryBuffer._statistics_methods[name]
@@ -44,19 +44,19 @@ def _history_buffer_getattr(obj, name):
                        'HistoryBuffer statistics methods are allowed')
 
 
-def mmengine_checkpoint_globals():
+def mmengine_checkpoint_globals() -> list[Any]:
     """The classes an mmengine Runner checkpoint may contain besides tensors and plain containers."""
     from mmengine.logging import HistoryBuffer
     HistoryBuffer()  # populates HistoryBuffer._statistics_methods with the built-in statistics
-    restricted_getattr = [(_history_buffer_getattr, name) for name in ('__builtin__.getattr', 'builtins.getattr')]
+    restricted_getattr: list[Any] = [(_history_buffer_getattr, name)
+                                     for name in ('__builtin__.getattr', 'builtins.getattr')]
     return [HistoryBuffer] + restricted_getattr + _numpy_globals()
 
 
-def allow_mmengine_checkpoint_objects():
+def allow_mmengine_checkpoint_objects() -> None:
     """Allowlist :func:`mmengine_checkpoint_globals` for ``torch.load(weights_only=True)``. Idempotent.
 
-    Only torch >= 2.6 needs it (and takes the ``(object, name)`` pairs): before, ``torch.load`` defaults to
-    ``weights_only=False``, so mmengine's own loads work unchanged.
+    A no-op before torch 2.6 (``torch.load`` then defaults to ``weights_only=False``).
     """
     if TORCH_VERSION < (2, 6):
         return
@@ -75,14 +75,13 @@ class CheckpointFileError(ValueError):
     """A file that cannot be read as a checkpoint (not a torch file, truncated, or pickling code)."""
 
 
-def load_checkpoint_file(path, map_location='cpu'):
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = 'cpu') -> Any:
     """Load a checkpoint file without executing arbitrary pickled code.
 
-    Only allowed globals are unpickled (``weights_only=True``, or its equivalent on torch < 2.6): besides
-    tensors and containers, the objects of :func:`mmengine_checkpoint_globals` and the ``argparse.Namespace``
-    (``args``) that the authors' training checkpoints pickle. URLs (``http(s)://``, ``s3://``,
-    ``open-mmlab://`` ...) go through mmengine's loaders. A file that
-    is missing or is not a checkpoint raises an error naming the file and what was expected.
+    Unpickles only tensors, containers, :func:`mmengine_checkpoint_globals` and ``argparse.Namespace`` (the
+    authors' ``args``). URLs (``http(s)://``, ``s3://``, ``open-mmlab://`` ...) go through mmengine's loaders.
+    Raises ``FileNotFoundError`` for a missing file and :class:`CheckpointFileError` for one that is not a
+    checkpoint.
     """
     import argparse
     import os.path as osp
@@ -103,14 +102,14 @@ def load_checkpoint_file(path, map_location='cpu'):
             f'{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""}') from err
 
 
-def unwrap_state_dict(ckpt, use_ema=False):
+def unwrap_state_dict(ckpt: Any, use_ema: bool = False) -> OrderedDict[str, torch.Tensor]:
     """Return the state dict inside an official / mmengine checkpoint, with a leading ``module.`` stripped.
 
     Accepts ``{'model': sd}`` (``{'model_ema': sd}`` with ``use_ema``), ``{'state_dict': sd}`` or a raw
-    state dict. Every value must be a tensor.
+    state dict. Raises ``TypeError`` unless every value is a tensor, ``KeyError`` for ``use_ema`` without
+    ``model_ema``.
     """
     import re
-    from collections import OrderedDict
     if not isinstance(ckpt, dict):
         raise TypeError(f'expected a checkpoint dict, got {type(ckpt).__name__}')
     keys = ['model_ema', 'model', 'state_dict'] if use_ema else ['model', 'state_dict']
@@ -121,7 +120,7 @@ def unwrap_state_dict(ckpt, use_ema=False):
         if key in ckpt and isinstance(ckpt[key], dict):
             sd = ckpt[key]
             break
-    out = OrderedDict()
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for k, v in sd.items():
         if not torch.is_tensor(v):
             raise TypeError(f'state dict entry {k!r} is a {type(v).__name__}, not a tensor; '
@@ -130,12 +129,12 @@ def unwrap_state_dict(ckpt, use_ema=False):
     return out
 
 
-def _shown(keys, limit=20):
+def _shown(keys: Iterable[str], limit: int = 20) -> str:
     keys = list(keys)
     return ', '.join(keys[:limit]) + (f' ... ({len(keys) - limit} more)' if len(keys) > limit else '')
 
 
-def _convert_foreign_keys(module, sd):
+def _convert_foreign_keys(module: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A state dict none of whose keys is the module's: the authors' keys (``official_converter``) or, when
     those do not apply, an older mmsparse layout (``upgrade_state_dict``)."""
     converter = getattr(module, 'official_converter', None)
@@ -153,27 +152,24 @@ def _convert_foreign_keys(module, sd):
     return upgrade(sd) if upgrade is not None else sd
 
 
-def load_pretrained(module, checkpoint, prefix=None, logger=None, allow_partial=False):
-    """Load pretrained weights into ``module`` and say exactly what did and did not load.
+def load_pretrained(module: nn.Module, checkpoint: str | dict, prefix: str | None = None, logger: Any = None,
+                    allow_partial: bool = False) -> tuple[list[str], list[str], list[str]]:
+    """Load pretrained weights into ``module``, logging what did and did not load.
 
-    ``checkpoint`` is a path/URL or an already loaded dict: an mmsparse-converted file, a full mmdet/mmseg
-    checkpoint (with ``prefix='backbone.'``), an older mmsparse layout (upgraded through the module's
-    ``upgrade_state_dict``) or the authors' raw file, converted on the fly with the module's
-    ``official_converter`` when none of its keys is one of the module's.
+    Returns ``(missing, unexpected, mismatched)`` keys.
 
-    By default every parameter and buffer of ``module`` must be loaded with the right shape (BatchNorm's
-    ``num_batches_tracked`` counters excepted, which carry no weights) and nothing may be left over; otherwise
-    a ``RuntimeError`` lists the missing, unexpected and mis-shaped keys. The one exception are the keys the
-    module names in ``dense_only_keys()`` (a backbone's per-output norms, which classification checkpoints
-    cannot hold): they keep their initialisation, and the log says so. ``allow_partial=True`` loads what
-    matches and warns with the same lists instead. Returns ``(missing, unexpected, mismatched)``.
+    Args:
+        checkpoint: a path / URL or a loaded dict: an mmsparse file, a whole mmdet / mmseg checkpoint (with
+            ``prefix='backbone.'``), an older mmsparse layout (``module.upgrade_state_dict``) or the authors'
+            file (``module.official_converter``, used when no key is the module's).
+        allow_partial: load what matches and warn, instead of raising ``RuntimeError`` on any missing,
+            unexpected or mis-shaped key. BatchNorm's ``num_batches_tracked`` never counts; the keys of
+            ``module.dense_only_keys()`` (output norms) may be absent and keep their initialisation.
     """
-    from collections import OrderedDict
-
     from mmengine.logging import print_log
     name = str(checkpoint) if isinstance(checkpoint, str) else '<state dict>'
     ckpt = load_checkpoint_file(checkpoint) if isinstance(checkpoint, str) else checkpoint
-    sd = unwrap_state_dict(ckpt)
+    sd: dict[str, torch.Tensor] = unwrap_state_dict(ckpt)
     if prefix:
         prefix = prefix if prefix.endswith('.') else prefix + '.'
         stripped = OrderedDict((k[len(prefix):], v) for k, v in sd.items() if k.startswith(prefix))
@@ -186,7 +182,8 @@ def load_pretrained(module, checkpoint, prefix=None, logger=None, allow_partial=
     if not set(sd) & set(own):
         sd = _convert_foreign_keys(module, sd)
     counted = [k for k in own if not k.endswith('num_batches_tracked')]
-    dense_only = set(module.dense_only_keys()) if hasattr(module, 'dense_only_keys') else set()
+    dense_only: set[str] = (set(module.dense_only_keys())  # type: ignore[operator]  # duck-typed backbones
+                            if hasattr(module, 'dense_only_keys') else set())
     mismatched = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
     fresh = [k for k in counted if k in dense_only and k not in sd]
     missing = [k for k in counted if (k not in sd and k not in dense_only) or k in mismatched]

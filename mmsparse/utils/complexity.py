@@ -1,28 +1,28 @@
-"""Parameter and FLOP counts on top of :mod:`mmengine.analysis`, with the attention ops our operators use.
+"""Parameter and FLOP counts on top of :mod:`mmengine.analysis`, SDPA included.
 
-mmengine's :class:`~mmengine.analysis.FlopAnalyzer` traces the model with ``torch.jit`` and counts one fused
-multiply-add as one "flop" (the unit of OpenMMLab's GFLOPs tables). It already counts ``aten::matmul``, ``bmm``,
-``einsum``, ``linear`` and convolutions, which covers the explicit attention products of BRA, AttnConv's
-``'reference'`` path and STA's association; :func:`flop_count` adds ``aten::scaled_dot_product_attention``,
-which the ``'sdpa'`` paths (AttnConv global heads, STA's super-token MHSA, BiFormer's global stage) trace to and
-which mmengine would otherwise skip silently.
+One "flop" is one fused multiply-add (the unit of OpenMMLab's GFLOPs tables).
 """
+# why: mmengine's FlopAnalyzer counts matmul / bmm / einsum / linear / convolutions (BRA, AttnConv 'reference',
+# STA's association) but silently skips aten::scaled_dot_product_attention, which the 'sdpa' paths trace to
+from __future__ import annotations
+
 from math import prod
+from typing import Any
 
 import torch
+import torch.nn as nn
 
 __all__ = ['flop_count', 'sdpa_flop_jit']
 
 
-def sdpa_flop_jit(inputs, outputs):
-    """Multiply-adds of ``scaled_dot_product_attention(q, k, v)``.
+def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
+    """Multiply-adds of ``scaled_dot_product_attention(q, k, v)``: ``prod(B) * Lq * Lk * (Dqk + Dv)``.
 
-    ``q: (*B, Lq, Dqk)``, ``k: (*B, Lk, Dqk)``, ``v: (*B, Lk, Dv)``, output ``(*B, Lq, Dv)``: the two products
-    ``q @ k^T`` and ``attn @ v`` cost ``prod(B) * Lq * Lk * (Dqk + Dv)`` multiply-adds, exactly what
-    mmengine's matmul handle counts for the same products written out (softmax and scaling are not counted,
-    as elsewhere in mmengine). ``prod(B)`` is taken from the output, so broadcast or grouped K/V count per
-    query head.
+    Shapes:
+        q: ``(*B, Lq, Dqk)``; k: ``(*B, Lk, Dqk)``; v: ``(*B, Lk, Dv)``; output: ``(*B, Lq, Dv)``.
     """
+    # why: exactly mmengine's matmul count for q @ k^T and attn @ v written out (softmax and scaling uncounted);
+    # prod(B) comes from the output, so broadcast or grouped K/V count per query head
     from mmengine.analysis.jit_handles import get_shape
     q, k, v = (get_shape(t) for t in inputs[:3])
     out = get_shape(outputs[0])
@@ -35,19 +35,15 @@ def sdpa_flop_jit(inputs, outputs):
 EXTRA_FLOP_HANDLES = {'aten::scaled_dot_product_attention': sdpa_flop_jit}
 
 
-def flop_count(model, inputs):
+def flop_count(model: nn.Module, inputs: torch.Tensor | tuple[Any, ...]) -> dict[str, Any]:
     """Parameters and FLOPs (multiply-adds) of ``model(*inputs)``, by mmengine's jit-trace analysis.
 
-    The model runs once in eval mode without gradients (its training mode is restored afterwards).
+    Runs once in eval mode without gradients (the training mode is restored). Returns ``flops`` (int),
+    ``params`` (int), ``by_module`` (submodule name -> multiply-adds; ``''`` is the whole model, only modules that
+    ran) and ``by_operator`` (op name -> multiply-adds).
 
     Args:
-        model (nn.Module): the module to analyse.
-        inputs (Tensor | tuple): what ``model`` is called with (a tensor, or a tuple of positional arguments).
-
-    Returns:
-        dict: ``flops`` (int, total multiply-adds), ``params`` (int, all parameters of ``model``),
-        ``by_module`` (dict: submodule name -> multiply-adds, ``''`` is the whole model; only modules that ran)
-        and ``by_operator`` (dict: op name -> multiply-adds, whole model).
+        inputs: a tensor, or a tuple of positional arguments.
     """
     # imported here: mmengine.analysis pulls in the jit tracer, which `import mmsparse` does not need
     from mmengine.analysis import FlopAnalyzer, parameter_count
