@@ -30,7 +30,12 @@ global attention out (explicit logits, softmax, product: :func:`global_attention
 convolution, runs the branches in channels-last memory, where the depthwise convolutions are several times
 faster on CPU (oneDNN), and calls :func:`torch.nn.functional.scaled_dot_product_attention`, which never
 materialises the (HW x keys) logits on backends with fused kernels. Same parameters, same maths.
+
+:meth:`AttnConv.explain` returns, for one query pixel, the local groups' context-aware weights and the global
+group's attention over the pooled keys, computed by the private steps the reference forward runs.
 """
+from __future__ import annotations
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -157,11 +162,14 @@ class AttnConv(ImplOperator, nn.Module):
         return (f'embed_dims={self.embed_dims}, num_heads={self.num_heads}, group_split={self.group_split}, '
                 f'kernel_sizes={self.kernel_sizes}, window_size={self.window_size}, impl={self.impl!r}')
 
+    def _gate(self, q: torch.Tensor, k: torch.Tensor, attn_map: AttnMap) -> torch.Tensor:
+        """The local branch's context-aware weights ``tanh(scale * AttnMap(q * k))`` (before dropout)."""
+        # the scale comes after the AttnMap convs and before tanh (authors' order)
+        return torch.tanh(attn_map(q * k) * self.scale)
+
     def _local(self, x, to_qkv, mixer, attn_map):
         q, k, v = mixer(to_qkv(x)).chunk(3, dim=1)
-        # the scale comes after the AttnMap convs and before tanh (authors' order)
-        gate = self.attn_drop(torch.tanh(attn_map(q * k) * self.scale))
-        return gate * v
+        return self.attn_drop(self._gate(q, k, attn_map)) * v
 
     def _pool(self, x):
         if self.window_size == 1:
@@ -170,15 +178,23 @@ class AttnConv(ImplOperator, nn.Module):
         # equals the authors' AvgPool2d whenever H and W are multiples of the window
         return F.avg_pool2d(x, self.window_size, self.window_size, ceil_mode=True, count_include_pad=False)
 
+    def _global_qkv(self, x: torch.Tensor, q_map: torch.Tensor | None = None) -> tuple:
+        """The global group's heads ``q (B, m, HW, d)``, ``k, v (B, m, M, d)`` and the pooled grid ``(hk, wk)``."""
+        q = rearrange(self.global_q(x) if q_map is None else q_map, 'b (m d) h w -> b m (h w) d', d=self.head_dim)
+        kv = self.global_kv(self._pool(x))
+        k, v = rearrange(kv, 'b (two m d) h w -> two b m (h w) d', two=2, d=self.head_dim)
+        return q, k, v, kv.shape[-2:]
+
+    def _global_weights(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Explicit global attention weights ``softmax(scale * q k^T)``: (B, m, N, M), before dropout."""
+        return ((self.scale * q) @ k.transpose(-1, -2)).softmax(dim=-1)
+
     def _global(self, x, q_map=None):
         h, w = x.shape[-2:]
-        q = rearrange(self.global_q(x) if q_map is None else q_map, 'b (m d) h w -> b m (h w) d', d=self.head_dim)
-        k, v = rearrange(self.global_kv(self._pool(x)), 'b (two m d) h w -> two b m (h w) d',
-                         two=2, d=self.head_dim)
+        q, k, v, _ = self._global_qkv(x, q_map)
         if self.training and self.attn_drop.p > 0:
             # dropout on the attention weights needs them explicitly
-            attn = self.attn_drop(((self.scale * q) @ k.transpose(-1, -2)).softmax(dim=-1))
-            out = attn @ v
+            out = self.attn_drop(self._global_weights(q, k)) @ v
         else:
             out = GLOBAL_ATTENTION_IMPLS[self.impl](q, k, v, self.scale)
         return rearrange(out, 'b m (h w) d -> b (m d) h w', h=h, w=w)
@@ -212,3 +228,54 @@ class AttnConv(ImplOperator, nn.Module):
         out = self.proj_drop(self.proj(self.forward_branches(x)))
         # the fast path computes in channels-last memory; hand back a plain NCHW tensor like the reference
         return out.contiguous() if self.impl == 'fast' else out
+
+    @torch.no_grad()
+    def explain(self, x: torch.Tensor, query_yx: tuple[int, int]) -> dict:
+        """What one query pixel's output is made of: local context-aware weights and global attention.
+
+        Built from the reference forward's steps (:meth:`_gate`, :meth:`_global_qkv`, :meth:`_global_weights`),
+        on the first sample; the ``'fast'`` forward equals them up to float rounding. A local group computes
+        ``out[c] = gate[c] * (sum_o W[c, o] u_v[c, p + o] + b[c])`` at the query ``p`` (``u = qkvs[g](x)``,
+        ``W`` the depthwise kernel of v), so ``gate[c] * W[c, o]`` is the weight of neighbour ``o``.
+
+        Args:
+            x (Tensor): the operator's input (B, C, H, W); only sample 0 is explained.
+            query_yx (tuple[int, int]): query pixel on the (H, W) map.
+
+        Returns:
+            dict: ``local``: one dict per non-empty local group with ``kernel_size``, ``gate`` (Tensor (L,)),
+            ``per_channel`` (Tensor (L, k, k): ``gate[c] * W[c, o]``) and ``weights`` (Tensor (k, k): channel
+            mean of ``|gate[c] * W[c, o]|``); ``global``: ``None`` without a global group, else ``per_head``
+            (Tensor (global heads, M)), ``weights`` (Tensor (hk, wk): head mean on the pooled grid) and
+            ``window_size``; ``weights`` (the global map, else the first local group's on the (H, W) map, 0
+            outside the window) and ``caption``.
+        """
+        check_nchw(x, self.embed_dims, type(self).__name__)
+        x = x[:1]
+        h, w = x.shape[-2:]
+        fy, fx = query_yx
+        if not (0 <= fy < h and 0 <= fx < w):
+            raise ValueError(f'query {tuple(query_yx)} is outside the {h}x{w} feature map')
+        local = []
+        for to_qkv, mixer, attn_map in zip(self.qkvs, self.convs, self.act_blocks):
+            q, k, _ = mixer(to_qkv(x)).chunk(3, dim=1)
+            gate = self._gate(q, k, attn_map)[0, :, fy, fx]
+            per_channel = gate[:, None, None] * mixer.weight[2 * gate.numel():, 0]
+            local.append(dict(kernel_size=mixer.kernel_size[0], gate=gate, per_channel=per_channel,
+                              weights=per_channel.abs().mean(0)))
+        out = {'local': local, 'global': None}
+        if self.global_heads:
+            q, k, _, (hk, wk) = self._global_qkv(x)
+            row = fy * w + fx
+            per_head = self._global_weights(q[:, :, row:row + 1], k)[0, :, 0]
+            out['global'] = dict(per_head=per_head, weights=per_head.mean(0).view(hk, wk),
+                                 window_size=self.window_size)
+            ws = self.window_size
+            out.update(weights=out['global']['weights'], caption=f'global attention over {ws}x{ws}-pooled keys')
+            return out
+        # no global group: the first local window placed on the map
+        k = local[0]['kernel_size']
+        placed = x.new_zeros(h + k - 1, w + k - 1)
+        placed[fy:fy + k, fx:fx + k] = local[0]['weights']
+        out.update(weights=placed[k // 2:k // 2 + h, k // 2:k // 2 + w], caption=f'local {k}x{k} weights |gate * W|')
+        return out

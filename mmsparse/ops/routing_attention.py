@@ -15,7 +15,12 @@ against their fixtures) and ``'fast'`` (the default, :func:`bra_fast`: same rout
 ``fn(q, k, v, topk, num_heads, scale) -> (out, topk_idx)`` with ``q, k: (N, P, T, C_qk)``,
 ``v: (N, P, T, C_v)`` (``P`` regions in row-major order, ``T`` tokens per region, row-major inside the
 region), ``out: (N, P, T, C_v)`` (heads concatenated head-major) and ``topk_idx: (N, P, topk)`` int64.
+
+:meth:`BiLevelRoutingAttention.explain` runs the forward's own steps (regions and projection, routing, gather,
+attention weights) for one query token and returns what the visualization draws.
 """
+from __future__ import annotations
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -50,13 +55,29 @@ def _route(q, k, topk, scale):
     return torch.topk(logits, k=topk, dim=-1).indices
 
 
-def _gather_regions(t, idx):
-    """Tokens of the selected regions: t (N, P, T, C), idx (N, P, K) -> (N, P, K*T, C)."""
-    n, p, tok, c = t.shape
-    k = idx.shape[-1]
-    src = t.reshape(n, p, tok * c)
+def _gather_regions(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Tokens of the selected regions: t (N, P, T, C), idx (N, Q, K) -> (N, Q, K*T, C).
+
+    ``Q`` is ``P`` in the forward; :meth:`BiLevelRoutingAttention.explain` gathers for one query region only.
+    """
+    n, p, k = idx.shape
+    tok, c = t.shape[2:]
+    src = t.reshape(n, t.shape[1], tok * c)
     index = idx.reshape(n, p * k, 1).expand(-1, -1, tok * c)
     return torch.gather(src, 1, index).reshape(n, p, k * tok, c)
+
+
+def _routed_weights(q: torch.Tensor, k_sel: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
+    """Token attention weights over the gathered regions, ``softmax(scale * q k^T)`` per head.
+
+    Shapes:
+        - q: (N, P, T, C_qk); k_sel: (N, P, S, C_qk) (``S = topk * T``, :func:`_gather_regions`).
+        - output: (N*P, heads, T, S).
+    """
+    # heads are split head-major: head h owns channels h*d .. h*d+d-1
+    q_h = rearrange(q, 'n p t (m d) -> (n p) m t d', m=num_heads)
+    k_h = rearrange(k_sel, 'n p s (m d) -> (n p) m d s', m=num_heads)
+    return ((q_h * scale) @ k_h).softmax(dim=-1)
 
 
 def bra_reference(q, k, v, topk, num_heads, scale):
@@ -66,13 +87,8 @@ def bra_reference(q, k, v, topk, num_heads, scale):
     at detection resolutions; see the module docstring for the contract).
     """
     idx = _route(q, k, topk, scale)
-    k_sel = _gather_regions(k, idx)
-    v_sel = _gather_regions(v, idx)
-    # heads are split head-major: head h owns channels h*d .. h*d+d-1
-    q_h = rearrange(q, 'n p t (m d) -> (n p) m t d', m=num_heads)
-    k_h = rearrange(k_sel, 'n p s (m d) -> (n p) m d s', m=num_heads)
-    v_h = rearrange(v_sel, 'n p s (m d) -> (n p) m s d', m=num_heads)
-    attn = ((q_h * scale) @ k_h).softmax(dim=-1)
+    attn = _routed_weights(q, _gather_regions(k, idx), num_heads, scale)
+    v_h = rearrange(_gather_regions(v, idx), 'n p s (m d) -> (n p) m s d', m=num_heads)
     out = rearrange(attn @ v_h, '(n p) m t d -> n p t (m d)', n=q.shape[0])
     return out, idx
 
@@ -288,6 +304,18 @@ def _lepe_conv(channels, side_dwconv):
     return nn.Conv2d(channels, channels, side_dwconv, padding=side_dwconv // 2, groups=channels)
 
 
+def _forward_via_nhwc(op: nn.Module, x: torch.Tensor, channels_last_output: bool) -> torch.Tensor:
+    """An NCHW ``forward`` through ``op.forward_nhwc``; a contiguous result unless ``channels_last_output``.
+
+    Shapes:
+        - x: (N, C, H, W) with ``C == op.embed_dims``.
+        - output: (N, C, H, W), channels-last strides when ``channels_last_output``.
+    """
+    check_nchw(x, op.embed_dims, type(op).__name__)
+    out = op.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    return out if channels_last_output else out.contiguous()
+
+
 @MODELS.register_module()
 class BiLevelRoutingAttention(ImplOperator, nn.Module):
     """Bi-Level Routing Attention (BRA), the authors' legacy version used by all released BiFormers.
@@ -369,30 +397,41 @@ class BiLevelRoutingAttention(ImplOperator, nn.Module):
                 f'n_win={self.n_win}, '
                 f'topk={self.topk}, scale={self.scale:.6g}, auto_pad={self.auto_pad}, impl={self.impl!r}')
 
-    def forward(self, x, channels_last_output=False):
+    def forward(self, x: torch.Tensor, channels_last_output: bool = False) -> torch.Tensor:
         """``channels_last_output=True`` (what BiFormer's ``'fast'`` block passes) returns the (N, C, H, W) result
         with channels-last strides instead of copying it into a contiguous map; the call still goes through
         the module, so forward hooks see it."""
-        check_nchw(x, self.embed_dims, type(self).__name__)
-        out = self.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return out if channels_last_output else out.contiguous()
+        return _forward_via_nhwc(self, x, channels_last_output)
 
-    def forward_nhwc(self, x):
-        """:meth:`forward` on an (N, H, W, C) map, returning (N, H, W, C): on channels-last memory (BiFormer's
-        ``'fast'`` block) the permute to tokens is free. Same values as :meth:`forward`."""
-        _, h_in, w_in, _ = x.shape
+    def region_layout(self, feat_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+        """Region geometry on an (h, w) map: ``(Hp, Wp, rh, rw)``, the padded map and the region size."""
+        h_in, w_in = feat_hw
         # region size x regions - input size (not (n_win - h_in % n_win) % n_win): the same padding, in a form the
         # symbolic shapes of a dynamic-size export can simplify
         h, w = (h_in + self.n_win - 1) // self.n_win, (w_in + self.n_win - 1) // self.n_win
-        pad_b, pad_r = h * self.n_win - h_in, w * self.n_win - w_in
+        return h * self.n_win, w * self.n_win, h, w
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Steps 1-2: pad, split into regions, project; (N, H, W, C) -> q, k, v of shape (N, P, T, C_*)."""
+        _, h_in, w_in, _ = x.shape
+        hp, wp, _, _ = self.region_layout((h_in, w_in))
+        pad_b, pad_r = hp - h_in, wp - w_in
         if pad_needed(pad_b, pad_r):
             if not self.auto_pad and (pad_b or pad_r):
                 raise ValueError(f'{type(self).__name__}: input size {h_in}x{w_in} is not divisible by '
                                  f'n_win={self.n_win}; pass auto_pad=True or resize the input')
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))  # pad the normalised input, before the projection
+        tokens = rearrange(x, 'n (j h) (i w) c -> n (j i) (h w) c', j=self.n_win, i=self.n_win)
+        return self.qkv(tokens).split([self.qk_dim, self.qk_dim, self.embed_dims], dim=-1)
+
+    def forward_nhwc(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` on an (N, H, W, C) map, returning (N, H, W, C): on channels-last memory (BiFormer's
+        ``'fast'`` block) the permute to tokens is free. Same values as :meth:`forward`."""
+        _, h_in, w_in, _ = x.shape
+        hp, wp, h, w = self.region_layout((h_in, w_in))
+        pad_b, pad_r = hp - h_in, wp - w_in
         j = i = self.n_win
-        tokens = rearrange(x, 'n (j h) (i w) c -> n (j i) (h w) c', j=j, i=i)
-        q, k, v = self.qkv(tokens).split([self.qk_dim, self.qk_dim, self.embed_dims], dim=-1)
+        q, k, v = self._project(x)
 
         out, idx = BRA_IMPLS[self.impl](q, k, v, self.topk, self.num_heads, self.scale)
         if self.record_routing:
@@ -412,6 +451,51 @@ class BiLevelRoutingAttention(ImplOperator, nn.Module):
         if pad_needed(pad_b, pad_r):
             out = out[:, :h_in, :w_in]
         return out
+
+    @torch.no_grad()
+    def explain(self, x: torch.Tensor, query_yx: tuple[int, int], routing_idx: torch.Tensor | None = None) -> dict:
+        """Where one query token attends: its region, its routed regions and the token attention inside them.
+
+        Runs the forward's own steps on the first sample (:meth:`_project`, :func:`_route`,
+        :func:`_gather_regions`, :func:`_routed_weights`), i.e. the ``'reference'`` token attention, which the
+        other impls equal up to float rounding.
+
+        Args:
+            x (Tensor): the operator's input (N, C, h, w); only sample 0 is explained.
+            query_yx (tuple[int, int]): query token on the (h, w) map.
+            routing_idx (Tensor, optional): (n_win**2, topk) region indices a forward returned for ``x``
+                (``record_routing``); recomputed (the same) when None.
+
+        Returns:
+            dict: ``region`` (int, the query's region), ``routed`` (list[int], its top-k regions in routed
+            order), ``per_head`` (Tensor (heads, topk*T): weights over the gathered tokens, routed order,
+            row-major inside a region), ``weights`` (Tensor (Hp, Wp): head mean placed on the padded map, 0
+            outside the routed regions), ``layout`` (``(Hp, Wp, rh, rw)``, :meth:`region_layout`) and
+            ``caption``.
+        """
+        check_nchw(x, self.embed_dims, type(self).__name__)
+        h, w = x.shape[-2:]
+        fy, fx = query_yx
+        if not (0 <= fy < h and 0 <= fx < w):
+            raise ValueError(f'query {tuple(query_yx)} is outside the {h}x{w} feature map')
+        n = self.n_win
+        hp, wp, rh, rw = self.region_layout((h, w))
+        q, k, _ = self._project(x[:1].permute(0, 2, 3, 1))
+        if routing_idx is None:
+            idx = _route(q, k, self.topk, self.scale)
+        else:
+            idx = routing_idx.to(device=q.device, dtype=torch.long).reshape(1, n * n, self.topk)
+        region = (fy // rh) * n + fx // rw
+        token = (fy % rh) * rw + fx % rw
+        sel = idx[:, region:region + 1]  # (1, 1, topk): only the query's region is gathered
+        attn = _routed_weights(q[:, region:region + 1], _gather_regions(k, sel), self.num_heads, self.scale)
+        per_head = attn[0, :, token]  # (heads, topk*T)
+        routed = sel[0, 0]
+        placed = per_head.new_zeros(n * n, rh * rw)
+        placed[routed] = per_head.mean(0).view(routed.numel(), rh * rw)
+        weights = rearrange(placed, '(j i) (h w) -> (j h) (i w)', j=n, h=rh)
+        return dict(region=int(region), routed=[int(r) for r in routed], per_head=per_head, weights=weights,
+                    layout=(hp, wp, rh, rw), caption=f'token attention over the top-{self.topk} routed regions')
 
 
 @MODELS.register_module()
@@ -454,13 +538,9 @@ class GlobalAttentionLePE(ImplOperator, nn.Module):
     def extra_repr(self):
         return f'embed_dims={self.embed_dims}, num_heads={self.num_heads}, scale={self.scale:.6g}, impl={self.impl!r}'
 
-    def forward(self, x, channels_last_output=False):
-        """``channels_last_output=True`` (what BiFormer's ``'fast'`` block passes) returns the (N, C, H, W) result
-        with channels-last strides instead of copying it into a contiguous map; the call still goes through
-        the module, so forward hooks see it."""
-        check_nchw(x, self.embed_dims, type(self).__name__)
-        out = self.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return out if channels_last_output else out.contiguous()
+    def forward(self, x: torch.Tensor, channels_last_output: bool = False) -> torch.Tensor:
+        """Same contract as :meth:`BiLevelRoutingAttention.forward`."""
+        return _forward_via_nhwc(self, x, channels_last_output)
 
     def forward_nhwc(self, x):
         """:meth:`forward` on an (N, H, W, C) map, returning (N, H, W, C)."""

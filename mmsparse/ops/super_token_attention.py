@@ -21,7 +21,12 @@ association under ``no_grad``, zero padding (after the norm, unmasked), an unmas
 out-of-grid neighbours as zero vectors, and the ``+1e-12`` normalisation. Instead of the authors' frozen
 ``eye(9)`` convolutions it uses :func:`torch.nn.functional.unfold` / :func:`~torch.nn.functional.fold`, which
 compute the same neighbourhood gather and its transpose.
+
+:meth:`SuperTokenAttention.explain` returns the soft association of the pixels with the super tokens and the
+refinement's attention among super tokens, from the same steps the forward runs.
 """
+from __future__ import annotations
+
 import math
 
 import torch
@@ -52,6 +57,24 @@ def _pair(value, name):
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
         raise ValueError(f'{name} must be a positive int or a pair of positive ints, got {value!r}')
     return tuple(value)
+
+
+def _pad_to_cells(x: torch.Tensor, stoken_size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Zero-pad a map right/bottom to whole super-token cells; returns it and the grid ``(hh, ww)`` of cells.
+
+    Shapes:
+        - x: (B, C, H0, W0).
+        - output: (B, C, hh * h, ww * w) for a cell ``(h, w)``.
+    """
+    h0, w0 = x.shape[-2:]
+    h, w = stoken_size
+    # padded size written as cells x cell size (not h0 + (h - h0 % h) % h): the same number, but a form the
+    # symbolic shapes of a dynamic-size export can simplify
+    hh, ww = (h0 + h - 1) // h, (w0 + w - 1) // w
+    pad_b, pad_r = hh * h - h0, ww * w - w0
+    if pad_needed(pad_b, pad_r):
+        x = F.pad(x, (0, pad_r, 0, pad_b))  # zeros after the norm, no mask: the authors' behaviour
+    return x, (hh, ww)
 
 
 def neighbour_gather(s):
@@ -96,12 +119,7 @@ def sta_reference(x, stoken_size, n_iter, scale, refine):
     """
     b, c, h0, w0 = x.shape
     h, w = stoken_size
-    # padded size written as cells x cell size (not h0 + (h - h0 % h) % h): the same number, but a form the
-    # symbolic shapes of a dynamic-size export can simplify
-    hh, ww = (h0 + h - 1) // h, (w0 + w - 1) // w
-    pad_b, pad_r = hh * h - h0, ww * w - w0
-    if pad_needed(pad_b, pad_r):
-        x = F.pad(x, (0, pad_r, 0, pad_b))  # zeros after the norm, no mask: the authors' behaviour
+    x, (hh, ww) = _pad_to_cells(x, stoken_size)
     grid = (hh, ww)
 
     # Association, aggregation and normalisation run in float32 even under autocast: the 1e-12 underflows
@@ -197,12 +215,7 @@ def sta_fast(x, stoken_size, n_iter, scale, refine):
     """
     b, c, h0, w0 = x.shape
     h, w = stoken_size
-    # padded size written as cells x cell size (not h0 + (h - h0 % h) % h): the same number, but a form the
-    # symbolic shapes of a dynamic-size export can simplify
-    hh, ww = (h0 + h - 1) // h, (w0 + w - 1) // w
-    pad_b, pad_r = hh * h - h0, ww * w - w0
-    if pad_needed(pad_b, pad_r):
-        x = F.pad(x, (0, pad_r, 0, pad_b))
+    x, (hh, ww) = _pad_to_cells(x, stoken_size)
 
     with torch.autocast(x.device.type, enabled=False):
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
@@ -275,16 +288,23 @@ class TokenMHSA(ImplOperator, nn.Module):
         self.proj = nn.Conv2d(embed_dims, embed_dims, 1)
         self.proj_drop = nn.Dropout(check_rate(proj_drop, 'proj_drop'))
 
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """q, k, v of every head: (B, C, H, W) -> (3, B, m, H*W, d)."""
+        # per-head interleaved layout: (m, [q|k|v], d)
+        return rearrange(self.qkv(x), 'b (m t d) hh ww -> t b m (hh ww) d', m=self.num_heads, t=3)
+
+    def _weights(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Explicit attention weights ``softmax(q k^T * scale)``: (B, m, N, N), before dropout."""
+        return (q @ k.transpose(-1, -2) * self.scale).softmax(-1)
+
     def forward(self, x):
         _, _, hgt, wdt = x.shape
-        # per-head interleaved layout: (m, [q|k|v], d)
-        q, k, v = rearrange(self.qkv(x), 'b (m t d) hh ww -> t b m (hh ww) d', m=self.num_heads, t=3)
+        q, k, v = self._heads(x)
         p = self.attn_drop.p if self.training else 0.
         if self.impl == 'fast':
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale)
         else:
-            attn = self.attn_drop((q @ k.transpose(-1, -2) * self.scale).softmax(-1))
-            out = attn @ v
+            out = self.attn_drop(self._weights(q, k)) @ v
         out = rearrange(out, 'b m (hh ww) d -> b (m d) hh ww', hh=hgt, ww=wdt)
         return self.proj_drop(self.proj(out))
 
@@ -365,11 +385,25 @@ class SuperTokenAttention(ImplOperator, nn.Module):
         """
         if self.is_global:
             raise ValueError('association: stoken_size is (1, 1), this operator is plain global attention')
-        _, extras = self.forward_with_intermediates(x)
+        return self._association_map(self.forward_with_intermediates(x)[1]['association'], x.shape[-2:])
+
+    def _association_map(self, assoc: torch.Tensor, feat_hw: tuple[int, int]) -> torch.Tensor:
+        """The cell-major ``association`` of a forward, (B, M, h*w, 9), as a cropped (B, 9, H, W) map."""
         h, w = self.stoken_size
-        hh = math.ceil(x.shape[2] / h)
-        assoc = rearrange(extras['association'], 'b (hh ww) (h w) k -> b k (hh h) (ww w)', hh=hh, h=h, w=w)
-        return assoc[:, :, :x.shape[2], :x.shape[3]]
+        hh = math.ceil(feat_hw[0] / h)
+        assoc = rearrange(assoc, 'b (hh ww) (h w) k -> b k (hh h) (ww w)', hh=hh, h=h, w=w)
+        return assoc[:, :, :feat_hw[0], :feat_hw[1]]
+
+    def _neighbour_index(self, k: torch.Tensor) -> torch.Tensor:
+        """Grid index of neighbour ``k`` (B, H, W) of every pixel's own cell; -1 outside the grid."""
+        height, width = k.shape[-2:]
+        h, w = self.stoken_size
+        hh, ww = math.ceil(height / h), math.ceil(width / w)
+        gy = torch.arange(height, device=k.device).div(h, rounding_mode='floor').view(1, -1, 1)
+        gx = torch.arange(width, device=k.device).div(w, rounding_mode='floor').view(1, 1, -1)
+        ty, tx = gy + k // 3 - 1, gx + k % 3 - 1
+        inside = (ty >= 0) & (ty < hh) & (tx >= 0) & (tx < ww)
+        return torch.where(inside, ty * ww + tx, torch.full_like(k, -1))
 
     @torch.no_grad()
     def assignment(self, x):
@@ -379,15 +413,49 @@ class SuperTokenAttention(ImplOperator, nn.Module):
             LongTensor: (B, H, W) with row-major indices into the ``ceil(H/h) × ceil(W/w)`` super-token grid,
             or ``-1`` where the argmax is an out-of-grid (zero) neighbour.
         """
-        assoc = self.association(x)
-        k = assoc.argmax(1)
+        return self._neighbour_index(self.association(x).argmax(1))
+
+    @torch.no_grad()
+    def explain(self, x: torch.Tensor, query_yx: tuple[int, int]) -> dict:
+        """The super tokens of a map and, for one query pixel, its association and its super token's attention.
+
+        One forward (:meth:`forward_with_intermediates`) on the first sample gives the association the
+        upsampling uses; the refinement's attention weights come from :class:`TokenMHSA`'s own steps on the
+        super tokens that forward refined (explicit softmax, which the ``'fast'`` SDPA equals up to rounding).
+
+        Args:
+            x (Tensor): the operator's input (B, C, H, W); only sample 0 is explained.
+            query_yx (tuple[int, int]): query pixel on the (H, W) map.
+
+        Returns:
+            dict: ``association`` (Tensor (9, H, W), :meth:`association`), ``assignment`` (LongTensor (H, W),
+            :meth:`assignment`), ``stoken_size``, ``grid`` (rows, cols of super tokens), ``stoken_attention``
+            (Tensor (heads, rows, cols): attention of the query's own super token over all super tokens),
+            ``weights`` (Tensor (rows, cols): the query pixel's association placed on the grid) and
+            ``caption``. Raises ValueError for a 1×1 cell (plain global attention, no super tokens).
+        """
+        if self.is_global:
+            raise ValueError('super-token size 1x1: this STA operator is plain global attention, no super tokens')
+        self._check(x)
+        x = x[:1]
+        height, width = x.shape[-2:]
+        fy, fx = query_yx
+        if not (0 <= fy < height and 0 <= fx < width):
+            raise ValueError(f'query {tuple(query_yx)} is outside the {height}x{width} feature map')
+        _, extras = self.forward_with_intermediates(x)
+        assoc = self._association_map(extras['association'], (height, width))[0]
+        neighbours = self._neighbour_index(torch.arange(9, device=x.device).view(9, 1, 1).expand(9, height, width))
         h, w = self.stoken_size
-        hh, ww = math.ceil(x.shape[2] / h), math.ceil(x.shape[3] / w)
-        gy = torch.arange(x.shape[2], device=x.device).div(h, rounding_mode='floor').view(1, -1, 1)
-        gx = torch.arange(x.shape[3], device=x.device).div(w, rounding_mode='floor').view(1, 1, -1)
-        ty, tx = gy + k // 3 - 1, gx + k % 3 - 1
-        inside = (ty >= 0) & (ty < hh) & (tx >= 0) & (tx < ww)
-        return torch.where(inside, ty * ww + tx, torch.full_like(k, -1))
+        rows, cols = math.ceil(height / h), math.ceil(width / w)
+        q, k, _ = self.refine._heads(extras['stoken_refine_in'])
+        own = (fy // h) * cols + fx // w
+        attn = self.refine._weights(q[:, :, own:own + 1], k)[0, :, 0]  # (heads, rows * cols)
+        # out-of-grid neighbours are zero vectors in the forward: their weight lands nowhere
+        inside = neighbours[:, fy, fx] >= 0
+        weights = assoc.new_zeros(rows * cols).index_add_(0, neighbours[inside, fy, fx], assoc[inside, fy, fx])
+        return dict(association=assoc, assignment=self._neighbour_index(assoc.argmax(0, keepdim=True))[0],
+                    stoken_size=(h, w), grid=(rows, cols), stoken_attention=attn.view(-1, rows, cols),
+                    weights=weights.view(rows, cols), caption=f'association with the {h}x{w} super tokens')
 
     def extra_repr(self):
         return f'stoken_size={self.stoken_size}, n_iter={self.n_iter}, impl={self.impl!r}'

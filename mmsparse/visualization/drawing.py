@@ -82,7 +82,7 @@ def draw_routing(img, attention, n_win, stride, point, alpha=0.65):
 
     Args:
         img (ndarray): (H, W, 3) BGR uint8, the image the backbone saw.
-        attention (dict): :func:`mmsparse.visualization.bra_token_attention` for the query.
+        attention (dict): the BRA operator's ``explain`` of the query (:meth:`BiLevelRoutingAttention.explain`).
         n_win (int): regions per side.
         stride (int): pixels per feature cell.
         point (tuple): the query pixel (x, y).

@@ -9,12 +9,15 @@ draws, per family:
 - CloFormer (AttnConv): per query point, the global branch's attention over the pooled keys and a zoom on the
   local branch's weights around the query (one per local group).
 
-Operators of any other registered family explain themselves: their spec's ``explain`` hook (or their own
-``explain(x, query_yx)`` method) returns a weight grid per query point, drawn as a heat map.
+Every operator explains itself: its spec's ``explain`` hook (or its own ``explain(x, query_yx)`` method,
+:func:`~mmsparse.visualization.attention.explain`) returns the maps; this module only draws them. Operators of a
+family without a drawing of its own here are drawn from the explanation's ``weights`` grid, as a heat map.
 
 Stages whose operator has nothing sparse to show (BiFormer's global stage 4, STViT's 1x1 super tokens, an
 operator that cannot explain itself) are listed in ``skipped`` with the reason.
 """
+from __future__ import annotations
+
 from dataclasses import dataclass, field
 
 import torch
@@ -57,7 +60,7 @@ def _drawable(call):
         return 'global attention + LePE (no routing)'
     if isinstance(op, A.SuperTokenAttention) and op.is_global:
         return 'super-token size 1x1: plain global attention (no super tokens)'
-    if A.family_of(op) not in _DRAWERS and families.operator_spec(op).explainer() is None:
+    if families.operator_spec(op).explainer() is None:
         return f'{type(op).__name__} cannot explain itself (no explain hook or method)'
     return None
 
@@ -81,7 +84,7 @@ def _biformer(call, img, points, seed):
                   summary=f'BRA n_win={op.n_win}, topk={op.topk}, feature map {hw[0]}x{hw[1]}')
     for point in points:
         fyx = A.feature_point(point, img.shape[:2], hw)
-        att = A.bra_token_attention(op, call.x, call.routing_idx, fyx)
+        att = A.explain(op, call.x, fyx)
         sm.panels.append(D.draw_routing(img, att, op.n_win, call.stride, point))
         # auto_pad: regions wholly in the zero padding (right / bottom of the image) can be routed to but not drawn
         hidden = [r for r in att['routed'] if _outside(D.region_box(r, op.n_win, att['layout'][2:], call.stride,
@@ -98,7 +101,7 @@ def _biformer(call, img, points, seed):
 
 def _stvit(call, img, points, seed):
     op, hw = call.module, call.x.shape[-2:]
-    assoc = A.sta_association(op, call.x)
+    assoc = A.explain(op, call.x, (0, 0))  # the assignment covers every pixel: the query does not matter
     labels = assoc['assignment'].cpu().numpy()
     n = len(set(labels[labels >= 0].ravel().tolist()))
     sm = StageMap('stvit', call.stage, call.stride, call.block, call.name,
@@ -117,13 +120,14 @@ def _cloformer(call, img, points, seed):
                           f'{op.window_size}, feature map {hw[0]}x{hw[1]}')
     for point in points:
         fyx = A.feature_point(point, img.shape[:2], hw)
-        if op.global_heads:
-            glob = A.attnconv_global_attention(op, call.x, fyx)
+        explained = A.explain(op, call.x, fyx)
+        glob = explained['global']
+        if glob is not None:
             sm.panels.append(D.draw_heatmap(img, glob['weights'], op.window_size * call.stride, point))
             sm.captions.append(f'query ({point[0]}, {point[1]}): global attention\n'
                                f'over {op.window_size}x{op.window_size}-pooled keys')
             sm.meta.append(dict(kind='attnconv_global', point=list(point), feature_yx=list(fyx)))
-        for group in A.attnconv_local_weights(op, call.x, fyx):
+        for group in explained['local']:
             k = group['kernel_size']
             sm.panels.append(D.draw_local_window(img, group['weights'], fyx, call.stride))
             sm.captions.append(f'query ({point[0]}, {point[1]}): local {k}x{k} branch\n'
@@ -136,13 +140,12 @@ def _cloformer(call, img, points, seed):
 def _explained(call, img, points):
     """Any other family: the operator's explanation of each query point, drawn as a heat map over the image."""
     op, hw = call.module, call.x.shape[-2:]
-    explain = families.operator_spec(op).explainer()
     family = A.family_of(op)
     sm = StageMap(family, call.stage, call.stride, call.block, call.name,
                   summary=f'{type(op).__name__}, feature map {hw[0]}x{hw[1]}')
     for point in points:
         fyx = A.feature_point(point, img.shape[:2], hw)
-        out = explain(op, call.x, fyx)
+        out = A.explain(op, call.x, fyx)
         weights = out['weights'].detach()
         # a grid coarser than the map (pooled keys) covers it with larger cells
         cell = call.stride * -(-hw[0] // weights.shape[0])
