@@ -7,7 +7,13 @@ and ``upgrade_state_dict(sd)`` (an older mmsparse layout -> the current one), al
 (``convert_dense_state_dict``). Each backbone names its functions directly (``official_converter``,
 ``upgrade_state_dict``); this package only offers them by family name to the command-line converter.
 """
+from __future__ import annotations
+
+import types
 from collections import OrderedDict
+from typing import Any
+
+import torch
 
 # the families package imports no model at import time; its specs (which name backbones) load on first look-up
 from mmsparse.families import LiveMapping, get_family, list_families
@@ -17,7 +23,7 @@ from . import biformer, cloformer, stvit  # noqa: F401  (the built-in families' 
 from .common import ForeignStateDictError, UnmappedKeysError
 
 
-def _converters():
+def _converters() -> dict[str, types.ModuleType]:
     specs = (get_family(name) for name in list_families())
     return {spec.name: spec.converter for spec in specs if spec.converter is not None}
 
@@ -29,25 +35,25 @@ FAMILIES = LiveMapping(_converters, 'family name -> converter module')
 __all__ = ['FAMILIES', 'UnmappedKeysError', 'ForeignStateDictError', 'family_module', 'convert', 'convert_checkpoint']
 
 
-def family_module(family):
-    """The converter module of ``family`` (raises naming the accepted families)."""
+def family_module(family: str) -> types.ModuleType:
+    """The converter module of ``family`` (case-insensitive); ``ValueError`` naming the accepted families."""
     fam, converters = str(family).lower(), _converters()
     if fam not in converters:
         raise ValueError(f'family={family!r} is not supported; choose one of {sorted(converters)}')
     return converters[fam]
 
 
-def convert(family, state_dict, use_ema=False):
+def convert(family: str, state_dict: dict[str, Any], use_ema: bool = False) -> OrderedDict[str, torch.Tensor]:
     """Map the authors' ``family`` state dict (or checkpoint dict) to mmsparse backbone keys."""
     return family_module(family).convert_state_dict(unwrap_state_dict(state_dict, use_ema=use_ema))
 
 
-def convert_checkpoint(family, ckpt, use_ema=False):
-    """Convert an official checkpoint to an mmengine ``{'state_dict': ...}`` dict of tensors.
+def convert_checkpoint(family: str, ckpt: dict[str, Any], use_ema: bool = False) -> dict[str, Any]:
+    """Convert an official checkpoint to an mmengine ``{'state_dict': ..., 'meta': ...}`` dict.
 
-    Classification checkpoints become backbone weights under ``backbone.``; official detection /
-    segmentation checkpoints (keys starting with ``backbone.``) become whole-model checkpoints when the family
-    has a dense converter.
+    Classification checkpoints become backbone weights under ``backbone.``; detection / segmentation ones (keys
+    starting with ``backbone.``) whole-model checkpoints, if the family has a dense converter (else
+    ``ValueError``).
     """
     sd = unwrap_state_dict(ckpt, use_ema=use_ema)
     mod = family_module(family)

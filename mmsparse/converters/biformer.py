@@ -14,16 +14,18 @@ Key mapping (official -> mmsparse):
 ``norm.*``, ``head.*``                 dropped (classification only)
 =====================================  ==============================================
 
-No mmsparse key equals an official one, so a raw official file is always recognised as such. Everything
-else in a block (``pos_embed``, ``norm1``, ``norm2``, ``attn.lepe``, stage 4's ``attn.qkv`` and
-``attn.proj``) keeps its name. Unknown keys raise :class:`UnmappedKeysError`; a state dict without any
-BiFormer key (an empty one, another model's) raises :class:`ForeignStateDictError`.
-
+Other block keys (``pos_embed``, ``norm1``, ``norm2``, ``attn.lepe``, stage 4's ``attn.qkv`` / ``attn.proj``)
+keep their names; no mmsparse key equals an official one, so a raw official file is always recognised.
 :func:`upgrade_state_dict` maps the first mmsparse layout (``layers.s.j``, ``downsamples.{i-1}``,
 ``out_norms.{i}``) to the current one.
 """
+from __future__ import annotations
+
 import re
 from collections import OrderedDict
+from typing import Mapping
+
+import torch
 
 from .common import UnmappedKeysError, apply_key_map
 
@@ -34,7 +36,7 @@ FAMILY = 'biformer'
 EXPECTED = "'downsample_layers.*' and 'stages.<s>.<j>.*' (and 'extra_norms.*' in BiFormer_mm)"
 
 
-def _mlp_as_conv(key, value):
+def _mlp_as_conv(key: str, value: torch.Tensor) -> torch.Tensor:
     """The authors' MLP is two Linear layers; ours are 1x1 convolutions."""
     return value[:, :, None, None] if key.endswith('.weight') and value.dim() == 2 else value
 
@@ -66,17 +68,16 @@ _UPGRADE_RULES = [
 ]
 
 
-def convert_state_dict(state_dict):
+def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
     """Official ``BiFormer`` / ``BiFormer_mm`` keys -> mmsparse ``BiFormer`` keys.
 
-    Drops the classification ``norm.*`` and ``head.*``; reshapes the MLP Linear weights to 1x1-conv
-    weights; raises :class:`UnmappedKeysError` listing every key it does not know, and
-    :class:`ForeignStateDictError` when none is a BiFormer key.
+    Drops ``norm.*`` / ``head.*`` and reshapes the MLP Linear weights to 1x1 convs. Raises
+    :class:`UnmappedKeysError` listing every unknown key, :class:`ForeignStateDictError` when none is BiFormer's.
     """
     return apply_key_map(state_dict, _RULES, FAMILY, drop=r'^(norm|head)\.', expected=EXPECTED)
 
 
-def upgrade_state_dict(state_dict):
+def upgrade_state_dict(state_dict: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
     """A state dict of the first mmsparse ``BiFormer`` layout -> the current keys (others unchanged)."""
     return apply_key_map(state_dict, _UPGRADE_RULES, FAMILY, strict=False)
 
@@ -87,13 +88,11 @@ def upgrade_state_dict(state_dict):
 DENSE_PASS_THROUGH = ('neck.', 'rpn_head.', 'roi_head.', 'bbox_head.', 'decode_head.', 'auxiliary_head.')
 
 
-def convert_dense_state_dict(state_dict):
+def convert_dense_state_dict(state_dict: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
     """The authors' mmdet 2.x / mmseg 0.x detector or segmentor state dict -> mmdet 3.x / mmseg 1.x keys.
 
-    ``backbone.*`` (``BiFormer_mm`` keys, ``extra_norms`` included) is converted with
-    :func:`convert_state_dict`; neck and head keys under :data:`DENSE_PASS_THROUGH` keep their names (the
-    2.x -> 3.x heads used by the recipes did not rename parameters). Anything else raises
-    :class:`UnmappedKeysError`.
+    ``backbone.*`` goes through :func:`convert_state_dict`; keys under :data:`DENSE_PASS_THROUGH` keep their
+    names (the recipes' heads were not renamed in 3.x); anything else raises :class:`UnmappedKeysError`.
     """
     backbone = OrderedDict((k[len('backbone.'):], v) for k, v in state_dict.items() if k.startswith('backbone.'))
     unknown = [k for k in state_dict if not k.startswith(('backbone.',) + DENSE_PASS_THROUGH)]

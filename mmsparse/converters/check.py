@@ -1,12 +1,13 @@
 """Is a converted state dict a whole backbone? The key check behind ``tools/model_converters/official2mmsparse.py``.
 
-A key map renames what it is given; it cannot tell a complete checkpoint from a fragment. Here the converted keys
-are compared with each published variant of the family's backbone (built on the meta device: names and shapes,
-no memory), the way loading compares them, so a truncated or foreign file fails at conversion time.
+The converted keys are compared, the way loading compares them, with each published variant of the family's
+backbone (built on the meta device: no memory), so a truncated or foreign file fails at conversion time.
 """
+# why: a key map renames what it is given; it cannot tell a complete checkpoint from a fragment
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -20,7 +21,7 @@ def _shown(keys: list[str], limit: int = 8) -> str:
 class KeyReport:
     """Missing, unexpected and mis-shaped keys of a state dict against one variant of a backbone."""
 
-    def __init__(self, arch: str, missing: list[str], unexpected: list[str], mismatched: list[str]):
+    def __init__(self, arch: str, missing: list[str], unexpected: list[str], mismatched: list[str]) -> None:
         self.arch = arch
         self.missing = missing
         self.unexpected = unexpected
@@ -28,16 +29,18 @@ class KeyReport:
 
     @property
     def errors(self) -> int:
+        """How many keys are wrong in all."""
         return len(self.missing) + len(self.unexpected) + len(self.mismatched)
 
     def describe(self) -> str:
+        """The wrong keys, one clause per kind (empty when none)."""
         parts = [f'{len(keys)} {title} key(s): {_shown(keys)}'
                  for title, keys in (('missing', self.missing), ('unexpected', self.unexpected),
                                      ('shape-mismatched', self.mismatched)) if keys]
         return '; '.join(parts)
 
 
-def _variant_report(backbone_cls: type, kwargs: dict, shapes: Mapping[str, tuple]) -> KeyReport:
+def _variant_report(backbone_cls: Any, kwargs: dict, shapes: Mapping[str, tuple]) -> KeyReport:
     with torch.device('meta'):
         model = backbone_cls(**kwargs)
     arch = kwargs['arch'] if isinstance(kwargs.get('arch'), str) else 'the given backbone arguments'
@@ -53,12 +56,13 @@ def match_variant(family: str, backbone_state_dict: Mapping[str, torch.Tensor],
                   backbone_kwargs: dict | None = None) -> str:
     """The ``arch`` of ``family`` whose backbone the converted keys fill exactly (output norms may be absent).
 
-    ``backbone_kwargs``: check against the backbone these arguments build (a custom ``arch``) instead of the
-    published variants. Raises ``ValueError`` naming the missing, unexpected and mis-shaped keys against the
-    closest candidate.
+    Raises ``ValueError`` naming the missing, unexpected and mis-shaped keys against the closest candidate.
+
+    Args:
+        backbone_kwargs: check against the backbone these build (a custom ``arch``), not the published variants.
     """
     from mmsparse.families import get_family
-    backbone_cls = get_family(family).backbone
+    backbone_cls: Any = get_family(family).backbone  # a SparseBackbone subclass: its own arch_zoo
     shapes = {k: tuple(v.shape) for k, v in backbone_state_dict.items()}
     candidates = [backbone_kwargs] if backbone_kwargs is not None else [dict(arch=a) for a in backbone_cls.arch_zoo]
     reports = [_variant_report(backbone_cls, kwargs, shapes) for kwargs in candidates]

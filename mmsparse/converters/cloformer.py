@@ -1,12 +1,18 @@
 """CloFormer: official (qhfan/CloFormer ``9181f69``) state dicts -> :class:`mmsparse.models.CloFormer` keys.
 
 mmsparse's CloFormer keeps the authors' names inside a block; only the containers follow the mmsparse skeleton:
-``patch_embed.`` -> ``stem.`` and ``layers.i.blocks.j.`` -> ``stages.i.blocks.j.``. Every key is validated
-(anything unknown raises, and so does a state dict without any CloFormer key) and the classification head
-(``norm.*``, ``head.*``) is dropped. The authors released no checkpoints yet; this targets what their code
-saves. The first mmsparse layout used the authors' container names, so :func:`upgrade_state_dict` is the same
-renaming applied leniently.
+``patch_embed.`` -> ``stem.`` and ``layers.i.blocks.j.`` -> ``stages.i.blocks.j.``; the classification head
+(``norm.*``, ``head.*``) is dropped. The authors released no checkpoints yet; this targets what their code saves.
 """
+# why upgrade_state_dict is the same renaming applied leniently: the first mmsparse layout used the authors'
+# container names
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Mapping
+
+import torch
+
 from .common import apply_key_map
 
 __all__ = ['convert_state_dict', 'convert_attention_state_dict', 'upgrade_state_dict']
@@ -37,20 +43,20 @@ _RULES = [(rf'patch_embed\.((?:{_STEM_KEYS}))', r'stem.\1'),
 _CLASSIFICATION_KEYS = rf'(?:norm|head)\.{_WB}$'
 
 
-def convert_state_dict(state_dict):
+def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
     """Official ``CloFormer`` keys -> mmsparse ``CloFormer`` backbone keys (classification head dropped).
 
-    Raises :class:`UnmappedKeysError` listing every key it does not know, and :class:`ForeignStateDictError`
-    when none is a CloFormer key.
+    Raises :class:`UnmappedKeysError` listing every unknown key, :class:`ForeignStateDictError` when none is
+    CloFormer's.
     """
     return apply_key_map(state_dict, _RULES, FAMILY, drop=_CLASSIFICATION_KEYS, expected=EXPECTED)
 
 
-def upgrade_state_dict(state_dict):
+def upgrade_state_dict(state_dict: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
     """A state dict of the first mmsparse ``CloFormer`` layout -> the current keys (others unchanged)."""
     return apply_key_map(state_dict, _CONTAINERS, FAMILY, strict=False)
 
 
-def convert_attention_state_dict(state_dict):
+def convert_attention_state_dict(state_dict: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
     """Official ``EfficientAttention`` keys -> :class:`mmsparse.ops.AttnConv` keys (the same names, checked)."""
     return apply_key_map(state_dict, [(_ATTN, r'\g<0>')], FAMILY, expected=EXPECTED_ATTENTION)

@@ -17,10 +17,13 @@ official                                       mmsparse
 ``proj.*``, ``norm.*``, ``head.*``             dropped (classification only)
 =============================================  =========================================
 
-The qkv layout (interleaved per head) is kept as is, so qkv weights copy over unchanged. Unknown keys raise
-:class:`UnmappedKeysError`; a state dict without any STViT key (an empty one, another model's) raises
-:class:`ForeignStateDictError`.
+The qkv layout (interleaved per head) is kept, so qkv weights copy over unchanged.
 """
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Mapping, NoReturn
+
 import torch
 
 from .common import apply_key_map
@@ -40,7 +43,7 @@ _STEM = {'0': '0.conv', '2': '0.norm', '3': '1.conv', '5': '1.norm', '6': '2.con
 _BN = r'(weight|bias|running_mean|running_var|num_batches_tracked)'
 
 
-def _check_eye(key, value):
+def _check_eye(key: str, value: torch.Tensor) -> torch.Tensor:
     """The frozen kernels carry no learned information; anything but ``eye(9)`` means a different model."""
     if tuple(value.shape) != (9, 1, 3, 3) or not torch.equal(value.float().cpu(), EYE_KERNELS):
         raise ValueError(f'{FAMILY}: {key} should be the frozen eye(9) kernel of shape (9, 1, 3, 3), got a '
@@ -49,13 +52,13 @@ def _check_eye(key, value):
     return value
 
 
-def _reject_first_upload(key, value):
+def _reject_first_upload(key: str, value: torch.Tensor) -> NoReturn:
     """The first upload's ResDWC (a frozen eye(3) ``shortcut``) computes something else than the current one."""
     raise ValueError(f'{FAMILY}: {key} comes from the April-2023 STViT code whose ResDWC differs; '
                      'only checkpoints of the current code (commit c9ed9a4) can be converted')
 
 
-def _layer_scale(key, value):
+def _layer_scale(key: str, value: torch.Tensor) -> torch.Tensor:
     """The authors' (1, C, 1, 1) layer scale -> mmsparse's ``LayerScale`` (C, 1, 1)."""
     return value.reshape(-1, 1, 1)
 
@@ -84,21 +87,23 @@ _RULES = [
 _UPGRADE_RULES = [(r'(.+\.gamma[12])', r'\1.gamma', _layer_scale)]
 
 
-def convert_state_dict(state_dict):
+def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
     """Official ``STViT`` state dict -> :class:`mmsparse.models.STViT` state dict (backbone keys only).
 
-    Raises :class:`UnmappedKeysError` listing every key it does not know, and :class:`ForeignStateDictError`
-    when none is an STViT key.
+    Raises :class:`UnmappedKeysError` listing every unknown key, :class:`ForeignStateDictError` when none is
+    STViT's, ``ValueError`` for unfold / fold kernels other than ``eye(9)`` or the first upload's ResDWC.
     """
     return apply_key_map(state_dict, _RULES, FAMILY, drop=_CLS_ONLY, expected=EXPECTED)
 
 
-def upgrade_state_dict(state_dict):
-    """A state dict of the first mmsparse ``STViT`` layout (layer scales as bare ``gamma1`` / ``gamma2``
-    parameters of shape (1, C, 1, 1)) -> the current keys; other keys unchanged."""
+def upgrade_state_dict(state_dict: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+    """The first mmsparse ``STViT`` layout -> the current keys; other keys unchanged.
+
+    The first layout held the layer scales as bare ``gamma1`` / ``gamma2`` of shape (1, C, 1, 1).
+    """
     return apply_key_map(state_dict, _UPGRADE_RULES, FAMILY, strict=False)
 
 
-def convert_attention_state_dict(state_dict):
+def convert_attention_state_dict(state_dict: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
     """Official ``StokenAttention`` state dict -> :class:`mmsparse.ops.SuperTokenAttention` state dict."""
     return apply_key_map(state_dict, _ATTENTION_RULES, FAMILY, expected=EXPECTED_ATTENTION)
