@@ -1,11 +1,12 @@
 """The synthetic COCO / ADE20K-format data (:mod:`.synthetic`) and ``SyntheticADE20KDataset`` (:mod:`.registered`).
 
-``SyntheticADE20KDataset`` subclasses mmseg's ``ADE20KDataset``, and importing ``mmseg.datasets`` takes about a
-second (scipy, ftfy, mmcv.ops, ...). So ``import mmsparse`` does not import it: :func:`register_lazily` adds
-:mod:`.registered` to the modules mmseg's ``DATASETS`` registry imports on its first look-up, next to
-``mmseg.datasets`` itself. ``type='SyntheticADE20KDataset'`` under ``default_scope='mmseg'`` and
-``from mmsparse.datasets import SyntheticADE20KDataset`` work as before.
+``type='SyntheticADE20KDataset'`` (``default_scope='mmseg'``) and ``from mmsparse.datasets import
+SyntheticADE20KDataset`` both work; :mod:`.registered` is imported on first use.
 """
+# why lazily: it subclasses mmseg's ADE20KDataset, and importing mmseg.datasets takes about a second (scipy, ftfy,
+# mmcv.ops, ...), which `import mmsparse` should not pay
+from __future__ import annotations
+
 import importlib
 import importlib.util
 import sys

@@ -1,9 +1,7 @@
 """A small synthetic dataset, generated deterministically from a seed, laid out like COCO and ADE20K.
 
-Used by the demo and the tests, since no real dataset can be downloaded on the machines this project is built
-on. Every image is a textured background (gradients, stripes, noise) with a few objects of varied class,
-shape, size, colour and texture; objects may overlap (later ones occlude earlier ones, and the stored masks and
-boxes are the visible parts).
+Textured backgrounds with a few objects of varied class, shape, size, colour and texture; later objects occlude
+earlier ones, and masks and boxes are the visible parts.
 
 - :func:`make_synthetic_coco` writes ``annotations/instances_{train,val}2017.json`` with boxes, areas and RLE
   instance masks, plus ``train2017/`` and ``val2017/`` JPEGs (the COCO 2017 layout).
@@ -12,9 +10,13 @@ boxes are the visible parts).
   (a thin band around each object, as in ADE20K's annotation gaps), so ``reduce_zero_label=True`` maps it to
   the ignore index 255 and classes 1..K to 0..K-1.
 """
+# why synthetic: the demo and tests run on machines that cannot download a real dataset
+from __future__ import annotations
+
 import json
 import os
 import os.path as osp
+from typing import Any
 
 import cv2
 import numpy as np
@@ -26,7 +28,7 @@ SYNTHETIC_COCO_CLASSES = SHAPES
 SYNTHETIC_ADE_CLASSES = ('background', ) + SHAPES
 
 
-def _background(rng, h, w):
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A textured background: a colour gradient, oriented stripes of random frequency, and pixel noise."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     c0, c1 = rng.uniform(40, 215, size=(2, 3))
@@ -40,7 +42,7 @@ def _background(rng, h, w):
     return img
 
 
-def _texture(rng, h, w, colour):
+def _texture(rng: np.random.Generator, h: int, w: int, colour: np.ndarray) -> np.ndarray:
     """Object fill: a flat colour with a checkerboard, stripes or noise texture on top."""
     yy, xx = np.mgrid[0:h, 0:w]
     kind = rng.integers(3)
@@ -54,7 +56,7 @@ def _texture(rng, h, w, colour):
     return colour + 25 * pattern[..., None]
 
 
-def _shape_mask(rng, shape, h, w, cx, cy, size):
+def _shape_mask(rng: np.random.Generator, shape: str, h: int, w: int, cx: int, cy: int, size: int) -> np.ndarray:
     mask = np.zeros((h, w), np.uint8)
     r = size / 2
     if shape == 'disc':
@@ -74,11 +76,12 @@ def _shape_mask(rng, shape, h, w, cx, cy, size):
     return mask.astype(bool)
 
 
-def _render(rng, h, w, max_objects, min_size, max_size):
+def _render(rng: np.random.Generator, h: int, w: int, max_objects: int, min_size: int,
+            max_size: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """Render one image; returns (uint8 BGR image, list of (class index, visible bool mask))."""
     img = _background(rng, h, w)
     owner = np.full((h, w), -1, np.int32)
-    objects = []
+    objects: list[int] = []
     for k in range(int(rng.integers(1, max_objects + 1))):
         cls = int(rng.integers(len(SHAPES)))
         size = int(rng.integers(min_size, max_size + 1))
@@ -95,26 +98,31 @@ def _render(rng, h, w, max_objects, min_size, max_size):
     return img, [(c, m) for c, m in visible if m.sum() >= 16]
 
 
-def _rle(mask):
+def _rle(mask: np.ndarray) -> dict[str, Any]:
     from pycocotools import mask as mask_utils
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle['counts'] = rle['counts'].decode('ascii')
     return rle
 
 
-def make_synthetic_coco(root, seed=0, num_train=64, num_val=16, img_size=(192, 256), max_objects=4,
-                        min_size=24, max_size=80):
+def make_synthetic_coco(root: str | os.PathLike, seed: int = 0, num_train: int = 64, num_val: int = 16,
+                        img_size: tuple[int, int] = (192, 256), max_objects: int = 4, min_size: int = 24,
+                        max_size: int = 80) -> dict[str, str]:
     """Write a COCO-format instance dataset under ``root``; returns ``{split: annotation file}``.
 
-    ``img_size`` is (height, width). The same ``seed`` always gives the same files.
+    The same ``seed`` always gives the same files.
+
+    Args:
+        img_size: (height, width) in pixels; ``min_size`` / ``max_size``: object sizes in pixels.
     """
     from pycocotools import mask as mask_utils
     h, w = img_size
-    out = {}
+    out: dict[str, str] = {}
     for split, num, split_seed in (('train2017', num_train, seed), ('val2017', num_val, seed + 1_000_003)):
         rng = np.random.default_rng(split_seed)
         os.makedirs(osp.join(root, split), exist_ok=True)
-        images, annotations = [], []
+        images: list[dict] = []
+        annotations: list[dict] = []
         for i in range(num):
             img, objects = _render(rng, h, w, max_objects, min_size, max_size)
             name = f'{i:06d}.jpg'
@@ -137,15 +145,19 @@ def make_synthetic_coco(root, seed=0, num_train=64, num_val=16, img_size=(192, 2
     return out
 
 
-def make_synthetic_ade20k(root, seed=0, num_train=64, num_val=16, img_size=(160, 160), max_objects=5,
-                          min_size=24, max_size=72):
+def make_synthetic_ade20k(root: str | os.PathLike, seed: int = 0, num_train: int = 64, num_val: int = 16,
+                          img_size: tuple[int, int] = (160, 160), max_objects: int = 5, min_size: int = 24,
+                          max_size: int = 72) -> dict[str, tuple[str, str]]:
     """Write an ADE20K-format semantic dataset under ``root`` (the ``ADEChallengeData2016`` folder).
 
     Label PNGs hold 0 for unlabelled pixels, 1 for background and 2..5 for the shapes; returns
     ``{split: (image dir, annotation dir)}``.
+
+    Args:
+        img_size: (height, width) in pixels; ``min_size`` / ``max_size``: object sizes in pixels.
     """
     h, w = img_size
-    out = {}
+    out: dict[str, tuple[str, str]] = {}
     kernel = np.ones((3, 3), np.uint8)
     for split, num, split_seed in (('training', num_train, seed), ('validation', num_val, seed + 1_000_003)):
         rng = np.random.default_rng(split_seed)
