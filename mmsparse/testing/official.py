@@ -5,8 +5,12 @@ fill the rest; unknown or unsupported arguments raise), builds the mmsparse modu
 (the authors-exact paths) and, given the authors' state dict, converts it with the family's key map and loads
 it strictly. The golden fixtures in ``tests/data/fixtures`` record exactly these class names and kwargs.
 """
-from collections import OrderedDict
+from __future__ import annotations
 
+from collections import OrderedDict
+from typing import Any, Callable, Tuple
+
+import torch
 import torch.nn as nn
 
 from mmsparse.converters import biformer, cloformer, stvit
@@ -17,8 +21,13 @@ from mmsparse.utils.checkpoint import unwrap_state_dict
 
 __all__ = ['OFFICIAL_CLASSES', 'BIFORMER_CLASSES', 'CLOFORMER_CLASSES', 'STVIT_CLASSES', 'model_from_official']
 
+#: a state dict converter: the authors' keys -> mmsparse keys
+Converter = Callable[[Any], 'OrderedDict[str, torch.Tensor]']
+#: what a builder returns: the mmsparse module and the converter of its state dicts
+Built = Tuple[nn.Module, Converter]
 
-def _merge(defaults, kwargs, cls):
+
+def _merge(defaults: dict[str, Any], kwargs: dict[str, Any], cls: str) -> dict[str, Any]:
     unknown = sorted(set(kwargs) - set(defaults))
     if unknown:
         raise ValueError(f'{cls}: unsupported constructor argument(s) {unknown}; known: {sorted(defaults)}')
@@ -51,7 +60,7 @@ _FIXED = dict(kv_downsample_mode='identity', param_routing=False, diff_routing=F
               mlp_dwconv=False, representation_size=None, drop_rate=0., pretrained=None)
 
 
-def _merge_biformer(official_kwargs, cls, *defaults):
+def _merge_biformer(official_kwargs: dict[str, Any], cls: str, *defaults: dict[str, Any]) -> dict[str, Any]:
     merged = _merge(dict(kv for d in defaults for kv in d.items()), official_kwargs, cls)
     for name, required in _FIXED.items():
         if name in merged and merged[name] != required:
@@ -63,7 +72,7 @@ def _merge_biformer(official_kwargs, cls, *defaults):
     return merged
 
 
-def _backbone_kwargs(kw):
+def _backbone_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
     qk_dims = [q if q is not None else e for q, e in zip(kw['qk_dims'], kw['embed_dim'])]
     return dict(
         arch=dict(embed_dims=list(kw['embed_dim']), depths=list(kw['depth']), head_dim=kw['head_dim'],
@@ -72,7 +81,7 @@ def _backbone_kwargs(kw):
         side_dwconv=kw['side_dwconv'], qk_scale=kw['qk_scale'], drop_path_rate=kw['drop_path_rate'])
 
 
-def _build_biformer(official_kwargs):
+def _build_biformer(official_kwargs: dict[str, Any]) -> Built:
     """``BiFormer(**kw)`` -> our backbone with raw stage outputs (``out_norm_cfg=None``)."""
     kw = _merge_biformer(official_kwargs, 'BiFormer', _BIFORMER_DEFAULTS)
     # the reference BRA: model_from_official serves parity checks against the authors' outputs
@@ -80,7 +89,7 @@ def _build_biformer(official_kwargs):
     return model, biformer.convert_state_dict
 
 
-def _build_biformer_mm(official_kwargs):
+def _build_biformer_mm(official_kwargs: dict[str, Any]) -> Built:
     """``BiFormer_mm(**kw)`` -> our backbone with LayerNorm2d output norms (``extra_norms``)."""
     kw = _merge_biformer(official_kwargs, 'BiFormer_mm', _BIFORMER_DEFAULTS, _BIFORMER_MM_DEFAULTS)
     kw.pop('num_classes')  # the wrapper deletes the head
@@ -93,14 +102,14 @@ def _build_biformer_mm(official_kwargs):
     return model, biformer.convert_state_dict
 
 
-def _convert_bra(state_dict):
+def _convert_bra(state_dict: dict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
     """Legacy BRA keys: converted as the attention of the first block of stage 0."""
     src, dst = 'stages.0.0.attn.', 'stages.0.blocks.0.attn.'
     out = biformer.convert_state_dict(OrderedDict((src + k, v) for k, v in state_dict.items()))
     return OrderedDict((k[len(dst):], v) for k, v in out.items())
 
 
-def _build_bra(official_kwargs):
+def _build_bra(official_kwargs: dict[str, Any]) -> Built:
     """Legacy ``BiLevelRoutingAttention(**kw)`` (NHWC) -> our NCHW layer (permute around it)."""
     if 'dim' not in official_kwargs:
         raise ValueError('BiLevelRoutingAttention needs the official "dim" argument')
@@ -124,14 +133,14 @@ _EFFICIENT_ATTENTION_DEFAULTS = dict(dim=None, num_heads=None, group_split=None,
                                      attn_drop=0., proj_drop=0., qkv_bias=True)
 
 
-def _required(kw, cls):
+def _required(kw: dict[str, Any], cls: str) -> dict[str, Any]:
     absent = sorted(k for k, v in kw.items() if v is None)
     if absent:
         raise ValueError(f'{cls}: the official argument(s) {absent} are required (they have no default)')
     return kw
 
 
-def _build_cloformer(official_kwargs):
+def _build_cloformer(official_kwargs: dict[str, Any]) -> Built:
     """The backbone equal to ``CloFormer(**kwargs)`` up to its raw taps (no output norms, no head)."""
     kw = _required(_merge(_CLOFORMER_DEFAULTS, official_kwargs, 'CloFormer'), 'CloFormer')
     num_stages = len(kw['depths'])
@@ -146,7 +155,7 @@ def _build_cloformer(official_kwargs):
     return model, cloformer.convert_state_dict
 
 
-def _build_efficient_attention(official_kwargs):
+def _build_efficient_attention(official_kwargs: dict[str, Any]) -> Built:
     """The :class:`~mmsparse.ops.AttnConv` equal to ``EfficientAttention(**kwargs)``."""
     kw = _required(_merge(_EFFICIENT_ATTENTION_DEFAULTS, official_kwargs, 'EfficientAttention'),
                    'EfficientAttention')
@@ -169,7 +178,7 @@ _STA_DEFAULTS = dict(stoken_size=[8, 8], n_iter=1, refine=True, refine_attention
                      qkv_bias=False, qk_scale=None, attn_drop=0., proj_drop=0.)
 
 
-def _build_stvit(official_kwargs):
+def _build_stvit(official_kwargs: dict[str, Any]) -> Built:
     """``STViT(**official_kwargs)`` -> (our :class:`STViT` with ``out_norm_cfg=None``, converter)."""
     kw = _merge(_STVIT_DEFAULTS, official_kwargs, 'STViT')
     model = STViT(
@@ -182,7 +191,7 @@ def _build_stvit(official_kwargs):
     return model, stvit.convert_state_dict
 
 
-def _build_stoken_attention(official_kwargs):
+def _build_stoken_attention(official_kwargs: dict[str, Any]) -> Built:
     """``StokenAttention(**official_kwargs)`` -> (:class:`SuperTokenAttention`, converter)."""
     kw = _merge(dict(dim=None, **_STA_DEFAULTS), official_kwargs, 'StokenAttention')
     if kw['dim'] is None:
@@ -204,7 +213,7 @@ CLOFORMER_CLASSES = {'CloFormer': _build_cloformer, 'EfficientAttention': _build
 STVIT_CLASSES = {'STViT': _build_stvit, 'StokenAttention': _build_stoken_attention}
 
 
-def _official_classes():
+def _official_classes() -> dict[str, Callable[[dict[str, Any]], Built]]:
     return {name: build for fam in list_families() for name, build in (get_family(fam).official or {}).items()}
 
 
@@ -212,11 +221,13 @@ def _official_classes():
 OFFICIAL_CLASSES = LiveMapping(_official_classes, "the authors' class name -> build(official_kwargs)")
 
 
-def model_from_official(official_class, official_kwargs=None, state_dict=None):
-    """Build the mmsparse module equivalent to the authors' ``official_class(**official_kwargs)``.
+def model_from_official(official_class: str, official_kwargs: dict[str, Any] | None = None,
+                        state_dict: dict[str, Any] | None = None) -> nn.Module:
+    """The mmsparse module, in eval mode, equal to the authors' ``official_class(**official_kwargs)``.
 
-    If ``state_dict`` (the authors' keys) is given, it is converted and loaded strictly, so every tensor,
-    BN buffers included, must find its place. Returns the module in eval mode.
+    ``state_dict`` (the authors' keys) is converted and loaded strictly: every tensor, BN buffers included,
+    must find its place (else ``KeyError``). An unknown class or argument raises ``ValueError``; an official
+    option mmsparse does not implement, ``NotImplementedError``.
     """
     classes = _official_classes()
     if official_class not in classes:
