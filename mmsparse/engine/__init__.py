@@ -1,5 +1,7 @@
 """Training-time machinery registered in mmsparse's HOOKS (scope ``mmsparse``): :class:`ExactResumeHook` and
 :class:`StopOnNonFiniteHook`."""
+from __future__ import annotations
+
 from .nonfinite import NonFiniteTrainingError, StopOnNonFiniteHook
 from .resume import ExactResumeHook, get_rng_state, latest_complete_checkpoint, set_rng_state
 

@@ -1,24 +1,19 @@
 """Stop training at the first non-finite loss or gradient, before it reaches the weights or a checkpoint.
 
-Where the checks sit in an iteration (mmengine 0.10.7): ``model.train_step`` computes the losses
-(``parse_losses``), runs the backward pass and then ``optim_wrapper.step()``; hooks see the iteration only
-afterwards (``after_train_iter``, where ``CheckpointHook`` saves). A hook that looked at the loss there would
-come after the optimizer had already applied a NaN gradient. :class:`StopOnNonFiniteHook` therefore wraps, for
-the runner it is given, the model's ``parse_losses`` (to record the loss terms) and the optim wrapper's
-``step`` (to check them, and every gradient, before the optimizer moves). On the first non-finite value it
-raises :class:`NonFiniteTrainingError` from inside the iteration: the optimizer step is not taken, the
-iteration never reaches ``after_train_iter``, so no checkpoint of that state is written, and the newest
-checkpoint on disk is the last good one for ``--resume``. The weights (and floating-point buffers) are checked
-after every step as well, so a step that turns finite gradients into non-finite weights stops the run before
-that state can be checkpointed.
-
-Under DDP the ranks agree through one all-reduce of a flag per step (a loss term can be NaN on one rank only),
-and every rank raises with the findings of all ranks; none is left waiting in a collective.
-
-With ``AmpOptimWrapper`` the gradients are not checked: overflowing scaled gradients are routine there and the
-loss scaler skips those steps itself. Loss terms and weights are still checked.
+:class:`StopOnNonFiniteHook` raises :class:`NonFiniteTrainingError` from inside the iteration: the optimizer step
+is not taken and no checkpoint of that state is written, so the newest checkpoint is the last good one for
+``--resume``. Weights and floating-point buffers are checked after every step too. Under DDP every rank raises
+together, with the findings of all ranks. Under ``AmpOptimWrapper`` gradients are not checked (its loss scaler
+skips overflowing steps itself); loss terms and weights still are.
 """
+# why wrap parse_losses and optim_wrapper.step instead of using after_train_iter: in mmengine 0.10.7 train_step
+# runs parse_losses, backward and optim_wrapper.step() before any hook sees the iteration, so a hook would come
+# after the optimizer had applied a NaN gradient. Under DDP one all-reduced flag per step keeps the ranks in step
+# (a loss can be NaN on one rank only), so none is left waiting in a collective.
+from __future__ import annotations
+
 import math
+from typing import Any
 
 import torch
 from mmengine.dist import all_gather_object, all_reduce, get_dist_info
@@ -30,28 +25,33 @@ from ..registry import HOOKS
 
 
 class NonFiniteTrainingError(FloatingPointError):
-    """Raised by :class:`StopOnNonFiniteHook`. Attributes: ``iteration`` (1-based, as the log counts),
-    ``reports`` (one dict per rank: ``loss_terms``, ``bad_terms``, ``bad_grads``, ``bad_weights``) and
-    ``checkpoint`` (the last checkpoint of the work dir, or None)."""
+    """Raised by :class:`StopOnNonFiniteHook`.
 
-    def __init__(self, message, iteration, reports, checkpoint):
+    Args:
+        iteration: 1-based, as the log counts.
+        reports: one dict per rank: ``loss_terms``, ``bad_terms``, ``bad_grads``, ``bad_weights``, ...
+        checkpoint: the last checkpoint of the work dir, or None.
+    """
+
+    def __init__(self, message: str, iteration: int, reports: list[dict[str, Any]],
+                 checkpoint: str | None) -> None:
         super().__init__(message)
         self.iteration, self.reports, self.checkpoint = iteration, reports, checkpoint
 
 
-def _finite_flags(tensors):
+def _finite_flags(tensors: list[torch.Tensor]) -> list[bool]:
     """One bool per tensor: all its values finite. A single device synchronisation for the whole list."""
     if not tensors:
         return []
     try:
-        peaks = torch._foreach_norm(tensors, float('inf'))  # max |value|; NaN and inf propagate
+        peaks: Any = torch._foreach_norm(tensors, float('inf'))  # max |value|; NaN and inf propagate
     except (RuntimeError, TypeError, AttributeError):
         peaks = [torch.linalg.vector_norm(t, float('inf')) for t in tensors]
     device = peaks[0].device
     return [math.isfinite(p) for p in torch.stack([p.to(device, torch.float32) for p in peaks]).tolist()]
 
 
-def _last_checkpoint(work_dir):
+def _last_checkpoint(work_dir: str) -> str | None:
     from .resume import latest_complete_checkpoint
     try:
         return latest_complete_checkpoint(work_dir)
@@ -63,34 +63,36 @@ def _last_checkpoint(work_dir):
 class StopOnNonFiniteHook(Hook):
     """Stop a run at the first non-finite loss term or gradient (see the module docstring).
 
-    Args:
-        check_grads (bool): check every gradient before the optimizer step (skipped under AMP).
-        check_weights (bool): check parameters and floating-point buffers after every step.
-        max_names (int): how many parameter names the error lists per rank (the count is always given).
-
     Added by mmsparse's base runtimes: ``custom_hooks=[..., dict(type='mmsparse.StopOnNonFiniteHook')]``.
+
+    Args:
+        check_grads: check every gradient before the optimizer step (skipped under AMP).
+        check_weights: check parameters and floating-point buffers after every step.
+        max_names: how many parameter names the error lists per rank (the count is always given).
     """
 
     priority = 'VERY_HIGH'
 
-    def __init__(self, check_grads=True, check_weights=True, max_names=20):
+    def __init__(self, check_grads: bool = True, check_weights: bool = True, max_names: int = 20) -> None:
         for name, value in (('check_grads', check_grads), ('check_weights', check_weights)):
             if not isinstance(value, bool):
                 raise TypeError(f'StopOnNonFiniteHook: {name} must be a bool, got {value!r}')
         if not isinstance(max_names, int) or isinstance(max_names, bool) or max_names < 1:
             raise ValueError(f'StopOnNonFiniteHook: max_names must be a positive int, got {max_names!r}')
         self.check_grads, self.check_weights, self.max_names = check_grads, check_weights, max_names
-        self._losses = []  # (iteration, log_vars) since the last optimizer step (gradient accumulation)
+        # (iteration, log_vars) since the last optimizer step (gradient accumulation)
+        self._losses: list[tuple[int, dict]] = []
 
     # ---------------------------------------------------------------- set-up
-    def before_train(self, runner):
+    def before_train(self, runner: Any) -> None:
+        """Wrap the model's ``parse_losses`` and each optim wrapper's ``step`` (once per object)."""
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         self._model = model
         self._names = {id(p): n for n, p in model.named_parameters()}
         if not getattr(model, '_mmsparse_nonfinite_guard', False):
             parse_losses = model.parse_losses
 
-            def recording_parse_losses(losses):
+            def recording_parse_losses(losses: Any) -> Any:
                 loss, log_vars = parse_losses(losses)
                 self._losses.append((runner.iter + 1, log_vars))
                 return loss, log_vars
@@ -103,10 +105,10 @@ class StopOnNonFiniteHook(Hook):
             if not getattr(wrapper, '_mmsparse_nonfinite_guard', False):
                 self._guard_step(runner, wrapper)
 
-    def _guard_step(self, runner, wrapper):
+    def _guard_step(self, runner: Any, wrapper: Any) -> None:
         step = wrapper.step
 
-        def guarded_step(**kwargs):
+        def guarded_step(**kwargs: Any) -> None:
             self._check(runner, wrapper, before_step=True)
             step(**kwargs)
             if self.check_weights:
@@ -116,7 +118,7 @@ class StopOnNonFiniteHook(Hook):
         wrapper._mmsparse_nonfinite_guard = True
 
     # ---------------------------------------------------------------- checks
-    def _loss_report(self):
+    def _loss_report(self) -> tuple[list[tuple[int, str, float]], list[tuple[int, str, float]]]:
         """Every recorded loss term as (iteration, name, value), and the non-finite ones among them."""
         entries = [(it, k, v) for it, log_vars in self._losses for k, v in log_vars.items()
                    if 'loss' in k and isinstance(v, torch.Tensor)]  # parse_losses' rule: 'loss' in the name
@@ -127,25 +129,25 @@ class StopOnNonFiniteHook(Hook):
         terms = [(it, k, value) for (it, k, _), value in zip(entries, values)]
         return terms, [t for t in terms if not math.isfinite(t[2])]
 
-    def _bad_grads(self, wrapper):
+    def _bad_grads(self, wrapper: Any) -> list[str]:
         params = [p for group in wrapper.optimizer.param_groups for p in group['params'] if p.grad is not None]
         flags = _finite_flags([p.grad.detach() for p in params])
         return [
             self._names.get(id(p), f'<unnamed parameter {tuple(p.shape)}>') for p, ok in zip(params, flags) if not ok
         ]
 
-    def _bad_weights(self):
+    def _bad_weights(self) -> list[str]:
         named = [(n, t) for n, t in list(self._model.named_parameters()) + list(self._model.named_buffers())
                  if t.is_floating_point()]
         flags = _finite_flags([t.detach() for _, t in named])
         return [n for (n, _), ok in zip(named, flags) if not ok]
 
-    def _check(self, runner, wrapper, before_step):
+    def _check(self, runner: Any, wrapper: Any, before_step: bool) -> None:
         if before_step:
             terms, bad_terms = self._loss_report()
             check_grads = self.check_grads and not isinstance(wrapper, AmpOptimWrapper)
             bad_grads = self._bad_grads(wrapper) if check_grads else []
-            bad_weights = []
+            bad_weights: list[str] = []
             self._losses = []
         else:
             terms, bad_terms, bad_grads = [], [], []
@@ -173,12 +175,13 @@ class StopOnNonFiniteHook(Hook):
                                      reports, checkpoint)
 
     # ---------------------------------------------------------------- the message
-    def _names_line(self, what, names, total):
+    def _names_line(self, what: str, names: list[str], total: str) -> str:
         shown = ', '.join(names[:self.max_names])
         more = f', ... ({len(names) - self.max_names} more)' if len(names) > self.max_names else ''
         return f'non-finite {what} in {len(names)} of {total}: {shown}{more}'
 
-    def _message(self, runner, iteration, reports, checkpoint, before_step):
+    def _message(self, runner: Any, iteration: int, reports: list[dict[str, Any]], checkpoint: str | None,
+                 before_step: bool) -> str:
         when = 'before its optimizer step' if before_step else 'right after its optimizer step'
         lines = [
             f'Non-finite training state at iteration {iteration} (epoch {runner.epoch + 1}); the run was '
