@@ -2,6 +2,8 @@
 
 ``tools/deployment/export_onnx.py`` is the command line; ``docs/deployment.md`` the graph contract.
 """
+from __future__ import annotations
+
 from .export import (KINDS, MAX_SIZE, MIN_SIZE, OPSET, ExportWrapper, build_model, export_onnx, graph_ops,
                      load_config, model_kind)
 from .pooling import adaptive_avg_pool2d, size_generic_pooling

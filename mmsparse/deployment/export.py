@@ -15,8 +15,10 @@ What the graph computes (its contract) depends on the model, see :func:`model_ki
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from contextlib import nullcontext
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -34,11 +36,8 @@ KINDS = ('backbone', 'segmentor', 'single_stage', 'two_stage')
 META_KEY = 'mmsparse'
 
 
-def load_config(path, cfg_options=None):
-    """The mmdet / mmseg config at ``path`` (``--cfg-options`` merged), with mmsparse's modules registered.
-
-    :func:`mmsparse.apis.load_config`, restricted to the scopes the exporter takes (``ValueError`` otherwise).
-    """
+def load_config(path: str, cfg_options: dict | None = None) -> Any:
+    """:func:`mmsparse.apis.load_config` for mmdet / mmseg configs only (``ValueError`` for another scope)."""
     from mmsparse.apis import load_config as _load_config
     cfg = _load_config(path, cfg_options)
     if cfg.get('default_scope') not in ('mmdet', 'mmseg'):
@@ -47,17 +46,17 @@ def load_config(path, cfg_options=None):
     return cfg
 
 
-def build_model(cfg, checkpoint=None):
+def build_model(cfg: Any, checkpoint: str | None = None) -> nn.Module:
     """The config's model in eval mode on the CPU, with ``checkpoint``'s weights when given.
 
-    :func:`mmsparse.apis.build_model`: without a checkpoint the weights are the model's ``init_weights()``
-    (``Pretrained`` entries dropped, nothing downloaded): fine for checking the export, meaningless as predictions.
+    Without a checkpoint the weights are ``init_weights()``'s (``Pretrained`` dropped, nothing downloaded): fine
+    for checking the export, meaningless as predictions.
     """
     from mmsparse.apis import build_model as _build_model
     return _build_model(cfg, checkpoint)
 
 
-def model_kind(model, backbone_only=False):
+def model_kind(model: nn.Module, backbone_only: bool = False) -> str:
     """``'backbone'``, ``'segmentor'``, ``'single_stage'`` or ``'two_stage'``; ValueError for other models."""
     if backbone_only:
         if not isinstance(getattr(model, 'backbone', None), nn.Module):
@@ -74,9 +73,10 @@ def model_kind(model, backbone_only=False):
                      'or any of their backbones with --backbone-only')
 
 
-def _flatten(outputs):
+def _flatten(outputs: Sequence[Any]) -> tuple[tuple[torch.Tensor, ...], list[int]]:
     """Head outputs (tuples of per-level lists) as one flat tuple, with the list lengths."""
-    flat, lengths = [], []
+    flat: list[torch.Tensor] = []
+    lengths: list[int] = []
     for group in outputs:
         group = list(group) if isinstance(group, (list, tuple)) else [group]
         flat += group
@@ -87,11 +87,13 @@ def _flatten(outputs):
 class ExportWrapper(nn.Module):
     """``input`` -> the graph's outputs for ``kind`` (see the module docstring), as a flat tuple."""
 
-    def __init__(self, model, kind):
+    model: Any  # an mmdet / mmseg model (duck-typed)
+
+    def __init__(self, model: nn.Module, kind: str) -> None:
         super().__init__()
         self.model, self.kind = model, kind
 
-    def forward(self, input):  # noqa: A002  (the graph input's name)
+    def forward(self, input: torch.Tensor) -> tuple[torch.Tensor, ...]:  # noqa: A002  (the graph input's name)
         model = self.model
         if self.kind == 'backbone':
             return tuple(model.backbone(input))
@@ -106,7 +108,7 @@ class ExportWrapper(nn.Module):
         return _flatten(model.bbox_head(feats))[0]
 
 
-def output_names(wrapper, example):
+def output_names(wrapper: ExportWrapper, example: torch.Tensor) -> tuple[list[str], dict[str, Any]]:
     """Output names and the grouping the runtime needs to rebuild the head's lists."""
     with torch.no_grad():
         if wrapper.kind == 'backbone':
@@ -125,7 +127,8 @@ def output_names(wrapper, example):
     return names, dict(head_lengths=lengths)
 
 
-def check_shape(shape):
+def check_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """``shape`` as ``(H, W)``; ``ValueError`` unless two integers in [``MIN_SIZE``, ``MAX_SIZE``]."""
     if len(shape) != 2 or any(not isinstance(s, int) for s in shape):
         raise ValueError(f'--shape takes two integers H W, got {shape}')
     if any(s < MIN_SIZE or s > MAX_SIZE for s in shape):
@@ -134,30 +137,28 @@ def check_shape(shape):
 
 
 class size_generic_upsampling:
-    """Context manager: mmseg ``Upsample`` modules (Semantic FPN's scale heads) upsample by their scale factor.
+    """Context manager: mmseg ``Upsample`` modules (Semantic FPN's scale heads) upsample by their scale factor."""
 
-    mmseg's ``Upsample`` turns its scale factor into an output size with ``int(size * scale)``, which the
-    exporter evaluates at the example size and writes into the graph as a constant: the graph would upsample to
-    that size at every input size. Interpolating with the scale factor itself gives the same values (for the
-    integer factors these heads use, ``floor(size * scale)`` is the size the factor implies) and stays symbolic.
-    """
+    # why: Upsample computes its output size as int(size * scale), which the exporter evaluates at the example
+    # size and bakes into the graph; the scale factor itself gives the same values for these heads' integer
+    # factors and stays symbolic
 
-    def __init__(self, model):
-        self.modules = []
+    def __init__(self, model: nn.Module) -> None:
+        self.modules: list[Any] = []
         try:
             from mmseg.models.utils import Upsample
         except ImportError:
             return
         self.modules = [m for m in model.modules() if isinstance(m, Upsample) and not m.size and m.scale_factor]
 
-    def __enter__(self):
+    def __enter__(self) -> size_generic_upsampling:
         import torch.nn.functional as F
         for m in self.modules:
             m.forward = (lambda mod: lambda x: F.interpolate(x, scale_factor=mod.scale_factor, mode=mod.mode,
                                                              align_corners=mod.align_corners))(m)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         for m in self.modules:
             del m.forward  # back to the class's forward
 
@@ -165,13 +166,12 @@ class size_generic_upsampling:
 def check_dynamic(model: nn.Module) -> None:
     """ValueError when ``model`` holds a module whose ONNX form would be right at the example size only.
 
-    Adaptive average pooling (UPerNet's pyramid pooling: 1, 2, 3, 6) exports size-generic through
-    :class:`.pooling.size_generic_pooling`; adaptive max pooling to a grid larger than 1 x 1 has no such form
-    (the exporter would write a fixed pooling derived from the example's map size, wrong at other sizes).
+    That is adaptive max pooling to a grid larger than 1 x 1 (adaptive average pooling exports size-generic
+    through :class:`.pooling.size_generic_pooling`).
     """
     for name, module in model.named_modules():
         if isinstance(module, nn.AdaptiveMaxPool2d):
-            size = module.output_size
+            size: Any = module.output_size
             size = (size, size) if isinstance(size, int) or size is None else tuple(size)
             if any(s not in (1, None) for s in size):
                 raise ValueError(f'--dynamic: {name} ({type(module).__name__} to {module.output_size}) has no '
@@ -185,20 +185,24 @@ AXIS_NAMES = ('batch', None, 'height', 'width')
 def name_dynamic_axes(onnx_program: torch.onnx.ONNXProgram) -> None:
     """Name the graph input's symbolic axes (``s31`` ... as traced) ``batch``, ``height``, ``width``.
 
-    ``torch.onnx`` keeps the tracer's symbols, not the ``torch.export.Dim`` names; every output whose size
-    follows them is renamed alike, expressions included (``(height//2)``).
+    Outputs whose sizes follow them are renamed alike, expressions included (``(height//2)``).
     """
-    dims = onnx_program.model.graph.inputs[0].shape
+    # why: torch.onnx keeps the tracer's symbols, not the torch.export.Dim names
+    dims: Any = onnx_program.model.graph.inputs[0].shape
     mapping = {dim.value: name for dim, name in zip(dims, AXIS_NAMES)
                if name is not None and isinstance(getattr(dim, 'value', None), str)}
     onnx_program.rename_axes(mapping)
 
 
-def export_onnx(model, out, shape, kind, dynamic=False, batch=1, opset=OPSET, extra_meta=None):
+def export_onnx(model: nn.Module, out: str | os.PathLike, shape: Sequence[int], kind: str, dynamic: bool = False,
+                batch: int = 1, opset: int = OPSET, extra_meta: dict[str, Any] | None = None) -> list[str]:
     """Export ``model`` (built by :func:`build_model`) as ``kind`` to ``out``; returns the graph's output names.
 
-    ``dynamic``: batch, height and width are symbolic (every H, W in [``MIN_SIZE``, ``MAX_SIZE``], including
-    sizes the model pads itself); otherwise the graph takes exactly ``[batch, 3, *shape]``.
+    Args:
+        shape: the example's ``(H, W)``.
+        dynamic: batch, height and width are symbolic (every H, W in [``MIN_SIZE``, ``MAX_SIZE``], sizes the
+            model pads itself included); otherwise the graph takes exactly ``[batch, 3, *shape]``.
+        extra_meta: more entries for the graph's ``mmsparse`` metadata.
     """
     if kind not in KINDS:
         raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
@@ -215,7 +219,7 @@ def export_onnx(model, out, shape, kind, dynamic=False, batch=1, opset=OPSET, ex
     wrapper = ExportWrapper(model, kind).eval()
     example = torch.randn(batch, 3, *example_hw)
     names, grouping = output_names(wrapper, example)
-    dynamic_shapes = None
+    dynamic_shapes: dict[str, Any] | None = None
     if dynamic:
         dim = torch.export.Dim
         dynamic_shapes = {'input': {0: dim('batch', min=1, max=1024), 2: dim('height', min=MIN_SIZE, max=MAX_SIZE),
@@ -227,8 +231,9 @@ def export_onnx(model, out, shape, kind, dynamic=False, batch=1, opset=OPSET, ex
         with size_generic_upsampling(model), size_generic_pooling(model) if dynamic else nullcontext():
             program = torch.export.export(wrapper, (example, ), dynamic_shapes=dynamic_shapes, strict=False,
                                           prefer_deferred_runtime_asserts_over_guards=True)
-        onnx_program = torch.onnx.export(program, (example, ), input_names=['input'], output_names=names,
-                                         opset_version=opset, dynamo=True, verbose=False)
+        onnx_program: Any = torch.onnx.export(  # dynamo=True: an ONNXProgram
+            program, (example, ), input_names=['input'], output_names=names, opset_version=opset, dynamo=True,
+            verbose=False)
         if dynamic:
             name_dynamic_axes(onnx_program)
     meta = dict(kind=kind, outputs=names, dynamic=bool(dynamic), shape=[batch, 3, *example_hw], opset=opset, **grouping,
@@ -241,11 +246,11 @@ def export_onnx(model, out, shape, kind, dynamic=False, batch=1, opset=OPSET, ex
     return names
 
 
-def graph_ops(path):
+def graph_ops(path: str | os.PathLike) -> dict[str, int]:
     """``{op_type: count}`` of the ONNX file at ``path`` (nested function bodies included), sorted by name."""
     import onnx
     proto = onnx.load(path, load_external_data=False)
-    counts = {}
+    counts: dict[str, int] = {}
     nodes = list(proto.graph.node) + [n for f in proto.functions for n in f.node]
     for node in nodes:
         key = node.op_type if node.domain in ('', 'ai.onnx') else f'{node.domain}::{node.op_type}'

@@ -1,12 +1,11 @@
 """Adaptive average pooling written with standard ONNX operators, exact at every input size.
 
-``nn.AdaptiveAvgPool2d`` to a grid larger than 1 x 1 has no ONNX operator: the exporter replaces it by a fixed
-``AveragePool`` whose kernel and stride come from the example's map size, wrong at any other size. Here the bins
-are computed from the input's runtime shape, as PyTorch does: bin ``i`` of ``k`` along a size ``n`` covers
-``[floor(i * n / k), ceil((i + 1) * n / k))``. The pooling is ``A_h @ x @ A_w^T``, with ``A`` the ``k x n`` matrix
-holding ``1 / len(bin i)`` on bin ``i``'s columns (``Range``, comparisons, ``MatMul`` in the graph): each output is
-the mean of its bin, summed directly (no running sums whose differences would lose float32 precision).
+Bin ``i`` of ``k`` along a size ``n`` covers ``[floor(i * n / k), ceil((i + 1) * n / k))``, as in PyTorch; the
+pooling is ``A_h @ x @ A_w^T`` with ``A`` the ``k x n`` matrix holding ``1 / len(bin i)`` on bin ``i``'s columns.
 """
+# why: nn.AdaptiveAvgPool2d to a grid larger than 1 x 1 has no ONNX operator; the exporter writes a fixed
+# AveragePool sized from the example, wrong at any other size. Here the bins follow the runtime shape (Range,
+# comparisons, MatMul), and each bin is summed directly (no running sums whose differences lose float32 precision).
 from __future__ import annotations
 
 from typing import Optional, Union
@@ -18,12 +17,16 @@ OutputSize = Union[int, None, tuple[Optional[int], Optional[int]]]
 
 
 def bin_matrix(n: int | torch.SymInt, k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``[k, n]``: row ``i`` averages bin ``i`` of ``k`` along a size ``n`` (``n`` may be symbolic)."""
+    """The averaging matrix of ``k`` bins along a size ``n`` (``n`` may be symbolic).
+
+    Shapes:
+        output: ``[k, n]``; row ``i`` averages bin ``i``.
+    """
     i = torch.arange(k, device=device)
     # integer arithmetic on non-negative values: floor division is exact (no float rounding at the edges)
     start = i * n // k
     end = ((i + 1) * n + k - 1) // k
-    j = torch.arange(n, device=device)
+    j = torch.arange(n, device=device)  # type: ignore[arg-type]  # arange takes a SymInt when traced
     inside = (j[None, :] >= start[:, None]) & (j[None, :] < end[:, None])
     return inside.to(dtype) / (end - start).to(dtype)[:, None]
 
@@ -31,11 +34,15 @@ def bin_matrix(n: int | torch.SymInt, k: int, dtype: torch.dtype, device: torch.
 def _pair(output_size: OutputSize) -> tuple[Optional[int], Optional[int]]:
     if isinstance(output_size, int) or output_size is None:
         return output_size, output_size
-    return tuple(output_size)
+    return tuple(output_size)  # type: ignore[return-value]  # a pair in nn.AdaptiveAvgPool2d
 
 
 def adaptive_avg_pool2d(x: torch.Tensor, output_size: OutputSize) -> torch.Tensor:
-    """``F.adaptive_avg_pool2d(x, output_size)`` for ``x`` ``[..., H, W]``; ``None`` keeps that size."""
+    """``F.adaptive_avg_pool2d(x, output_size)``, exportable at any size; ``None`` keeps that size.
+
+    Shapes:
+        x: ``[..., H, W]``; output: ``[..., kh, kw]``.
+    """
     kh, kw = _pair(output_size)
     h, w = x.shape[-2:]
     if kh is not None:
@@ -61,7 +68,7 @@ class size_generic_pooling:
 
     def __enter__(self) -> size_generic_pooling:
         for m in self.modules:
-            m.forward = (lambda size: lambda x: adaptive_avg_pool2d(x, size))(m.output_size)
+            m.forward = (lambda size: lambda x: adaptive_avg_pool2d(x, size))(m.output_size)  # type: ignore[arg-type]
         return self
 
     def __exit__(self, *exc: object) -> None:

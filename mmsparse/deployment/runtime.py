@@ -1,14 +1,17 @@
 """Run exported graphs with ONNX Runtime: sessions, the mmdet / mmseg post-processing around them, and parity.
 
-:func:`attach_onnx` makes a config's PyTorch model run its network through an ONNX file, keeping everything
-around it in PyTorch (data preprocessor, mmdet's box decoding / NMS / RoI heads, mmseg's resizing), so the
-mmdet / mmseg inferencers, and so ``tools/infer.py``, produce their usual pictures and results from it.
+:func:`attach_onnx` runs a PyTorch model's network through an ONNX file and keeps the rest in PyTorch (data
+preprocessor, box decoding / NMS / RoI heads, resizing), so the inferencers and ``tools/infer.py`` work unchanged.
 """
+from __future__ import annotations
+
 import json
 import os.path as osp
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from .export import META_KEY
 
@@ -16,7 +19,7 @@ from .export import META_KEY
 OPT_LEVELS = ('disable', 'basic', 'extended', 'all')
 
 
-def graph_meta(path):
+def graph_meta(path: str) -> dict[str, Any]:
     """What :func:`~mmsparse.deployment.export.export_onnx` recorded in the file (kind, output names, ...)."""
     import onnx
     proto = onnx.load(path, load_external_data=False)
@@ -27,8 +30,13 @@ def graph_meta(path):
                      'tools/deployment/export_onnx.py')
 
 
-def make_session(path, threads=None, opt_level='all'):
-    """A CPU ``onnxruntime.InferenceSession`` on ``path`` (``threads``: intra-op threads, default ORT's)."""
+def make_session(path: str, threads: int | None = None, opt_level: str = 'all') -> Any:
+    """A CPU ``onnxruntime.InferenceSession`` on ``path``.
+
+    Args:
+        threads: intra-op threads (default ORT's).
+        opt_level: one of :data:`OPT_LEVELS`.
+    """
     import onnxruntime as ort
     if not osp.isfile(path):
         raise FileNotFoundError(f'ONNX file: no such file: {path}')
@@ -50,12 +58,17 @@ def make_session(path, threads=None, opt_level='all'):
 class OnnxNetwork:
     """An exported graph as a function of a ``[B, 3, H, W]`` tensor, returning torch tensors."""
 
-    def __init__(self, path, threads=None, opt_level='all'):
+    def __init__(self, path: str, threads: int | None = None, opt_level: str = 'all') -> None:
         self.path = path
         self.meta = graph_meta(path)
         self.session = make_session(path, threads, opt_level)
 
-    def __call__(self, inputs):
+    def __call__(self, inputs: torch.Tensor) -> list[torch.Tensor]:
+        """The graph's outputs on ``inputs``, on ``inputs``' device; ``ValueError`` for a shape it does not take.
+
+        Shapes:
+            inputs: ``[B, 3, H, W]`` (exactly the export's shape unless exported with ``--dynamic``).
+        """
         if not torch.is_tensor(inputs) or inputs.dim() != 4 or inputs.shape[1] != 3:
             raise ValueError(f'{self.path}: the graph takes a [B, 3, H, W] tensor, got '
                              f'{tuple(inputs.shape) if torch.is_tensor(inputs) else type(inputs).__name__}')
@@ -67,13 +80,14 @@ class OnnxNetwork:
         outs = self.session.run(self.meta['outputs'], {'input': array})
         return [torch.from_numpy(np.ascontiguousarray(o)).to(inputs.device) for o in outs]
 
-    def grouped(self, inputs):
+    def grouped(self, inputs: torch.Tensor) -> tuple[Any, ...]:
         """The outputs regrouped as the model returns them (per-level lists for a detector head)."""
         outs = self(inputs)
         lengths = self.meta.get('head_lengths')
         if not lengths:
             return tuple(outs)
-        groups, start = [], 0
+        groups: list[list[torch.Tensor]] = []
+        start = 0
         for n in lengths:
             groups.append(outs[start:start + n])
             start += n
@@ -89,7 +103,7 @@ GRAPH_MODULES = {
 }
 
 
-def modules_outside_graph(model, kind):
+def modules_outside_graph(model: nn.Module, kind: str) -> list[str]:
     """Names of ``model``'s top-level modules with parameters that a ``kind`` graph leaves to PyTorch."""
     covered = GRAPH_MODULES[kind]
     if covered is None:
@@ -97,15 +111,19 @@ def modules_outside_graph(model, kind):
     return sorted({name.split('.')[0] for name, _ in model.named_parameters() if name.split('.')[0] not in covered})
 
 
-def attach_onnx(model, network, checkpoint=None, *, weights_loaded=False):
+def attach_onnx(model: Any, network: OnnxNetwork | str, checkpoint: str | None = None, *,
+                weights_loaded: bool = False) -> Any:
     """Route ``model``'s network through ``network`` (an :class:`OnnxNetwork` or a path); returns ``model``.
 
-    Segmentors: ``encode_decode`` becomes the graph. Single-stage detectors: ``extract_feat`` returns the
-    graph's head outputs and the head's ``forward`` passes them on, so ``bbox_head.predict`` runs mmdet's own
-    ``predict_by_feat``. Two-stage detectors: ``extract_feat`` returns the graph's neck outputs, and the RPN and
-    RoI heads run in PyTorch with ``model``'s weights: pass ``checkpoint`` (the PyTorch checkpoint the graph was
-    exported from; it is loaded strictly into ``model``) or ``weights_loaded=True`` when ``model`` already holds
-    them. Without either, a model with parameters outside the graph is refused (never run unloaded weights).
+    The graph replaces ``encode_decode`` (segmentors) or ``extract_feat`` (detectors; a single-stage head's
+    ``forward`` then passes the graph's outputs on to mmdet's ``predict_by_feat``). ``ValueError`` when the graph
+    kind does not fit ``model``.
+
+    Args:
+        checkpoint: the PyTorch checkpoint the graph was exported from, loaded strictly into ``model``, for the
+            modules that run outside the graph (a two-stage detector's RPN and RoI heads).
+        weights_loaded: ``model`` already holds those weights. Without either, a model with parameters
+            outside the graph is refused (never run unloaded weights).
     """
     if isinstance(network, str):
         network = OnnxNetwork(network)
@@ -150,14 +168,14 @@ def attach_onnx(model, network, checkpoint=None, *, weights_loaded=False):
     return model
 
 
-def _rel_err(actual, expected):
+def _rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max |actual - expected| / max |expected| over the tensor (0 for two zero tensors)."""
     scale = expected.abs().max().item()
     diff = (actual.float() - expected.float()).abs().max().item() if expected.numel() else 0.
     return diff / scale if scale > 0 else diff
 
 
-def _det_samples(inputs):
+def _det_samples(inputs: torch.Tensor) -> list[Any]:
     from mmdet.structures import DetDataSample
     h, w = inputs.shape[2:]
     return [DetDataSample(metainfo=dict(img_shape=(h, w), pad_shape=(h, w), ori_shape=(h, w),
@@ -165,7 +183,7 @@ def _det_samples(inputs):
             for _ in range(inputs.shape[0])]
 
 
-def _predict(model, inputs):
+def _predict(model: Any, inputs: torch.Tensor) -> list[Any]:
     """Detections of a detector's network (data preprocessor skipped) on ``inputs``: ``InstanceData`` list."""
     samples = _det_samples(inputs)
     feats = model.extract_feat(inputs)
@@ -175,14 +193,18 @@ def _predict(model, inputs):
     return model.bbox_head.predict(feats, samples, rescale=False)
 
 
-def match_detections(ref, got, box_tol):
-    """Pair two detection sets (``bboxes [N, 4]``, ``labels [N]``), order ignored.
+def match_detections(ref: Any, got: Any, box_tol: float) -> list[tuple[int, int]]:
+    """Pair two detection sets (``InstanceData``), order ignored; returns ``[(i_ref, i_got), ...]``.
 
-    Each reference detection, highest score first, takes the unpaired detection of ``got`` with its label whose
-    box is nearest (max coordinate difference), if within ``box_tol`` pixels. Ties between scores reorder
-    detections freely, so ranks are never compared. Returns ``[(i_ref, i_got), ...]``.
+    Each reference detection, highest score first, takes the nearest unpaired ``got`` box (max coordinate
+    difference) with its label, if within ``box_tol`` pixels.
+
+    Shapes:
+        bboxes: ``[N, 4]``; labels, scores: ``[N]``.
     """
-    taken, pairs = set(), []
+    # why sets, not ranks: ties between scores reorder detections freely
+    taken: set[int] = set()
+    pairs: list[tuple[int, int]] = []
     for i in torch.argsort(ref.scores, descending=True, stable=True).tolist():
         candidates = [j for j in range(len(got)) if j not in taken and int(got.labels[j]) == int(ref.labels[i])]
         if not candidates:
@@ -195,11 +217,11 @@ def match_detections(ref, got, box_tol):
     return pairs
 
 
-def _detection_row(r, g, box_tol, mask_tol):
+def _detection_row(r: Any, g: Any, box_tol: float, mask_tol: float) -> dict[str, Any]:
     """One image's comparison of PyTorch (``r``) and ONNX Runtime (``g``) detections, matched as sets."""
     pairs = match_detections(r, g, box_tol)
-    row = dict(count=(len(r), len(g)), compared=len(pairs),
-               labels_equal=sorted(r.labels.tolist()) == sorted(g.labels.tolist()))
+    row: dict[str, Any] = dict(count=(len(r), len(g)), compared=len(pairs),
+                               labels_equal=sorted(r.labels.tolist()) == sorted(g.labels.tolist()))
     ri = torch.tensor([i for i, _ in pairs], dtype=torch.long)
     gi = torch.tensor([j for _, j in pairs], dtype=torch.long)
     row['box_err'] = (r.bboxes[ri] - g.bboxes[gi]).abs().max().item() if pairs else 0.
@@ -210,15 +232,19 @@ def _detection_row(r, g, box_tol, mask_tol):
     return row
 
 
-def compare(model, network, inputs, box_tol=1e-3, mask_tol=1e-3):
+def compare(model: Any, network: OnnxNetwork, inputs: torch.Tensor, box_tol: float = 1e-3,
+            mask_tol: float = 1e-3) -> list[dict[str, Any]]:
     """PyTorch (``model``) against ONNX Runtime (``network``) on ``inputs``; a list of result rows.
 
-    Each row: ``name``, ``rel_err`` (max |ORT - PyTorch| / max |PyTorch| over the tensor) for features, logits
-    and raw head outputs; for detections, matched as sets (:func:`match_detections`, boxes within ``box_tol``
-    x the image size), also ``count`` (PyTorch, ORT), ``compared`` (matched pairs), ``labels_equal`` (the same
-    labels), ``box_err`` (max |ORT - PyTorch| box coordinate over the pairs, pixels), ``score_err``,
-    ``mask_mismatch`` (fraction of mask pixels that differ, instance segmentation only) and ``ok`` (every
-    detection paired, masks within ``mask_tol``).
+    Each row has ``name`` and, for features, logits and raw head outputs, ``rel_err`` (max |ORT - PyTorch| /
+    max |PyTorch| over the tensor). Detections are matched as sets (:func:`match_detections`) and add ``count``
+    (PyTorch, ORT), ``compared`` (pairs), ``labels_equal``, ``box_err`` (pixels), ``score_err``,
+    ``mask_mismatch`` (fraction of mask pixels, instance segmentation only) and ``ok`` (every detection paired,
+    masks within ``mask_tol``).
+
+    Args:
+        box_tol: the largest box coordinate difference of a pair, as a fraction of the image size.
+        mask_tol: the largest fraction of differing mask pixels.
     """
     kind = network.meta['kind']
     wrapper_outputs = network(inputs)
@@ -238,15 +264,18 @@ def compare(model, network, inputs, box_tol=1e-3, mask_tol=1e-3):
     return rows
 
 
-def verify(model, path, sizes, batch=1, rtol=1e-4, box_tol=1e-3, seed=0, threads=None, printer=print):
-    """Compare PyTorch and ONNX Runtime at every ``(H, W)`` in ``sizes``; prints and returns the rows.
+def verify(model: Any, path: str | OnnxNetwork, sizes: Iterable[Sequence[int]], batch: int = 1, rtol: float = 1e-4,
+           box_tol: float = 1e-3, seed: int = 0, threads: int | None = None,
+           printer: Callable[[str], Any] | None = print) -> list[dict[str, Any]]:
+    """Compare PyTorch and ONNX Runtime at every ``(H, W)`` in ``sizes`` (random inputs); prints, returns the rows.
 
     Raises AssertionError naming the first output that differs (relative error above ``rtol``, or detections
-    whose count, labels or boxes differ).
+    whose count, labels or boxes differ). ``printer=None`` prints nothing.
     """
     network = path if isinstance(path, OnnxNetwork) else OnnxNetwork(path, threads)
     gen = torch.Generator().manual_seed(seed)
-    all_rows, failures = [], []
+    all_rows: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
     for h, w in sizes:
         inputs = torch.randn(batch, 3, h, w, generator=gen)
         for row in compare(model, network, inputs, box_tol):
@@ -270,12 +299,12 @@ def verify(model, path, sizes, batch=1, rtol=1e-4, box_tol=1e-3, seed=0, threads
     return all_rows
 
 
-def config_dataset_meta(cfg):
+def config_dataset_meta(cfg: Any) -> dict[str, Any] | None:
     """Class names (and palette) of ``cfg``'s test set: its ``metainfo``, else its dataset class's ``METAINFO``.
 
-    What an inferencer built without a checkpoint should show instead of its default (COCO's or Cityscapes'
-    names); ``None`` when the config names no dataset.
+    ``None`` when the config names no dataset.
     """
+    # why: an inferencer built without a checkpoint would otherwise show its default (COCO's or Cityscapes') names
     dataset = cfg.get('test_dataloader', {}).get('dataset', {})
     while 'dataset' in dataset and 'metainfo' not in dataset:  # wrappers (RepeatDataset, ConcatDataset, ...)
         dataset = dataset['dataset']
@@ -296,12 +325,12 @@ def config_dataset_meta(cfg):
     return dict(meta) if meta else None
 
 
-def attach_to_inferencer(inferencer, onnx_path, threads=None, checkpoint=None, weights_loaded=False):
+def attach_to_inferencer(inferencer: Any, onnx_path: str, threads: int | None = None, checkpoint: str | None = None,
+                         weights_loaded: bool = False) -> Any:
     """Make an mmdet ``DetInferencer`` / mmseg ``MMSegInferencer`` run its network through ``onnx_path``.
 
-    The inferencer keeps its pipeline, data preprocessor, post-processing and drawing, so its pictures and
-    results have the PyTorch path's form. ``threads``: ONNX Runtime intra-op threads (default ORT's);
-    ``checkpoint`` / ``weights_loaded``: as in :func:`attach_onnx` (two-stage detectors need the weights).
+    The inferencer keeps its pipeline, preprocessing, post-processing and drawing. ``threads``: ONNX Runtime
+    intra-op threads (default ORT's); ``checkpoint`` / ``weights_loaded``: as in :func:`attach_onnx`.
     """
     attach_onnx(inferencer.model, OnnxNetwork(onnx_path, threads), checkpoint, weights_loaded=weights_loaded)
     return inferencer
