@@ -9,6 +9,8 @@
 ``import mmsparse.apis`` imports :mod:`mmsparse` (registering its modules), not mmdet or mmseg: those are
 imported where a function needs them.
 """
+from __future__ import annotations
+
 from .checks import check_data, check_pretrained, check_torchvision
 from .inference import TASKS, drop_pretrained, fake_data_sample, load_task_config, task_of
 from .model import build_model, load_config

@@ -1,11 +1,14 @@
-"""Checks that stop a run before it starts, saying what is missing and what to do: datasets on disk, a local
-pretrained checkpoint, torchvision for ``torchvision://`` checkpoints. Each raises ``SystemExit`` with the message."""
+"""Checks that stop a run before it starts: datasets on disk, a local pretrained checkpoint, torchvision for
+``torchvision://`` checkpoints. Each raises ``SystemExit`` saying what is missing and what to do."""
+from __future__ import annotations
+
 import os.path as osp
+from typing import Any, Callable, Iterable
 
 import torch
 
 
-def _dataset_paths(dataset):
+def _dataset_paths(dataset: Any) -> list[tuple[str, str]]:
     """(description, path) pairs a dataset config needs on disk; follows wrappers (RepeatDataset, ...)."""
     if dataset is None:
         return []
@@ -25,7 +28,7 @@ def _dataset_paths(dataset):
     return paths
 
 
-def check_data(cfg, loaders):
+def check_data(cfg: Any, loaders: Iterable[str]) -> None:
     """Stop with a clear message when a dataset the run needs is not on disk."""
     for loader in loaders:
         dataset = (cfg.get(loader) or {}).get('dataset')
@@ -41,7 +44,7 @@ def check_data(cfg, loaders):
                 f'data, see docs/get_started.md.')
 
 
-def check_pretrained(cfg):
+def check_pretrained(cfg: Any) -> None:
     """Stop with a clear message when the backbone's Pretrained checkpoint is a local file that is missing."""
     backbone = (cfg.get('model') or {}).get('backbone') or {}
     init_cfg = backbone.get('init_cfg')
@@ -57,7 +60,7 @@ def check_pretrained(cfg):
         f'--cfg-options model.backbone.init_cfg=None.')
 
 
-def _torchvision_uses(node, path):
+def _torchvision_uses(node: Any, path: str) -> list[tuple[str, str]]:
     """(dotted path, value) of every ``torchvision://`` string in a config subtree."""
     if isinstance(node, str):
         return [(path, node)] if node.startswith('torchvision://') else []
@@ -68,10 +71,13 @@ def _torchvision_uses(node, path):
     return []
 
 
-def check_torchvision(cfg, importer=None):
-    """Stop with a clear message when the config loads a ``torchvision://`` checkpoint (an ``init_cfg``,
-    ``pretrained`` or ``load_from``) and torchvision cannot be imported: mmengine resolves that scheme
-    through torchvision's model URLs. ``importer`` (default ``importlib.import_module``) is for tests."""
+def check_torchvision(cfg: Any, importer: Callable[[str], Any] | None = None) -> None:
+    """Stop with a clear message when the config loads a ``torchvision://`` checkpoint and torchvision cannot be
+    imported (mmengine resolves that scheme through it).
+
+    Args:
+        importer: replaces ``importlib.import_module`` (for tests).
+    """
     uses = _torchvision_uses(cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg), '')
     if not uses:
         return
@@ -94,7 +100,7 @@ def check_torchvision(cfg, importer=None):
         f'--cfg-options {path}=open-mmlab://... (see mmengine/hub/openmmlab.json).')
 
 
-def _torchvision_url(name):
+def _torchvision_url(name: str) -> str | None:
     """The download URL mmengine maps ``torchvision://name`` to (its own table; no torchvision needed)."""
     import json
 

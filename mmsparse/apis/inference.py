@@ -1,15 +1,22 @@
 """The task of a config, model configs without pretrained weights, and fake data samples for forward passes."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from mmengine.structures import BaseDataElement
 
 #: the downstream tasks (``default_scope`` values) the tools run
 TASKS = ('mmdet', 'mmseg')
 
 
-def task_of(cfg, source=None):
-    """The downstream task of a config, from its ``default_scope`` ('mmdet' or 'mmseg').
+def task_of(cfg: Any, source: str | None = None) -> str:
+    """The task of a config: its ``default_scope``, ``'mmdet'`` or ``'mmseg'``.
 
-    Raises ``ValueError`` naming the scope (and ``source``, e.g. the config's path, when given) otherwise.
+    Raises:
+        ValueError: another scope (the message names ``source``, e.g. the config's path, when given).
     """
     scope = cfg.get('default_scope')
     if scope not in TASKS:
@@ -19,26 +26,27 @@ def task_of(cfg, source=None):
     return scope
 
 
-def load_task_config(path, cfg_options=None):
-    """``(cfg, task)`` of the mmdet or mmseg config at ``path`` with ``cfg_options`` merged.
+def load_task_config(path: str, cfg_options: dict | None = None) -> tuple[Any, str]:
+    """``(cfg, task)`` of the mmdet or mmseg config at ``path``, with ``cfg_options`` merged.
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` (:func:`task_of`) for another scope.
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a scope other than mmdet / mmseg (:func:`task_of`).
     """
     from .model import load_config  # model.py imports this module
     cfg = load_config(path, cfg_options)
     return cfg, task_of(cfg, source=path)
 
 
-def _is_pretrained(init_cfg):
+def _is_pretrained(init_cfg: Any) -> bool:
     return isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained'
 
 
-def drop_pretrained(model_cfg):
-    """Remove every pretrained-weight setting of a model config, in place: random weights, nothing to download.
+def drop_pretrained(model_cfg: Any) -> None:
+    """Remove every pretrained-weight setting of a model config, in place (random weights, nothing to download).
 
-    Clears mmseg's ``model.pretrained`` and a ``Pretrained`` ``init_cfg`` of the model or of its backbone, in
-    dict form (set to ``None``) or list form (the ``Pretrained`` entries are removed, the others stay). Used
-    where the weights cannot matter: smoke runs, FLOP counts, speed and memory benchmarks.
+    Clears mmseg's ``pretrained`` and a ``Pretrained`` ``init_cfg`` of the model or its backbone: a dict one
+    becomes ``None``, a list one loses its ``Pretrained`` entries (``None`` if none is left).
     """
     if model_cfg.get('pretrained'):
         model_cfg['pretrained'] = None
@@ -51,13 +59,16 @@ def drop_pretrained(model_cfg):
             cfg['init_cfg'] = kept or None
 
 
-def fake_data_sample(task, h, w, num_classes=1, generator=None, with_gt=True, num_instances=5):
-    """One mmdet / mmseg data sample of an ``h x w`` image (no padding, scale 1) with random ground truth.
+def fake_data_sample(task: str, h: int, w: int, num_classes: int = 1, generator: torch.Generator | None = None,
+                     with_gt: bool = True, num_instances: int = 5) -> BaseDataElement:
+    """One data sample of an ``h x w`` image (no padding, scale 1) with random ground truth.
 
-    ``task`` is ``'mmdet'`` (``DetDataSample``: ``num_instances`` boxes with box-shaped masks and labels in
-    ``[0, num_classes)``, and an empty ``ignored_instances``) or ``'mmseg'`` (``SegDataSample`` with a random
-    ``gt_sem_seg`` class map). ``with_gt=False`` gives the metainfo alone (what a tensor forward needs).
-    ``generator`` (a CPU ``torch.Generator``) makes the ground truth reproducible.
+    Args:
+        task: ``'mmdet'`` (``DetDataSample``: ``num_instances`` boxes with box-shaped masks, labels in
+            ``[0, num_classes)``, an empty ``ignored_instances``) or ``'mmseg'`` (``SegDataSample`` with a
+            random ``gt_sem_seg``); anything else raises ``ValueError``.
+        generator: a CPU generator, for reproducible ground truth.
+        with_gt: False gives the metainfo alone (what a tensor forward needs).
     """
     from mmengine.structures import InstanceData, PixelData
     if task not in TASKS:

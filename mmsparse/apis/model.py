@@ -1,9 +1,6 @@
-"""One way from a config to a model: :func:`load_config` and :func:`build_model`.
-
-Like mmdet's ``init_detector`` and mmpretrain's ``get_model``: every tool and library entry point that turns a
-config (and maybe a checkpoint) into a module goes through here, so they agree on the default scope, the
-pretrained weights, SyncBN on CPU, the initialisation and the checkpoint loader.
-"""
+"""One way from a config to a model: :func:`load_config` and :func:`build_model`."""
+# why one way: every tool turning a config (and checkpoint) into a module goes through here (like mmdet's
+# init_detector), so they agree on scope, pretrained weights, SyncBN on CPU, initialisation and checkpoint loader
 from __future__ import annotations
 
 import copy
@@ -21,6 +18,7 @@ if TYPE_CHECKING:
     import torch
     import torch.nn as nn
     from mmengine.config import Config
+    from mmengine.registry import Registry
 
 #: what :func:`build_model` can build from a config: the whole ``model``, or its ``model.backbone``
 PARTS = ('model', 'backbone')
@@ -31,7 +29,7 @@ SCOPES = ('mmdet', 'mmseg', 'mmsparse')
 def load_config(config: str | os.PathLike | Config, cfg_options: dict | None = None) -> Config:
     """The config at a path (or a ``Config`` as given), with ``cfg_options`` merged into it.
 
-    Loading a config imports its ``custom_imports`` (mmsparse's configs register mmsparse this way).
+    Loading imports the config's ``custom_imports`` (mmsparse's configs register mmsparse this way).
 
     Raises:
         FileNotFoundError: ``config`` is a path to no file.
@@ -51,9 +49,9 @@ def load_config(config: str | os.PathLike | Config, cfg_options: dict | None = N
     return config
 
 
-def _registry(scope: str):
-    """The ``MODELS`` registry of ``scope``, with the downstream package's modules registered (lazily: importing
-    mmsparse.apis must not import mmdet or mmseg)."""
+def _registry(scope: str) -> Registry:
+    """The ``MODELS`` registry of ``scope``, with its package's modules registered."""
+    # imported here: importing mmsparse.apis must not import mmdet or mmseg
     if scope == 'mmsparse':
         from mmsparse.registry import MODELS
         return MODELS
@@ -70,14 +68,16 @@ def _quiet_init_weights(model: nn.Module) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            model.init_weights()
+            model.init_weights()  # type: ignore[operator]  # the caller checked hasattr
     finally:
         logger.setLevel(level)
 
 
 def _load_backbone_checkpoint(backbone: nn.Module, checkpoint: str) -> None:
-    """A full mmdet / mmseg checkpoint (``backbone.*`` keys), an mmsparse backbone file or the authors' raw one
-    (converted on the fly), through mmsparse's loader, which names what did not fit."""
+    """Load a full mmdet / mmseg checkpoint, an mmsparse backbone file or the authors' raw one into ``backbone``.
+
+    Raises ``ValueError`` naming the keys that did not fit.
+    """
     from mmsparse.utils.checkpoint import load_checkpoint_file, load_pretrained, unwrap_state_dict
     state = unwrap_state_dict(load_checkpoint_file(checkpoint))
     prefix = 'backbone.' if any(k.startswith('backbone.') for k in state) else None
@@ -109,21 +109,18 @@ def build_model(config: str | os.PathLike | Config,
 
     Args:
         config: a config file or a loaded ``Config`` (left unchanged, ``cfg_options`` aside).
-        checkpoint: weights to load (a path or a URL). ``part='model'``: an mmengine checkpoint, through
-            mmengine's ``load_checkpoint`` (non-strict, as ``init_detector``); ``part='backbone'``: also a full
-            mmdet / mmseg checkpoint, an mmsparse backbone file or the authors' raw file (strict, mmsparse's
-            loader). None: the model's ``init_weights()``.
-        part: ``'model'`` or ``'backbone'`` (``model.backbone`` of the config).
-        cfg_options: merged into the config first.
-        pretrained: keep ``Pretrained`` ``init_cfg`` / ``model.pretrained`` (downloads weights); by default they
-            are dropped, so nothing is fetched.
-        impl: switch every mmsparse operator to this implementation (:func:`mmsparse.set_impl`).
-        device: where the model goes. On CPU, SyncBN is built as BN (SyncBN has no CPU implementation).
-        seed: seeds the random initialisation (mmengine's ``set_random_seed``).
+        checkpoint: a path or URL; None runs ``init_weights()``. ``part='model'``: an mmengine checkpoint
+            (non-strict, as ``init_detector``); ``part='backbone'``: also a full mmdet / mmseg checkpoint, an
+            mmsparse backbone file or the authors' raw file (strict).
+        part: ``'model'`` or ``'backbone'`` (the config's ``model.backbone``).
+        pretrained: keep ``Pretrained`` ``init_cfg`` / ``model.pretrained`` (downloads); dropped by default.
+        impl: switch every mmsparse operator to it (:func:`mmsparse.set_impl`).
+        device: on CPU, SyncBN is built as BN (it has no CPU implementation).
+        seed: seeds the initialisation (mmengine's ``set_random_seed``).
 
     Returns:
-        The module in eval mode, with ``cfg`` (and for ``part='model'`` ``dataset_meta`` where the checkpoint's
-        meta or the config's test set has one) attached.
+        The module in eval mode with ``cfg`` attached, and for ``part='model'`` ``dataset_meta`` (the
+        checkpoint's, else the config's test set's) where there is one.
 
     Raises:
         FileNotFoundError: no such config or checkpoint file.
@@ -164,7 +161,7 @@ def build_model(config: str | os.PathLike | Config,
         from mmengine.model import revert_sync_batchnorm
         model = revert_sync_batchnorm(model)  # SyncBN a module builds by its own default
 
-    ckpt_meta = {}
+    ckpt_meta: dict = {}
     if checkpoint is None:
         if hasattr(model, 'init_weights'):
             _quiet_init_weights(model)

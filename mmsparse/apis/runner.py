@@ -1,5 +1,8 @@
-"""Config loading for ``tools/train.py`` / ``tools/test.py``, its adaptation to the launcher and the machine, and
-how a process of a distributed run ends."""
+"""Config loading for ``tools/train.py`` / ``tools/test.py``, adapted to the launcher and the machine; how a
+process of a distributed run ends."""
+from __future__ import annotations
+
+import argparse
 import gc
 import logging
 import os
@@ -7,17 +10,17 @@ import os.path as osp
 import sys
 import traceback
 import warnings
+from typing import Any, Callable
 
 import torch
 
 from .inference import task_of
 
 
-def prepare(cfg, args):
+def prepare(cfg: Any, args: argparse.Namespace) -> str:
     """Adapt ``cfg`` to ``args.launcher`` and the machine, in place; returns the config's task (:func:`task_of`).
 
-    Without a GPU, a distributed run uses gloo, per-process BN instead of SyncBN and a DDP wrapper without
-    ``device_ids``. mmsparse's modules are registered (importing this package imported :mod:`mmsparse`).
+    Without a GPU, a distributed run uses gloo, per-process BN instead of SyncBN and DDP without ``device_ids``.
     """
     warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
     if args.launcher != 'none' and not torch.cuda.is_available():
@@ -38,7 +41,7 @@ def prepare(cfg, args):
     return task_of(cfg)
 
 
-def sync_bn_to_bn(node):
+def sync_bn_to_bn(node: Any) -> int:
     """Replace ``type='SyncBN'`` by ``'BN'`` in a config tree, in place; returns how many were replaced."""
     count = 0
     if isinstance(node, dict):
@@ -53,8 +56,8 @@ def sync_bn_to_bn(node):
     return count
 
 
-def revert_sync_bn_on_cpu(cfg):
-    """SyncBN has no CPU implementation: in a CPU distributed run, build BN instead (with a one-line notice)."""
+def revert_sync_bn_on_cpu(cfg: Any) -> int:
+    """Build BN instead of SyncBN (no CPU implementation), in place, with a one-line notice; returns the count."""
     count = sync_bn_to_bn(cfg.get('model') or {})
     if cfg.get('sync_bn'):
         cfg.sync_bn = None
@@ -64,7 +67,7 @@ def revert_sync_bn_on_cpu(cfg):
     return count
 
 
-def _exit_code(exc):
+def _exit_code(exc: BaseException) -> int:
     """The exit status the interpreter would give for an uncaught ``exc`` (printing what it would print)."""
     if isinstance(exc, SystemExit):
         if exc.code is None or isinstance(exc.code, int):
@@ -75,12 +78,12 @@ def _exit_code(exc):
     return 1
 
 
-def run_tool(main):
+def run_tool(main: Callable[[], Any]) -> None:
     """Run a tool's ``main()``; a process of a distributed run then leaves through :func:`finish_distributed`.
 
     Processes without a process group (single-process runs) end as usual, exceptions included.
     """
-    def distributed():
+    def distributed() -> bool:
         return torch.distributed.is_available() and torch.distributed.is_initialized()
 
     try:
@@ -96,16 +99,12 @@ def run_tool(main):
     finish_distributed(code)
 
 
-def finish_distributed(code):
-    """End a process of a distributed run with status ``code``: free the run, destroy the process group, flush
-    the output, and leave with ``os._exit`` (no interpreter finalization).
-
-    Why not a normal exit: a ``DistributedDataParallel`` keeps references to its gloo process group that outlive
-    it (torch 2.13), so the group's worker threads run until the interpreter finalizes; one still releasing the
-    tensors of the last collective then needs the GIL, and Python ends it inside C++ code, which aborts a run
-    that succeeded ("terminate called without an active exception", exit -6, about one run in 30 on a busy
-    machine). Everything a run writes (checkpoints, logs, visualizer backends) is closed before this point.
-    """
+def finish_distributed(code: int) -> None:
+    """End a distributed run's process with status ``code``: free the run, destroy the process group, flush the
+    output, and leave with ``os._exit`` (no interpreter finalization); never returns."""
+    # why os._exit: DDP keeps its gloo group alive until finalization (torch 2.13); a worker thread still freeing
+    # the last collective's tensors then dies inside C++ and aborts a good run (exit -6, ~1 in 30 on a busy
+    # machine). Everything a run writes (checkpoints, logs, visualizer backends) is closed before this point.
     gc.collect()  # the Runner and its data loaders (their worker processes end with them)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
@@ -118,12 +117,8 @@ def finish_distributed(code):
     os._exit(code)
 
 
-def load_tool_config(args):
-    """Config from ``args.config`` with ``--cfg-options``, launcher and work_dir applied; returns (cfg, task).
-
-    The tools' config step (:func:`mmsparse.apis.load_config` plus what a Runner needs); used by
-    ``tools/train.py`` and ``tools/test.py``.
-    """
+def load_tool_config(args: argparse.Namespace) -> tuple[Any, str]:
+    """``(cfg, task)`` of ``args.config`` with ``--cfg-options``, launcher and work_dir applied (train / test)."""
     from .model import load_config
     cfg = load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
@@ -134,8 +129,8 @@ def load_tool_config(args):
     return cfg, prepare(cfg, args)
 
 
-def amp_fallback_on_cpu(cfg):
-    """mmengine's AmpOptimWrapper asserts a GPU; on CPU-only machines train the same recipe in float32."""
+def amp_fallback_on_cpu(cfg: Any) -> None:
+    """Without a GPU, swap mmengine's AmpOptimWrapper (it asserts one) for float32 ``OptimWrapper``, in place."""
     wrapper = cfg.get('optim_wrapper') or {}
     if wrapper.get('type') == 'AmpOptimWrapper' and not torch.cuda.is_available():
         print('No GPU: mmengine\'s AmpOptimWrapper needs one, so this run uses OptimWrapper in float32 '

@@ -1,6 +1,10 @@
 """Sparse attention on selected levels of a feature pyramid, as a neck of its own or in front of any neck."""
-import copy
+from __future__ import annotations
 
+import copy
+from typing import Sequence
+
+import torch
 from mmengine.model import BaseModule, ModuleDict
 
 from mmsparse.models.plugins import ATTN_TYPES, SparseAttnBlock
@@ -10,30 +14,28 @@ __all__ = ['MultiLevelSparseAttn', 'LevelBlocks', 'build_level_blocks']
 
 
 class LevelBlocks(ModuleDict):
-    """``{str(level): SparseAttnBlock}``: the attention step both necks share.
+    """``{str(level): SparseAttnBlock}``: the attention step both necks share."""
+    # why mmengine's ModuleDict: its init_weights reaches the blocks, which re-zero their layer scales
 
-    A BaseModule container, so ``init_weights`` reaches the blocks and re-zeroes their layer scales.
-    """
-
-    def attend(self, feats):
-        """Apply the block of each level that has one; other levels pass through. Returns a list."""
+    def attend(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Apply the block of each level that has one; other levels pass through."""
         return [self[str(i)](x) if str(i) in self else x for i, x in enumerate(feats)]
 
 
-def build_level_blocks(channels, attn_levels, attn_cfg, block_cfg, owner):
-    """``{str(level): SparseAttnBlock}`` for the chosen levels.
+def build_level_blocks(channels: Sequence[int], attn_levels: int | Sequence[int],
+                       attn_cfg: dict | Sequence[dict] | None, block_cfg: dict | None, owner: str) -> LevelBlocks:
+    """The :class:`LevelBlocks` of the chosen levels, keyed by the level index as a string.
 
     Args:
-        channels (list[int]): channels of every level the levels index into.
-        attn_levels (sequence[int]): levels that get a block (distinct, in ``[0, len(channels))``).
-        attn_cfg (dict | list[dict] | None): the operator config, shared by all levels, or one per entry of
-            ``attn_levels`` (e.g. a super-token size per resolution). Required when ``attn_levels`` is not empty.
-        block_cfg (dict | None): further :class:`SparseAttnBlock` arguments (``embed_dims``, ``ffn_ratio``,
-            ``norm_cfg``, ...), shared by all levels.
-        owner (str): class name used in error messages.
+        channels: channels of every level.
+        attn_levels: levels that get a block (distinct, in ``[0, len(channels))``).
+        attn_cfg: the operator config, shared by all levels or one per ``attn_levels`` entry (e.g. a super-token
+            size per resolution); required when ``attn_levels`` is not empty.
+        block_cfg: further :class:`SparseAttnBlock` arguments (``embed_dims``, ``ffn_ratio``, ...), shared.
+        owner: class name used in error messages.
 
-    Returns:
-        LevelBlocks: keyed by the level index as a string.
+    Raises:
+        TypeError, ValueError: an argument of the wrong type or value (the message names ``owner``).
     """
     if isinstance(attn_levels, int) and not isinstance(attn_levels, bool):
         attn_levels = (attn_levels, )
@@ -73,25 +75,25 @@ def build_level_blocks(channels, attn_levels, attn_cfg, block_cfg, owner):
 class MultiLevelSparseAttn(BaseModule):
     """Residual sparse attention on selected levels of a multi-level feature tuple; other levels pass through.
 
-    Channels and sizes are unchanged, so it can be a neck by itself or sit in front of any existing neck with
-    mmengine's list syntax, ``neck=[dict(type='MultiLevelSparseAttn', ...), dict(type='CSPNeXtPAFPN', ...)]``
-    (built as an ``nn.Sequential``), mirroring the practice of adding attention to a YOLO neck's deepest
-    input. Every block is a :class:`~mmsparse.models.plugins.SparseAttnBlock`, the identity at
-    initialisation, so a pretrained detector is unchanged until fine-tuned.
+    A neck by itself or in front of another, with mmengine's list syntax:
+    ``neck=[dict(type='MultiLevelSparseAttn', ...), dict(type='CSPNeXtPAFPN', ...)]`` (an ``nn.Sequential``).
+    Its :class:`~mmsparse.models.plugins.SparseAttnBlock` blocks are the identity at initialisation, so a
+    pretrained detector is unchanged until fine-tuned.
 
     Args:
-        in_channels (list[int]): channels of every input level.
-        attn_levels (int | sequence[int]): indices of the levels that get a block.
-        attn_cfg (dict | list[dict]): operator config (``type`` one of ``'BiLevelRoutingAttention'``,
-            ``'AttnConv'``, ``'SuperTokenAttention'``), shared or one per ``attn_levels`` entry.
-        block_cfg (dict, optional): further :class:`SparseAttnBlock` arguments (``embed_dims``, ``ffn_ratio``...).
-        init_cfg (dict, optional): mmengine initialisation config. Default: None.
+        in_channels: channels of every input level.
+        attn_levels: indices of the levels that get a block.
+        attn_cfg: operator config (``type`` a key of :data:`~mmsparse.models.plugins.ATTN_TYPES`), shared or one
+            per ``attn_levels`` entry.
+        block_cfg: further :class:`SparseAttnBlock` arguments (``embed_dims``, ``ffn_ratio``...).
 
     Shapes:
         inputs: tuple of (N, in_channels[i], H_i, W_i); outputs: a tuple of the same shapes.
     """
 
-    def __init__(self, in_channels, attn_levels, attn_cfg, block_cfg=None, init_cfg=None):
+    def __init__(self, in_channels: Sequence[int], attn_levels: int | Sequence[int],
+                 attn_cfg: dict | Sequence[dict], block_cfg: dict | None = None,
+                 init_cfg: dict | list[dict] | None = None) -> None:
         super().__init__(init_cfg=init_cfg)
         if not isinstance(in_channels, (list, tuple)) or not in_channels:
             raise TypeError(f'MultiLevelSparseAttn: in_channels must be a non-empty list of ints, got {in_channels!r}')
@@ -99,7 +101,7 @@ class MultiLevelSparseAttn(BaseModule):
         self.attn_blocks = build_level_blocks(self.in_channels, attn_levels, attn_cfg, block_cfg,
                                               'MultiLevelSparseAttn')
 
-    def forward(self, inputs):
+    def forward(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         if len(inputs) != len(self.in_channels):
             raise ValueError(f'MultiLevelSparseAttn expects {len(self.in_channels)} levels, got {len(inputs)}')
         return tuple(self.attn_blocks.attend(inputs))

@@ -1,4 +1,9 @@
 """FPN with sparse attention on chosen pyramid levels, a drop-in replacement for mmdet's / mmseg's ``FPN``."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
@@ -18,50 +23,42 @@ ATTN_POSITIONS = ('lateral', 'output')
 class SparseAttnFPN(BaseModule):
     """Feature Pyramid Network with a :class:`~mmsparse.models.plugins.SparseAttnBlock` on selected levels.
 
-    Everything but the attention follows mmdet 3.3's ``FPN`` (and mmseg's, which computes the same): the same
-    arguments with the same meaning, the same module names (``lateral_convs``, ``fpn_convs``), hence the same
-    state-dict keys, so FPN checkpoints load into it and, with ``attn_levels=()``, it computes exactly what
-    ``FPN`` computes. It is written here rather than subclassed so that ``import mmsparse`` does not import
-    all of ``mmdet.models`` (and works with mmseg alone).
-
-    The attention runs on the 1x1 lateral of a level, before the top-down sum (``attn_position='lateral'``,
-    default: the refined coarse levels then propagate to the finer ones, like an attention layer on C5 ahead of
-    a YOLO/RT-DETR PAN), or on the 3x3 output of a level (``'output'``). Its blocks are the identity at
-    initialisation (zero layer scales, kept through ``init_weights``), so the neck starts as a plain FPN.
+    Otherwise mmdet 3.3's ``FPN`` (mmseg's computes the same): same arguments, module names and state-dict keys,
+    so FPN checkpoints load, and with ``attn_levels=()`` it computes exactly what ``FPN`` computes. The blocks
+    are the identity at initialisation, so the neck starts as a plain FPN.
 
     Args:
-        in_channels (list[int]): channels of each backbone level.
-        out_channels (int): channels of every output.
-        num_outs (int): number of outputs.
-        start_level (int): first backbone level used. Default: 0.
-        end_level (int): last backbone level used (inclusive); -1 means the last one. Default: -1.
-        add_extra_convs (bool | str): source of the extra (stride-2 conv) levels beyond the backbone's:
-            ``False`` (max-pool the last output instead), ``True`` (= ``'on_input'``), ``'on_input'``,
-            ``'on_lateral'`` or ``'on_output'``. Default: False.
-        relu_before_extra_convs (bool): ReLU before every extra conv after the first. Default: False.
-        no_norm_on_lateral (bool): no norm layer in the lateral convs. Default: False.
-        conv_cfg (dict, optional), norm_cfg (dict, optional), act_cfg (dict, optional): of the ConvModules.
-        upsample_cfg (dict): ``F.interpolate`` arguments of the top-down path. Default: ``dict(mode='nearest')``.
-        attn_levels (int | sequence[int]): used levels (0 = backbone level ``start_level``) that get attention.
-            Default: () (a plain FPN).
-        attn_cfg (dict | list[dict], optional): operator config, ``type`` one of
-            :data:`~mmsparse.models.plugins.ATTN_TYPES` (``'BiLevelRoutingAttention'``, ``'AttnConv'``,
-            ``'SuperTokenAttention'`` and the operators of families registered later, looked up when the neck is
-            built); one dict for all levels or one per ``attn_levels`` entry.
-        block_cfg (dict, optional): further :class:`SparseAttnBlock` arguments (``embed_dims``, ``ffn_ratio``...).
-        attn_position (str): ``'lateral'`` or ``'output'`` (see above). Default: ``'lateral'``.
-        init_cfg (dict | list[dict]): Default: Xavier-uniform on the convs, as FPN.
+        start_level: first backbone level used.
+        end_level: last backbone level used (inclusive); -1 means the last one.
+        add_extra_convs: source of the extra (stride-2 conv) levels: ``False`` (max-pool the last output
+            instead), ``True`` (= ``'on_input'``), ``'on_input'``, ``'on_lateral'`` or ``'on_output'``.
+        relu_before_extra_convs: ReLU before every extra conv after the first.
+        conv_cfg, norm_cfg, act_cfg: of the ConvModules.
+        upsample_cfg: ``F.interpolate`` arguments of the top-down path.
+        attn_levels: used levels (0 = backbone level ``start_level``) that get attention; () is a plain FPN.
+        attn_cfg: operator config, ``type`` a key of :data:`~mmsparse.models.plugins.ATTN_TYPES` (looked up when
+            the neck is built); one dict for all levels or one per ``attn_levels`` entry.
+        block_cfg: further :class:`SparseAttnBlock` arguments (``embed_dims``, ``ffn_ratio``...).
+        attn_position: ``'lateral'``: on a level's 1x1 lateral, before the top-down sum; ``'output'``: on its
+            3x3 output.
+        init_cfg: Xavier-uniform on the convs by default, as FPN.
 
     Shapes:
         inputs: tuple of ``len(in_channels)`` maps (N, in_channels[i], H_i, W_i), each level half the size of
         the previous; outputs: tuple of ``num_outs`` maps (N, out_channels, H'_j, W'_j).
     """
+    # why 'lateral' by default: the refined coarse levels then propagate to the finer ones (like attention on C5
+    # ahead of a YOLO / RT-DETR PAN). Why not a subclass of FPN: ``import mmsparse`` must not import all of
+    # mmdet.models (and must work with mmseg alone).
 
-    def __init__(self, in_channels, out_channels, num_outs, start_level=0, end_level=-1, add_extra_convs=False,
-                 relu_before_extra_convs=False, no_norm_on_lateral=False, conv_cfg=None, norm_cfg=None, act_cfg=None,
-                 upsample_cfg=dict(mode='nearest'), attn_levels=(), attn_cfg=None, block_cfg=None,
-                 attn_position='lateral',
-                 init_cfg=dict(type='Xavier', layer='Conv2d', distribution='uniform')):
+    def __init__(self, in_channels: Sequence[int], out_channels: int, num_outs: int, start_level: int = 0,
+                 end_level: int = -1, add_extra_convs: bool | str = False, relu_before_extra_convs: bool = False,
+                 no_norm_on_lateral: bool = False, conv_cfg: dict | None = None, norm_cfg: dict | None = None,
+                 act_cfg: dict | None = None, upsample_cfg: dict = dict(mode='nearest'),
+                 attn_levels: int | Sequence[int] = (), attn_cfg: dict | Sequence[dict] | None = None,
+                 block_cfg: dict | None = None, attn_position: str = 'lateral',
+                 init_cfg: dict | list[dict] | None = dict(type='Xavier', layer='Conv2d',
+                                                           distribution='uniform')) -> None:
         super().__init__(init_cfg=init_cfg)
         if not isinstance(in_channels, (list, tuple)) or not in_channels:
             raise TypeError(f'SparseAttnFPN: in_channels must be a non-empty list of ints, got {in_channels!r}')
@@ -119,7 +116,7 @@ class SparseAttnFPN(BaseModule):
         self.attn_blocks = build_level_blocks([out_channels] * used, attn_levels, attn_cfg, block_cfg,
                                               'SparseAttnFPN')
 
-    def forward(self, inputs):
+    def forward(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         if len(inputs) != self.num_ins:
             raise ValueError(f'SparseAttnFPN expects {self.num_ins} input levels, got {len(inputs)}')
         laterals = [conv(inputs[self.start_level + i]) for i, conv in enumerate(self.lateral_convs)]
