@@ -1,8 +1,14 @@
 """Reduced models of real configs for the deployment tests: tiny widths and depths, BN instead of SyncBN."""
 import os.path as osp
 
+from mmsparse.families import list_families
+
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+#: family -> the backbone of its reduced models. Not the spec's ``tiny`` config: these graphs are compared at a
+#: size no grid divides, so BiFormer pads itself (``auto_pad``) and has the output LayerNorms its detectors have.
+#: :func:`check_families` (run by the export tests) keeps the keys equal to the registered families: a new
+#: family fails those tests until it has its entry, instead of going unexported.
 BACKBONES = {
     'biformer': dict(type='mmsparse.BiFormer', arch=dict(embed_dims=[16, 32, 64, 64], depths=[1, 1, 1, 1], head_dim=16),
                      n_win=2, topks=(1, 2, 2, -2), auto_pad=True, out_norm_cfg=dict(type='LN2d', eps=1e-6)),
@@ -12,12 +18,21 @@ BACKBONES = {
     'stvit': dict(type='mmsparse.STViT', arch=dict(embed_dims=[16, 32, 32, 32], depths=[1, 1, 1, 1],
                                                    num_heads=[1, 2, 2, 2])),
 }
-WIDTHS = {'biformer': [16, 32, 64, 64], 'cloformer': [16, 32, 32, 32], 'stvit': [16, 32, 32, 32]}
+#: family -> the output channels of its reduced backbone
+WIDTHS = {family: list(backbone['arch']['embed_dims']) for family, backbone in BACKBONES.items()}
 BN = dict(type='BN', requires_grad=True)
+
+
+def check_families():
+    """Raise unless the tables cover exactly the registered families (``list_families()``)."""
+    assert set(BACKBONES) == set(WIDTHS) == set(list_families()), (sorted(BACKBONES), list_families())
 
 
 def reduced_options(config, family):
     """``cfg_options`` turning ``config`` (a path under configs/) into a few-second model of ``family``."""
+    if family not in BACKBONES:
+        raise KeyError(f'family {family!r} has no reduced backbone in tests/test_deployment/reduced.py; '
+                       f'it has {sorted(BACKBONES)}')
     backbone = dict(_delete_=True, **BACKBONES[family])
     widths = WIDTHS[family]
     opts = {'model.backbone': backbone}

@@ -16,7 +16,9 @@ import onnxscript  # noqa: E402,F401
 from mmsparse.deployment import (build_model, export_onnx, graph_meta, graph_ops, load_config,  # noqa: E402
                                  model_kind, verify)
 
-from .reduced import config_path, reduced_options  # noqa: E402
+from mmsparse.families import list_families  # noqa: E402
+
+from .reduced import check_families, config_path, reduced_options  # noqa: E402
 
 EXPORT_SIZE = (64, 64)
 OTHER_SIZE = (87, 71)  # 87 / 4 and 71 / 4 divide no grid of the reduced models
@@ -32,7 +34,10 @@ def _export(tmp_path_factory, config, family, dynamic, backbone_only=False):
     return model, path
 
 
-#: (family, graph) -> the config it is exported from; every graph is dynamic (batch, H, W)
+#: every registered family
+FAMILIES = list_families()
+#: (family, graph) -> the config it is exported from; every graph is dynamic (batch, H, W). Checked to hold every
+#: graph of every family (``test_tables_cover_every_family``): a new family fails until it has its configs here.
 GRAPHS = {
     ('biformer', 'backbone'): 'semfpn_biformer_s_ade20k.py',
     ('cloformer', 'backbone'): 'semfpn_cloformer_s_ade20k.py',
@@ -56,12 +61,17 @@ def exported(tmp_path_factory, family, graph):
     return _exported[family, graph]
 
 
+def test_tables_cover_every_family():
+    check_families()
+    assert set(GRAPHS) == {(family, graph) for family in FAMILIES for graph in ('backbone', 'segmentor', 'detector')}
+
+
 @pytest.fixture(scope='module')
 def biformer_semfpn(tmp_path_factory):
     return exported(tmp_path_factory, 'biformer', 'segmentor')
 
 
-@pytest.mark.parametrize('family', ['biformer', 'cloformer', 'stvit'])
+@pytest.mark.parametrize('family', FAMILIES)
 def test_backbone_features_match_at_two_sizes_and_batches(family, tmp_path_factory):
     """feat0..feat3 within 1e-4 relative; catches e.g. a graph frozen to the example size (no padding)."""
     model, path = exported(tmp_path_factory, family, 'backbone')
@@ -71,7 +81,7 @@ def test_backbone_features_match_at_two_sizes_and_batches(family, tmp_path_facto
     assert len(rows) == 12 and all(r['rel_err'] <= 1e-4 for r in rows)
 
 
-@pytest.mark.parametrize('family', ['biformer', 'cloformer', 'stvit'])
+@pytest.mark.parametrize('family', FAMILIES)
 def test_segmentor_logits_match_at_two_sizes(family, tmp_path_factory):
     """seg_logits [B, num_classes, H, W] at the input size, within 1e-4 relative."""
     model, path = exported(tmp_path_factory, family, 'segmentor')
@@ -82,7 +92,7 @@ def test_segmentor_logits_match_at_two_sizes(family, tmp_path_factory):
     assert out.shape == (2, 5, *OTHER_SIZE)
 
 
-@pytest.mark.parametrize('family', ['biformer', 'cloformer', 'stvit'])
+@pytest.mark.parametrize('family', FAMILIES)
 def test_detector_same_boxes_and_labels_at_two_sizes(family, tmp_path_factory):
     """Raw head / neck outputs within 1e-4 relative; after mmdet's post-processing the same boxes (1e-3) and
     labels, and for Mask R-CNN the same masks (at most 0.1 % of the pixels differ)."""

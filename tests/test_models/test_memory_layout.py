@@ -9,19 +9,13 @@ import pytest
 import torch
 from mmcv.ops import roi_align
 
-from mmsparse.models.backbones import BiFormer, CloFormer, STViT
+from mmsparse.families import get_family, list_families
 from mmsparse.models.layers import LayerNorm2d
 from mmsparse.models.necks import MultiLevelSparseAttn, SparseAttnFPN
 from mmsparse.models.plugins import SparseAttnBlock
+from mmsparse.registry import MODELS
 
-from tests.conftest import BIFORMER_REDUCED, CLOFORMER_REDUCED
-
-BACKBONES = {
-    'biformer': lambda **kw: BiFormer(**BIFORMER_REDUCED, **kw),
-    'cloformer': lambda **kw: CloFormer(arch=CLOFORMER_REDUCED, **kw),
-    'stvit': lambda **kw: STViT(arch=dict(embed_dims=[16, 32, 32, 32], depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 2]),
-                                **kw),
-}
+from tests.conftest import BIFORMER_REDUCED
 
 
 def test_roi_align_reads_memory_as_nchw():
@@ -47,12 +41,12 @@ def test_layernorm2d_returns_a_contiguous_map_of_the_right_values():
     assert out.is_contiguous() and torch.allclose(out, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize('family', sorted(BACKBONES))
+@pytest.mark.parametrize('family', list_families())
 def test_backbone_outputs_are_contiguous(family):
-    """With the default output norms, without them and with LN2d ones."""
+    """Every family's tiny backbone: with the default output norms, without them and with LN2d ones."""
     for kwargs in ({}, dict(out_norm_cfg=None), dict(out_norm_cfg=dict(type='LN2d', eps=1e-6))):
         torch.manual_seed(0)
-        model = BACKBONES[family](**kwargs)
+        model = MODELS.build(dict(get_family(family).tiny_cfg(), **kwargs))
         with torch.no_grad():
             outs = model.eval()(torch.randn(1, 3, 72, 88))
         assert len(outs) == 4
