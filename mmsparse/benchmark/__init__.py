@@ -12,6 +12,8 @@ do besides parsing arguments:
 
 Not imported by ``import mmsparse``: import the submodule you need (they import torch, mmengine and more).
 """
+from __future__ import annotations
+
 import os.path as osp
 
 #: the repository root (configs, suites, tools and figures are found from it)

@@ -17,10 +17,14 @@ Implementations are ``'reference'`` and ``'fast'`` (:data:`IMPLS`) for every ope
 backbones are built with ``impl=...``; a config's model is built by :func:`mmsparse.apis.build_model`, which
 switches it with :func:`mmsparse.set_impl` (reaching the operators wherever they sit: backbone, plug-ins, neck).
 """
+from __future__ import annotations
+
 import os
 import os.path as osp
+from typing import Any, Callable
 
 import torch
+import torch.nn as nn
 import yaml
 
 from mmsparse import set_impl  # noqa: F401  (re-exported: the benchmark tests switch built models with it)
@@ -37,13 +41,13 @@ KINDS = ('layer', 'backbone', 'config')
 SUITE_DIR = osp.join(REPO, 'tools/analysis_tools/suites')
 
 
-def _layers():
+def _layers() -> dict[str, tuple[type, dict]]:
     from mmsparse.families import get_family, list_families
     return {op.short: (op.cls, dict(op.bench_kwargs)) for name in list_families()
             for op in get_family(name).operators if op.bench_kwargs is not None}
 
 
-def _backbones():
+def _backbones() -> dict[str, tuple[str, dict]]:
     from mmsparse.families import get_family, list_families
     return {preset: (spec.backbone.__name__, dict(kwargs)) for spec in map(get_family, list_families())
             for preset, kwargs in spec.presets.items()}
@@ -62,20 +66,18 @@ _OPTIONAL = {'kind', 'mode', 'device', 'dtype', 'threads', 'warmup', 'repeats', 
 
 
 class Built:
-    """One model of a case, ready to run: ``module``, ``args`` (its inputs, on its device) and ``run(mode)``.
+    """One model of a case, ready to run: ``module``, ``args`` (its inputs, on its device) and ``run(mode)``."""
 
-    ``run`` is one step of the case on this model (a config's ``'train'`` step includes this model's own
-    optimizer step); :func:`.measure.one_run` wraps it with grad mode and autocast.
-    """
-
-    def __init__(self, module, args, run):
+    def __init__(self, module: nn.Module, args: tuple, run: Callable[[nn.Module, tuple, str], None]) -> None:
         self.module, self.args, self._run = module, args, run
 
-    def run(self, mode):
+    def run(self, mode: str) -> None:
+        """One step of the case (a config's ``'train'`` step includes its own optimizer step), without the grad
+        mode and autocast that :func:`.measure.one_run` adds."""
         self._run(self.module, self.args, mode)
 
 
-def check_case(case):
+def check_case(case: dict) -> None:
     """Raise ``ValueError`` naming what is wrong with a case dict (unknown kind, name, mode or key)."""
     kind = case.get('kind')
     if kind not in KINDS:
@@ -100,17 +102,20 @@ def check_case(case):
         raise ValueError('a compile case needs warmup >= 1: the first run compiles and must not be timed')
 
 
-def check_impl(impl):
+def check_impl(impl: str | None) -> None:
     """``None`` (as built) or one of :data:`ALL_IMPLS`; the operators' own check gives the error."""
     if impl is not None:
         _check_impl(impl, 'benchmark', ALL_IMPLS)
 
 
-def build(case, impl=None, device='cpu'):
+def build(case: dict, impl: str | None = None, device: str | torch.device = 'cpu') -> Built:
     """A :class:`Built` model of ``case`` with implementation ``impl`` (``None``: as built, i.e. the default).
 
-    The weights come from ``torch.manual_seed(0)``, the inputs from a fixed seed too; the caller that compares
-    two implementations copies the first one's state dict into the second (:func:`measure.build_all`).
+    Weights from ``torch.manual_seed(0)``, inputs from a fixed seed; to compare implementations, copy the first
+    one's state dict into the others (:func:`measure.build_all` does).
+
+    Raises:
+        ValueError: a bad case (:func:`check_case`) or implementation.
     """
     import mmsparse  # noqa: F401  (registers everything)
     check_case(case)
@@ -139,7 +144,7 @@ def build(case, impl=None, device='cpu'):
     return Built(module, (x.to(device), ), lambda _, args, mode: run_tensor_model(compiled, args, mode))
 
 
-def run_tensor_model(module, args, mode):
+def run_tensor_model(module: Callable[..., Any], args: tuple, mode: str) -> None:
     """Forward, and for ``fwdbwd`` the backward of a scalar touching every output."""
     outs = module(*args)
     if mode == 'fwd':
@@ -149,11 +154,11 @@ def run_tensor_model(module, args, mode):
     sum(o.float().square().mean() for o in outs).backward()
 
 
-def _build_config(case, impl, device):
+def _build_config(case: dict, impl: str | None, device: torch.device) -> Built:
     """A whole mmdet / mmseg model from a config, its own AdamW, and synthetic data samples of the case's size."""
     from mmsparse.apis import build_model, fake_data_sample, task_of
     # random weights time the same, and nothing is downloaded (build_model drops Pretrained init)
-    model = build_model(config_path(case['name']), impl=impl, device=device)
+    model: Any = build_model(config_path(case['name']), impl=impl, device=device)  # an mmdet / mmseg BaseModel
     cfg = model.cfg
     task = task_of(cfg)
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -165,7 +170,7 @@ def _build_config(case, impl, device):
     # the data preprocessor moves the batch to the model's device
     data = model.data_preprocessor(data, training=case.get('mode') == 'train')
 
-    def run(m, args, mode):
+    def run(m: Any, args: tuple, mode: str) -> None:
         data = args[0]
         if mode == 'fwd':
             m.extract_feat(data['inputs'])
@@ -173,7 +178,7 @@ def _build_config(case, impl, device):
         losses = m(**data, mode='loss')
         loss = sum(x.sum() for k, v in losses.items() if 'loss' in k
                    for x in (v if isinstance(v, (list, tuple)) else [v]) if isinstance(x, torch.Tensor))
-        loss.backward()
+        loss.backward()  # type: ignore[union-attr]  # a Tensor: every mmdet / mmseg model has losses
         if mode == 'train':
             optim.step()  # this model's own optimizer: with --compare each copy steps its own weights
             optim.zero_grad(set_to_none=True)
@@ -181,11 +186,12 @@ def _build_config(case, impl, device):
     return Built(model, (data, ), run)
 
 
-def config_path(name):
+def config_path(name: str) -> str:
+    """``name`` if absolute, else relative to the repository root."""
     return name if osp.isabs(name) else osp.join(REPO, name)
 
 
-def _num_classes(model_cfg):
+def _num_classes(model_cfg: Any) -> int:
     """Classes of the model's (first) head, for synthetic labels in range."""
     heads = [(model_cfg.get('roi_head') or {}).get('bbox_head'), model_cfg.get('bbox_head'),
              model_cfg.get('decode_head')]
@@ -196,12 +202,12 @@ def _num_classes(model_cfg):
     return 1
 
 
-def load_suite(path_or_name):
+def load_suite(path_or_name: str) -> list[tuple[dict, list]]:
     """``[(case, impls), ...]`` from a suite file: a path, or the name of a file in ``tools/analysis_tools/suites``.
 
-    A suite is YAML (JSON is YAML too): ``cases`` (a list of case dicts, each optionally with its own
-    ``impls``), an optional top-level ``impls`` (the default for every case, ``[reference, fast]`` if absent),
-    ``description`` and ``anchors`` (a place for YAML anchors that the cases reuse; otherwise ignored).
+    A suite is YAML (or JSON): ``cases`` (case dicts, each optionally with its own ``impls``), optional ``impls``
+    (every case's default; ``[reference, fast]`` if absent), ``description`` and ``anchors`` (for YAML anchors
+    the cases reuse; otherwise ignored). Raises ``ValueError`` for a missing or malformed suite.
     """
     path = path_or_name
     if not osp.exists(path):

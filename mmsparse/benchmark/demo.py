@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from typing import Any
 
 from . import REPO
 
@@ -29,10 +30,10 @@ def run(args: list[str]) -> None:
     """Run a repository script with this interpreter, echo its progress, fail loudly with its log tail."""
     print('$ python ' + ' '.join(args), flush=True)
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''), PYTHONUNBUFFERED='1')
-    tail = deque(maxlen=60)
+    tail: deque[str] = deque(maxlen=60)
     with subprocess.Popen([sys.executable] + args, cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
-        for line in proc.stdout:
+        for line in proc.stdout:  # type: ignore[union-attr]  # not None: stdout=PIPE
             tail.append(line)
             if any(key in line for key in PROGRESS):
                 print('   ' + line.split(' - mmengine - INFO - ')[-1].rstrip()[:170], flush=True)
@@ -41,9 +42,9 @@ def run(args: list[str]) -> None:
         raise SystemExit(f'command failed with exit code {proc.returncode}: {" ".join(args)}')
 
 
-def schedule_options(cfg, iters):
-    """``--cfg-options`` that train for ``iters`` iterations (default: the config's), save only the final
-    checkpoint and skip the in-training validation (tools/test.py evaluates the checkpoint)."""
+def schedule_options(cfg: Any, iters: int | None) -> tuple[int, list[str]]:
+    """``(iters, --cfg-options)`` that train for ``iters`` iterations (None: the config's ``max_iters``), save only
+    the final checkpoint and skip the in-training validation (tools/test.py evaluates the checkpoint)."""
     max_iters = cfg.train_cfg.get('max_iters')
     if max_iters is None:
         raise SystemExit('the demo configs must train by iterations (train_cfg.max_iters)')
@@ -63,9 +64,12 @@ def schedule_options(cfg, iters):
     return iters, options
 
 
-def build_model(cfg, checkpoint=None):
-    """The config's model, initialised as training would initialise it (seeded) or loaded from ``checkpoint``,
-    and its test dataset; the config's default scope is made the current one (the visualizer is built in it)."""
+def build_model(cfg: Any, checkpoint: str | None = None) -> tuple[Any, Any]:
+    """``(model, test dataset)`` of the config: the model (an mmengine ``BaseModel``) seeded as training
+    initialises it, or loaded from ``checkpoint``.
+
+    The config's default scope becomes the current one (the visualizer is built in it).
+    """
     from mmengine.registry import DATASETS, init_default_scope
 
     from mmsparse.apis import build_model as _build_model
@@ -74,7 +78,7 @@ def build_model(cfg, checkpoint=None):
     return model, DATASETS.build(cfg.test_dataloader.dataset)
 
 
-def save_untrained(cfg, path):
+def save_untrained(cfg: Any, path: str) -> None:
     """The initialised model's weights as an mmengine checkpoint, for tools/test.py."""
     from mmengine.runner import save_checkpoint, weights_to_cpu
     model, dataset = build_model(cfg)
@@ -82,7 +86,7 @@ def save_untrained(cfg, path):
                      'meta': {'dataset_meta': dataset.metainfo, 'iter': 0}}, path)
 
 
-def test_metrics(work_dir):
+def test_metrics(work_dir: str) -> dict[str, Any]:
     """The metrics tools/test.py wrote: mmengine's LoggerHook dumps them to ``<work_dir>/<stamp>/<stamp>.json``."""
     found = sorted(path for path in glob.glob(osp.join(work_dir, '*', '*.json'))
                    if osp.basename(path) == osp.basename(osp.dirname(path)) + '.json')
@@ -95,7 +99,7 @@ def test_metrics(work_dir):
     return metrics
 
 
-def loss_curve(work_dir):
+def loss_curve(work_dir: str) -> tuple[list[int], list[float]]:
     """(iterations, losses) from mmengine's ``vis_data/scalars.json`` of a training run."""
     found = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))
     if not found:
@@ -110,7 +114,8 @@ def loss_curve(work_dir):
     return iters, losses
 
 
-def plot_losses(curves, path):
+def plot_losses(curves: dict[str, tuple[list[int], list[float]]], path: str) -> None:
+    """One training-loss plot per task, side by side, as a PNG at ``path``."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -124,10 +129,11 @@ def plot_losses(curves, path):
     plt.close(fig)
 
 
-def draw_predictions(cfg, checkpoint, num_images, path):
-    """Ground truth (left) and prediction (right) of ``num_images`` validation images, drawn by the config's
-    visualizer (mmdet's DetLocalVisualizer / mmseg's SegLocalVisualizer): one PNG per image in the folder
-    ``path`` without its extension, and all of them, one row each, in ``path``."""
+def draw_predictions(cfg: Any, checkpoint: str, num_images: int, path: str) -> None:
+    """Ground truth (left) and prediction (right) of ``num_images`` validation images, by the config's visualizer.
+
+    One PNG per image in the folder ``path`` without its extension, and all of them, a row each, in ``path``.
+    """
     import mmcv
     import numpy as np
     import torch
@@ -162,7 +168,9 @@ def run_demo(train_iters: int | None = None, work_dir: str = 'work_dirs/demo', n
     start = time.time()
     work_root = osp.abspath(work_dir)
     os.makedirs(work_root, exist_ok=True)
-    results, curves, pictures = {}, {}, {}
+    results: dict[str, dict[str, Any]] = {}
+    curves: dict[str, tuple[list[int], list[float]]] = {}
+    pictures: dict[str, str] = {}
     for task, config, keys in JOBS:
         run(['tools/dataset_converters/make_synthetic.py', '--config', config, '--skip-existing'])
         cfg = Config.fromfile(osp.join(REPO, config))

@@ -17,22 +17,24 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any, Callable
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from mmsparse.families import LiveMapping
 from . import REPO
 
 
-def _operator_cases():
+def _operator_cases() -> dict[str, tuple[type, dict, Any, Any]]:
     from mmsparse.families import get_family, list_families
     return {case_name: (op.cls, dict(case.kwargs), case.shape, case.dry_shape)
             for spec in map(get_family, list_families()) for op in spec.operators
             for case_name, case in op.device_cases.items()}
 
 
-def _detectors():
+def _detectors() -> dict[str, tuple]:
     from mmsparse.families import get_family, list_families
     return {name: tuple(step) for spec in map(get_family, list_families()) for name, step in spec.detectors.items()}
 
@@ -57,9 +59,10 @@ class Check:
         self.t0 = time.perf_counter()
         self.device = torch.device('cpu' if self.dry else 'cuda')
         self.warmup, self.repeats = (1, 2) if self.dry else (2, 5)
-        self.result = dict(meta=self.meta(), tests=None, operators=[], detectors=[])
+        self.result: dict[str, Any] = dict(meta=self.meta(), tests=None, operators=[], detectors=[])
 
-    def meta(self):
+    def meta(self) -> dict[str, Any]:
+        """Versions, device and start time of the run."""
         versions = {}
         for pkg in ('mmengine', 'mmcv', 'mmdet', 'mmseg'):
             try:
@@ -72,13 +75,15 @@ class Check:
                     python=platform.python_version(), packages=versions,
                     started=time.strftime('%Y-%m-%d %H:%M:%S'))
 
-    def elapsed(self):
+    def elapsed(self) -> float:
+        """Seconds since the check started."""
         return time.perf_counter() - self.t0
 
-    def over_budget(self):
+    def over_budget(self) -> bool:
         return self.elapsed() > self.budget
 
-    def save(self):
+    def save(self) -> None:
+        """Write ``gpu_check.json`` and ``gpu_check.md`` to ``out``."""
         os.makedirs(self.out, exist_ok=True)
         self.result['meta']['elapsed_s'] = round(self.elapsed(), 1)
         with open(osp.join(self.out, 'gpu_check.json'), 'w') as f:
@@ -90,18 +95,20 @@ class Check:
 # ---------------------------------------------------------------------------------------------------- timing
 
 
-def sync(device):
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA only)."""
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
 
 
-def autocast(device, dtype_name):
+def autocast(device: torch.device, dtype_name: str) -> torch.autocast:
+    """Autocast to ``'bf16'`` / ``'fp16'``, or autocast disabled for ``'fp32'``."""
     if dtype_name == 'fp32':
         return torch.autocast(device.type, enabled=False)
     return torch.autocast(device.type, dtype=dict(bf16=torch.bfloat16, fp16=torch.float16)[dtype_name])
 
 
-def timed(step, device, warmup, repeats):
+def timed(step: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> tuple[float, int | None]:
     """(median seconds, peak extra bytes or None on CPU) of ``step()``, after ``warmup`` untimed calls."""
     for _ in range(warmup):
         step()
@@ -122,8 +129,9 @@ def timed(step, device, warmup, repeats):
     return statistics.median(times), peak
 
 
-def fwd_bwd_step(module, x, device, dtype_name):
-    def step():
+def fwd_bwd_step(module: nn.Module, x: torch.Tensor, device: torch.device, dtype_name: str) -> Callable[[], None]:
+    """A zero-argument step: forward of ``module`` on ``x`` under autocast, then the backward of a scalar."""
+    def step() -> None:
         module.zero_grad(set_to_none=True)
         xi = x.detach().requires_grad_()
         with autocast(device, dtype_name):
@@ -133,14 +141,14 @@ def fwd_bwd_step(module, x, device, dtype_name):
     return step
 
 
-def sdpa_roofline(flop, device, dtype_name, warmup, repeats):
+def sdpa_roofline(flop: float, device: torch.device, dtype_name: str, warmup: int, repeats: int) -> dict[str, Any]:
     """TFLOP/s of dense SDPA fwd+bwd doing about ``flop`` FLOPs (3 x the 4*S^2*D*H of the forward matmuls)."""
     heads, d = 8, 64
     s = max(128, int(round(math.sqrt(flop / (12 * heads * d)) / 128)) * 128)
     dtype = torch.float32 if dtype_name == 'fp32' else dict(bf16=torch.bfloat16, fp16=torch.float16)[dtype_name]
     q, k, v = (torch.randn(1, heads, s, d, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
 
-    def step():
+    def step() -> None:
         for t in (q, k, v):
             t.grad = None
         F.scaled_dot_product_attention(q, k, v).float().square().mean().backward()
@@ -153,7 +161,8 @@ def sdpa_roofline(flop, device, dtype_name, warmup, repeats):
 # ---------------------------------------------------------------------------------------------------- steps
 
 
-def run_tests(check):
+def run_tests(check: Check) -> None:
+    """Run the CUDA and FlexAttention test files (240 s at most) and record their summary."""
     files = ['tests/test_ops/test_cuda.py', 'tests/test_ops/test_flex_attention.py']
     cmd = [sys.executable, '-m', 'pytest', *files, '-q', '-rs', '-p', 'no:cacheprovider', '-W', 'ignore']
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')]).rstrip(os.pathsep))
@@ -172,7 +181,8 @@ def run_tests(check):
     check.save()
 
 
-def build_operator(cls, kwargs, shape, dry):
+def build_operator(cls: type, kwargs: dict, shape: Any, dry: bool) -> nn.Module:
+    """The operator for an input of ``shape`` (seeded), with BRA's ``n_win`` shrunk for a dry run."""
     kwargs = dict(kwargs)
     if dry and 'n_win' in kwargs:
         kwargs['n_win'] = DRY_RUN_N_WIN
@@ -180,7 +190,8 @@ def build_operator(cls, kwargs, shape, dry):
     return cls(shape[1], **kwargs)
 
 
-def forward_macs(module, x):
+def forward_macs(module: nn.Module, x: torch.Tensor) -> tuple[int | None, str]:
+    """``(multiply-adds of one forward or None, note)``."""
     try:
         from mmsparse.utils.complexity import flop_count
         return int(flop_count(module, (x, ))['flops']), 'flop_count of the fast path, one forward'
@@ -188,7 +199,8 @@ def forward_macs(module, x):
         return None, f'flop_count failed: {type(e).__name__}: {e}'
 
 
-def run_operators(check):
+def run_operators(check: Check) -> None:
+    """Time fwd+bwd of every operator case, each implementation, fp32 and bf16, against dense SDPA."""
     from mmsparse.ops import accepted_impls, set_impl
     dev = check.device
     for name, (cls, kwargs, shape, dry_shape) in OPERATORS.items():
@@ -216,10 +228,12 @@ def run_operators(check):
             torch.cuda.empty_cache()
 
 
-def measure_impl(module, x, impl, dev, dtype_name, check, flop, roof):
+def measure_impl(module: nn.Module, x: torch.Tensor, impl: str, dev: torch.device, dtype_name: str, check: Check,
+                 flop: float | None, roof: dict[str, Any] | None) -> dict[str, Any]:
+    """The record of one implementation: time, memory and TFLOP/s against ``roof``, or the error."""
     from mmsparse.ops import set_impl
     set_impl(module, impl)
-    rec = {}
+    rec: dict[str, Any] = {}
     if impl == 'flex' and dev.type == 'cpu':
         rec['note'] = 'FlexAttention has no backward on CPU: the flex layer ran the fast path'
     try:
@@ -230,11 +244,12 @@ def measure_impl(module, x, impl, dev, dtype_name, check, flop, roof):
     if flop:
         rec['tflops'] = flop / seconds / 1e12
         rec['sdpa'] = roof
-        rec['of_sdpa'] = rec['tflops'] / roof['tflops']
+        rec['of_sdpa'] = rec['tflops'] / roof['tflops']  # type: ignore[index]  # run_operators sets it with flop
     return rec
 
 
-def detector_skip_reason(dry):
+def detector_skip_reason(dry: bool) -> str | None:
+    """Why the detector steps cannot run here (a missing package or compiled mmcv.ops), or None."""
     for pkg in ('mmengine', 'mmcv', 'mmdet'):
         if importlib.util.find_spec(pkg) is None:
             return f'{pkg} is not installed'
@@ -245,7 +260,8 @@ def detector_skip_reason(dry):
     return None
 
 
-def run_detectors(check):
+def run_detectors(check: Check) -> None:
+    """Time a training step of each detector and its backbone (AMP on the device, fp32 in a dry run)."""
     from .cases import build
     from .measure import one_run
     dev = check.device
@@ -254,8 +270,9 @@ def run_detectors(check):
     dtype_name = 'fp32' if check.dry else 'fp16'  # AMP; mmcv's CPU NMS takes no half
     reason = detector_skip_reason(check.dry)
     for name, (config, backbone) in detectors.items():
-        steps = [('backbone', dict(kind='backbone', name=backbone, batch=batch, input_size=size, mode='fwdbwd')),
-                 ('detector', dict(kind='config', name=config, batch=batch, input_size=size, mode='train'))]
+        steps: list[tuple[str, dict[str, Any]]] = [
+            ('backbone', dict(kind='backbone', name=backbone, batch=batch, input_size=size, mode='fwdbwd')),
+            ('detector', dict(kind='config', name=config, batch=batch, input_size=size, mode='train'))]
         for what, case in steps:
             rec = dict(model=name, step=what, config=config if what == 'detector' else backbone, batch=batch,
                        input_size=size, dtype=dtype_name)
@@ -282,19 +299,20 @@ def run_detectors(check):
 # ---------------------------------------------------------------------------------------------------- report
 
 
-def _num(v, fmt):
+def _num(v: float | None, fmt: str) -> str:
     return 'n/a' if v is None else format(v, fmt)
 
 
-def _mem(b):
+def _mem(b: float | None) -> str:
     return 'n/a' if b is None else f'{b / 2**20:.0f} MiB'
 
 
-def _status(r):
+def _status(r: dict[str, Any]) -> str:
     return r.get('skipped') and f'skipped: {r["skipped"]}' or r.get('error') and f'error: {r["error"]}' or ''
 
 
-def markdown(result):
+def markdown(result: dict[str, Any]) -> str:
+    """The Markdown report of a check's results."""
     m = result['meta']
     lines = [f'# gpu_check {"(dry run, CPU)" if m["dry_run"] else ""}', '',
              f'torch {m["torch"]}, CUDA {m["cuda"]}, device: {m["device_name"]}; '

@@ -3,6 +3,7 @@ summary (the method is in the tool's docstring)."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -16,11 +17,11 @@ class TensorForward(nn.Module):
         self.model = model
         self.data_samples = data_samples
 
-    def forward(self, x: torch.Tensor):
-        return self.model._forward(x, self.data_samples)
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.model._forward(x, self.data_samples)  # type: ignore[operator]  # mmdet / mmseg models' _forward
 
 
-def build_measured(cfg, shape: tuple[int, int]) -> tuple[nn.Module, torch.Tensor, str]:
+def build_measured(cfg: Any, shape: tuple[int, int]) -> tuple[nn.Module, torch.Tensor, str]:
     """``(module, input, description)`` for the model of ``cfg`` at image size ``shape`` (random weights)."""
     from mmsparse.apis import build_model, fake_data_sample
     scope = cfg.get('default_scope') or 'mmdet'

@@ -3,6 +3,8 @@
 The method is described in the docstring of ``tools/analysis_tools/benchmark.py``; keep the two in step.
 ``python -m mmsparse.benchmark.measure PAYLOAD`` is the memory subprocess (:func:`memory_worker`).
 """
+from __future__ import annotations
+
 import copy
 import gc
 import json
@@ -13,28 +15,31 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
 from . import REPO
-from .cases import build
+from .cases import Built, build
 
 DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
-def sync(device):
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA only)."""
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
 
 
-def autocast_ctx(device, dtype_name):
+def autocast_ctx(device: torch.device, dtype_name: str) -> torch.autocast:
+    """Autocast to ``dtype_name`` (a key of :data:`DTYPES`), or autocast disabled for ``'fp32'``."""
     dtype = DTYPES[dtype_name]
     if dtype is None:
         return torch.autocast(device.type, enabled=False)
     return torch.autocast(device.type, dtype=dtype)
 
 
-def one_run(built, mode, device, dtype_name):
+def one_run(built: Built, mode: str, device: torch.device, dtype_name: str) -> None:
     """One step of a :class:`~.cases.Built` model: no grad for ``fwd``, gradients dropped afterwards."""
     built.module.train(mode != 'fwd')
     with (torch.no_grad() if mode == 'fwd' else torch.enable_grad()), autocast_ctx(device, dtype_name):
@@ -44,12 +49,13 @@ def one_run(built, mode, device, dtype_name):
             p.grad = None  # every run allocates its gradients afresh, as a step after zero_grad() does
 
 
-def time_runs(builts, mode, device, dtype_name, warmup, repeats):
-    """``builts``: name -> Built. Warm-up, then the models run alternately; returns name -> list of seconds."""
+def time_runs(builts: dict[str, Built], mode: str, device: torch.device, dtype_name: str, warmup: int,
+              repeats: int) -> dict[str, list[float]]:
+    """Warm-up, then the models run alternately; returns name -> seconds of each run."""
     for _ in range(warmup):
         for built in builts.values():
             one_run(built, mode, device, dtype_name)
-    times = {name: [] for name in builts}
+    times: dict[str, list[float]] = {name: [] for name in builts}
     for _ in range(repeats):
         for name, built in builts.items():
             sync(device)
@@ -60,13 +66,13 @@ def time_runs(builts, mode, device, dtype_name, warmup, repeats):
     return times
 
 
-def build_all(case, impls, device):
+def build_all(case: dict, impls: Sequence[str | None], device: torch.device) -> dict[str, Built]:
     """name -> Built for each implementation (``[None]``: as built, named ``'default'``), with equal weights.
 
-    Each model is built on its own (with its own optimizer for a config's ``train`` step) and then loads the
-    first one's state dict, so the implementations differ in nothing but ``impl``.
+    Each model is built on its own (with its own optimizer for a config's ``train`` step), then loads the first
+    one's state dict.
     """
-    builts = {}
+    builts: dict[str, Built] = {}
     for impl in impls:
         built = build(case, impl, device)
         if builts:
@@ -75,14 +81,14 @@ def build_all(case, impls, device):
     return builts
 
 
-def gemm_gflops(device, size=2048, repeats=10):
-    """GFLOP/s of a plain float32 ``torch.mm`` of two ``size x size`` matrices: the roofline of a run.
+def gemm_gflops(device: str | torch.device, size: int = 2048, repeats: int = 10) -> dict[str, float]:
+    """GFLOP/s of a float32 ``torch.mm`` of two ``size x size`` matrices: the roofline of a run.
 
-    Timed with the process's current thread count, ``repeats`` times after a warm-up. ``gemm_gflops`` is the
-    *best* of them: a limit is what the machine can do, and load from other processes only ever lowers a
-    sample (a median of a short burst moved by up to a third on a shared 2-core machine and flattered the
-    fractions); the median is kept as ``gemm_median_gflops``.
+    Timed with the current thread count, ``repeats`` times after a warm-up: ``gemm_gflops`` is the best run,
+    ``gemm_median_gflops`` the median.
     """
+    # why the best: a limit is what the machine can do; load only ever lowers a sample (a short burst's median
+    # moved by up to a third on a shared 2-core machine and flattered the fractions)
     device = torch.device(device)
     g = torch.Generator().manual_seed(0)
     a, b = (torch.randn(size, size, generator=g).to(device) for _ in range(2))
@@ -100,33 +106,32 @@ def gemm_gflops(device, size=2048, repeats=10):
                 gemm_best_s=best, gemm_median_s=median)
 
 
-def flop_per_run(macs, mode):
-    """FLOPs of one timed run from the forward multiply-adds: 2 FLOPs per MAC, x3 with the backward.
-
-    The backward costs about twice the forward (gradients of the inputs and of the weights), hence x3 for
-    ``fwdbwd`` / ``train`` (the optimizer step is not counted).
-    """
+def flop_per_run(macs: int, mode: str) -> int:
+    """FLOPs of one timed run from the forward multiply-adds: 2 per MAC, x3 for ``fwdbwd`` / ``train``."""
+    # why x3: the backward costs about twice the forward (input and weight gradients); the optimizer step is not
+    # counted
     return 2 * macs * (1 if mode == 'fwd' else 3)
 
 
 class _ExtractFeat(torch.nn.Module):
     """A detector / segmentor seen as its feature extractor (backbone + neck), for FLOP counting."""
 
-    def __init__(self, model):
+    def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, x):
-        return self.model.extract_feat(x)
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.model.extract_feat(x)  # type: ignore[operator]  # mmdet / mmseg models' extract_feat
 
 
-def macs_of(built):
-    """(multiply-adds of one forward, note) through ``mmsparse.utils.complexity.flop_count``."""
+def macs_of(built: Built) -> tuple[int | None, str]:
+    """``(multiply-adds of one forward or None, note)`` through ``mmsparse.utils.complexity.flop_count``."""
     try:
         from mmsparse.utils.complexity import flop_count
     except ImportError as e:
         return None, f'mmsparse.utils.complexity not available ({e})'
-    module, args = copy.deepcopy(built.module), built.args
+    module: torch.nn.Module = copy.deepcopy(built.module)
+    args = built.args
     note = 'flop_count, one forward'
     if isinstance(args[0], dict):  # a whole model: backbone + neck on the batch tensor (heads not counted)
         module, args = _ExtractFeat(module), (args[0]['inputs'], )
@@ -137,7 +142,7 @@ def macs_of(built):
         return None, f'flop_count failed: {type(e).__name__}: {e}'
 
 
-def _status_kib(field):
+def _status_kib(field: str) -> int:
     with open('/proc/self/status') as f:
         for line in f:
             if line.startswith(field + ':'):
@@ -145,8 +150,8 @@ def _status_kib(field):
     raise RuntimeError(f'{field} not in /proc/self/status')
 
 
-def measure_peak_memory(built, mode, device, dtype_name):
-    """(peak extra bytes of one run, method); see the docstring of benchmark.py for the method."""
+def measure_peak_memory(built: Built, mode: str, device: torch.device, dtype_name: str) -> tuple[int, str]:
+    """``(peak extra bytes of one run, method)``; the method is in benchmark.py's docstring."""
     one_run(built, mode, device, dtype_name)  # warm-up: lazy allocations, kernel caches, optimizer state
     gc.collect()
     if device.type == 'cuda':
@@ -163,7 +168,7 @@ def measure_peak_memory(built, mode, device, dtype_name):
     return (_status_kib('VmHWM') - base) * 1024, 'cpu peak RSS delta (VmHWM reset), fresh subprocess'
 
 
-def limit_address_space(mem_limit_gib, device):
+def limit_address_space(mem_limit_gib: float | None, device: str | torch.device) -> bool:
     """``RLIMIT_AS`` of ``mem_limit_gib`` on CPU runs; none on CUDA (it breaks CUDA's start-up). True if set."""
     if not mem_limit_gib or torch.device(device).type != 'cpu':
         return False
@@ -172,7 +177,8 @@ def limit_address_space(mem_limit_gib, device):
     return True
 
 
-def memory_in_subprocess(case, impl, mem_limit_gib, timeout):
+def memory_in_subprocess(case: dict, impl: str | None, mem_limit_gib: float | None,
+                         timeout: float) -> dict[str, Any]:
     """:func:`measure_peak_memory` of one implementation in a fresh interpreter; a dict, with ``error`` on failure."""
     payload = json.dumps(dict(case=case, impl=impl, mem_limit_gib=mem_limit_gib))
     # a fixed mmap threshold: every large tensor is its own mapping, returned to the system when freed, so RSS
@@ -190,7 +196,7 @@ def memory_in_subprocess(case, impl, mem_limit_gib, timeout):
     return json.loads(lines[-1])
 
 
-def memory_worker(payload):
+def memory_worker(payload: str) -> None:
     """The subprocess side of :func:`memory_in_subprocess`: prints one JSON line."""
     spec = json.loads(payload)
     case = spec['case']
@@ -205,11 +211,16 @@ def memory_worker(payload):
     print(json.dumps(dict(peak_bytes=peak, total_bytes=total, method=method)))
 
 
-def run_case(case, impls, warmup, repeats, memory=True, mem_limit_gib=20., timeout=1800, flops=True,
-             gemm=None):
-    """Measure ``case`` for each implementation (``impls``: names, or ``[None]`` for as built).
+def run_case(case: dict, impls: Sequence[str | None], warmup: int, repeats: int, memory: bool = True,
+             mem_limit_gib: float | None = 20., timeout: float = 1800, flops: bool = True,
+             gemm: dict[str, float] | None = None) -> dict[str, dict[str, Any]]:
+    """Measure ``case`` for each implementation; returns impl name -> results.
 
-    ``gemm``: the run's :func:`gemm_gflops` result, for each case's fraction of it. Returns impl -> results.
+    Args:
+        impls: names, or ``[None]`` for as built (named ``'default'``).
+        mem_limit_gib: address-space limit of the memory subprocess on CPU (None or 0: none).
+        timeout: seconds the memory subprocess of each implementation may take.
+        gemm: the run's :func:`gemm_gflops`, for each result's fraction of it.
     """
     device = torch.device(case['device'])
     if case.get('threads'):
@@ -224,8 +235,8 @@ def run_case(case, impls, warmup, repeats, memory=True, mem_limit_gib=20., timeo
     results = {}
     for name, ts in times.items():
         median = statistics.median(ts)
-        r = dict(time_median_s=median, time_min_s=min(ts), time_max_s=max(ts), repeats=len(ts), params=params,
-                 macs=macs, macs_note=macs_note)
+        r: dict[str, Any] = dict(time_median_s=median, time_min_s=min(ts), time_max_s=max(ts), repeats=len(ts),
+                                 params=params, macs=macs, macs_note=macs_note)
         if macs:
             r['flop_per_run'] = flop_per_run(macs, case['mode'])
             r['gflops'] = r['flop_per_run'] / median / 1e9
@@ -247,25 +258,26 @@ BACKENDS = ('pytorch', 'compile', 'onnxruntime')
 class _TupleOut(torch.nn.Module):
     """A backbone (or any module) with a tuple of tensors as output, the form the ONNX exporter takes."""
 
-    def __init__(self, module):
+    def __init__(self, module: torch.nn.Module) -> None:
         super().__init__()
         self.module = module
 
-    def forward(self, input):  # noqa: A002  (the graph input's name)
+    def forward(self, input: torch.Tensor) -> tuple:  # noqa: A002  (the graph input's name)
         out = self.module(input)
         return tuple(out) if isinstance(out, (list, tuple)) else (out, )
 
 
-def inference_runners(module, x, backends, opt_level='all', onnx_dir=None):
+def inference_runners(module: torch.nn.Module, x: torch.Tensor, backends: Iterable[str], opt_level: str = 'all',
+                      onnx_dir: str | None = None) -> dict[str, Callable[[], Any]]:
     """name -> zero-argument callable running one inference of ``module`` on ``x`` with each backend.
 
-    ``pytorch``: eager under ``no_grad``; ``compile``: ``torch.compile`` (inductor; the first call compiles);
-    ``onnxruntime``: the module exported with ``torch.onnx`` at ``x``'s shape, run by a CPU session with the
-    process's thread count and graph optimisation ``opt_level``.
+    ``pytorch``: eager (the caller sets ``no_grad``); ``compile``: ``torch.compile`` (inductor; the first call
+    compiles); ``onnxruntime``: exported with ``torch.onnx`` at ``x``'s shape, run by a CPU session with the
+    process's thread count and graph optimisation ``opt_level``. Raises ``ValueError`` for another backend.
     """
     import tempfile
     module = _TupleOut(module).eval()
-    runners = {}
+    runners: dict[str, Callable[[], Any]] = {}
     for backend in backends:
         if backend not in BACKENDS:
             raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
@@ -286,13 +298,14 @@ def inference_runners(module, x, backends, opt_level='all', onnx_dir=None):
     return runners
 
 
-def time_backends(runners, warmup, repeats):
-    """Warm-up, then the backends run alternately (load hits all alike); returns name -> list of seconds."""
+def time_backends(runners: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Warm-up, then the backends run alternately under ``no_grad`` (load hits all alike); returns name -> seconds
+    of each run."""
     with torch.no_grad():
         for _ in range(warmup):
             for run in runners.values():
                 run()
-        times = {name: [] for name in runners}
+        times: dict[str, list[float]] = {name: [] for name in runners}
         for _ in range(repeats):
             for name, run in runners.items():
                 t0 = time.perf_counter()

@@ -2,16 +2,20 @@
 
 A *record* is ``dict(case=..., results={impl: {...}}, ratios={impl: {...}})`` as the CLI writes it to JSON.
 """
+from __future__ import annotations
+
 import json
 import os
 import os.path as osp
 
 
-def fmt_bytes(n):
+def fmt_bytes(n: float | None) -> str:
+    """``n`` bytes in MiB or GiB; ``'n/a'`` for None."""
     return 'n/a' if n is None else f'{n / 2**30:.2f} GiB' if n >= 2**30 else f'{n / 2**20:.0f} MiB'
 
 
-def case_label(case):
+def case_label(case: dict) -> str:
+    """One-line label of a case dict: kind, name, size, layer args, mode, dtype."""
     size = 'x'.join(map(str, case['shape'])) if case['kind'] == 'layer' else \
         f'{case["batch"]}x3x{case["input_size"][0]}x{case["input_size"][1]}'
     extra = ' '.join(f'{k}={v}' for k, v in case.get('layer_args', {}).items())
@@ -20,7 +24,7 @@ def case_label(case):
     return f'{case["kind"]} {name} {size} {extra} {case["mode"]} {case.get("dtype", "fp32")}{compiled}'.strip()
 
 
-def ratios(results):
+def ratios(results: dict[str, dict]) -> dict[str, dict]:
     """Each implementation after the first against the first (the baseline ``A`` of ``--compare A B``).
 
     ``speedup`` = time(A) / time(B) from the medians; ``mem_ratio`` = peak memory(B) / peak memory(A), ``None``
@@ -36,7 +40,7 @@ def ratios(results):
     return out
 
 
-def table(records):
+def table(records: list[dict]) -> str:
     """Markdown table of records; the ratio columns are against the first implementation of each case."""
     lines = ['| case | impl | median time | images/s | peak mem | params | GMACs | GFLOP/s | of GEMM | speed-up | '
              'mem ratio |', '|---|---|---|---|---|---|---|---|---|---|---|']
@@ -57,8 +61,11 @@ def table(records):
     return '\n'.join(lines)
 
 
-def plot_sweeps(json_path, fig_dir):
-    """PNG plots (time and peak memory against input size, one line per implementation) of the size sweeps."""
+def plot_sweeps(json_path: str, fig_dir: str) -> list[str]:
+    """PNG plots of the size sweeps (time and peak memory against input size, a line per implementation).
+
+    Returns the paths written.
+    """
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt

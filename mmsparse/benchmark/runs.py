@@ -8,25 +8,25 @@ import os
 import os.path as osp
 import platform
 import time
+from typing import Any
 
 import torch
+import torch.nn as nn
 
 from .cases import BACKBONES
 from .measure import gemm_gflops, inference_runners, limit_address_space, run_case, time_backends
 from .report import case_label, plot_sweeps, ratios, table
 
 
-def allocator_settings() -> dict:
-    """The environment that changes how this process allocates memory (glibc ``MALLOC_*``, ``LD_PRELOAD``).
-
-    Recorded with every result: on CPU the allocator moves the timings by up to ~20 % (docs/benchmarks.md).
-    """
+def allocator_settings() -> dict[str, str]:
+    """The environment that changes how this process allocates memory (glibc ``MALLOC_*``, ``LD_PRELOAD``)."""
+    # why recorded with every result: on CPU the allocator moves the timings by up to ~20 % (docs/benchmarks.md)
     return {k: v for k, v in sorted(os.environ.items()) if k.startswith('MALLOC_') or k == 'LD_PRELOAD'}
 
 
-def backend_model(args: argparse.Namespace) -> tuple:
-    """(module taking the image batch, the batch, a label) for ``--backend``: a backbone, or a config's network as
-    its ONNX graph sees it (segmentor: logits; detector: head or neck outputs, see mmsparse.deployment)."""
+def backend_model(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, str]:
+    """``(module, image batch, label)`` for ``--backend``: a backbone, or a config's network as its ONNX graph
+    sees it (segmentor: logits; detector: head or neck outputs, see mmsparse.deployment)."""
     import mmsparse  # noqa: F401
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, *args.input_size, generator=torch.Generator().manual_seed(1))
@@ -43,7 +43,7 @@ def backend_model(args: argparse.Namespace) -> tuple:
             f'{osp.basename(args.config)} {args.batch}x3x{args.input_size[0]}x{args.input_size[1]}')
 
 
-def run_backends(args: argparse.Namespace) -> dict:
+def run_backends(args: argparse.Namespace) -> dict[str, Any]:
     """``--backend``: inference time of each backend, interleaved, with GFLOP/s and the GEMM-limit fraction."""
     if not (args.backbone or args.config) or args.device != 'cpu':
         raise SystemExit('--backend takes --backbone or --config, on --device cpu')
@@ -72,9 +72,9 @@ def run_backends(args: argparse.Namespace) -> dict:
     for name, ts in times.items():
         median = sorted(ts)[len(ts) // 2]
         gflops = 2 * macs / median / 1e9 if macs else None
-        row = dict(backend=name, median_s=median, min_s=min(ts), gflops=gflops,
-                   gemm_fraction=gflops / gemm['gemm_gflops'] if gflops and gemm else None,
-                   speedup_vs_eager=base / median if base else None)
+        row: dict[str, Any] = dict(backend=name, median_s=median, min_s=min(ts), gflops=gflops,
+                                   gemm_fraction=gflops / gemm['gemm_gflops'] if gflops and gemm else None,
+                                   speedup_vs_eager=base / median if base else None)
         rows.append(row)
         fmt = lambda v, f: format(v, f) if v is not None else '-'  # noqa: E731
         print(f'   {name:<12} {median * 1e3:>10.1f} {min(ts) * 1e3:>9.1f} {fmt(gflops, ">8.1f")} '
@@ -88,7 +88,7 @@ def run_backends(args: argparse.Namespace) -> dict:
     return result
 
 
-def run_cases(args: argparse.Namespace, cases: list) -> list:
+def run_cases(args: argparse.Namespace, cases: list[tuple[dict, list]]) -> list[dict]:
     """Measure ``[(case, impls), ...]`` with the settings of ``benchmark.py``'s ``args``, printing each table and
     writing ``args.out`` (JSON) after every case; returns the records."""
     if {args.device} | {c['device'] for c, _ in cases} == {'cpu'}:
@@ -109,13 +109,13 @@ def run_cases(args: argparse.Namespace, cases: list) -> list:
     print('== allocator: ' + (' '.join(f'{k}={v}' for k, v in meta['allocator'].items()) or 'defaults'),
           flush=True)
 
-    def dump(records):
+    def dump(records: list[dict]) -> None:
         if args.out:  # rewritten after every case, so a long suite that is stopped keeps what it measured
             os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
             with open(args.out, 'w') as f:
                 json.dump(dict(meta=meta, records=records), f, indent=1)
 
-    records = []
+    records: list[dict] = []
     for case, impls in cases:
         print(f'== {case_label(case)}: {", ".join(i or "default" for i in impls)}', flush=True)
         try:
