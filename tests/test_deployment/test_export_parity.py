@@ -128,15 +128,6 @@ def test_graph_ops_and_metadata(biformer_semfpn):
     json.dumps(meta)
 
 
-def test_dynamic_export_refuses_adaptive_pooling(tmp_path):
-    """UPerNet's pyramid pooling cannot be size-generic in ONNX: --dynamic names it instead of exporting."""
-    name = 'upernet_biformer_s_ade20k.py'
-    cfg = load_config(config_path(name), reduced_options(name, 'biformer'))
-    model = build_model(cfg)
-    with pytest.raises(ValueError, match='AdaptiveAvgPool2d'):
-        export_onnx(model, str(tmp_path / 'x.onnx'), EXPORT_SIZE, 'segmentor', dynamic=True)
-
-
 @pytest.mark.parametrize('shape', [(64, ), (32, 64), (64, 10000)])
 def test_bad_shape_is_named(tmp_path, shape):
     with pytest.raises(ValueError, match='--shape'):
