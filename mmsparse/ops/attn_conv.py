@@ -1,40 +1,26 @@
 """CloFormer's AttnConv token mixer (the authors' ``EfficientAttention``), NCHW in and out.
 
 Reference: Fan et al., "Rethinking Local Perception in Lightweight Vision Transformer" (arXiv 2303.17803),
-official code qhfan/CloFormer ``9181f69``.
+official code qhfan/CloFormer ``9181f69``. Module and parameter names equal the authors', so their state dicts
+load unchanged.
 
-The mixer splits its heads into groups. Each *local* group (one per kernel size) is a convolutional attention:
+Heads are split into *local* groups (one per kernel size) and one *global* group::
 
-    q | k | v = DW_k(PW(x))                        (three blocks of L channels, in that order)
-    out      = tanh(scale * PW2(SiLU(PW1(q * k)))) * v
+    local:  q | k | v = DW_k(PW(x));  out = tanh(scale * PW2(SiLU(PW1(q * k)))) * v
+    global: q = PW(x);  k | v = PW(AvgPool_ws(x));  out = softmax(scale * q k^T) v
 
-and the last, *global* group attends from every pixel to average-pooled keys / values:
+Branch outputs are concatenated (local first, global last) and fused by a 1x1 ``proj``.
 
-    q = PW(x);  k | v = PW(AvgPool_ws(x));  out = softmax(scale * q k^T) v     (heads channel-major)
+Any H, W >= 1 is accepted: the global pooling uses ``ceil_mode`` without counting padding, so a border key is
+the mean of the real pixels of its partial window. At multiples of ``window_size`` this equals the authors'
+code; elsewhere the authors' floor silently drops border rows, which we keep (deliberately different).
 
-The branch outputs are concatenated (local groups first, global last) and fused by a 1x1 ``proj``.
-Module and parameter names equal the authors', so their state dicts load unchanged.
-
-Input sizes. The authors' global branch floors the pooled grid and reshapes with ``(H*W) // ws**2`` keys, so it
-only runs when H and W are multiples of ``window_size`` (and in rare size combinations silently ignores the
-border rows the floor drops). Here the pooling uses ``ceil_mode`` without counting the padding: the map is
-conceptually zero-padded at the bottom/right to a multiple of ``window_size`` *inside the pooling only*, and each
-border key is the mean of the real pixels of its partial window. Every pixel therefore contributes to exactly one
-key, nothing else sees padding (the local convs and the queries run on the true map), and at multiples of
-``window_size`` the result is the authors' exactly. Where the authors' code silently drops border rows we keep
-them (deliberately different: their result there is a truncation, not a definition).
-
-Implementations (``impl``). ``'reference'`` runs the layers one by one in NCHW as the authors do and writes the
-global attention out (explicit logits, softmax, product: :func:`global_attention_reference`). ``'fast'``
-(default) computes every 1x1 projection of the input (all local q|k|v and the global q) with one fused
-convolution, runs the branches in channels-last memory, where the depthwise convolutions are several times
-faster on CPU (oneDNN), and calls :func:`torch.nn.functional.scaled_dot_product_attention`, which never
-materialises the (HW x keys) logits on backends with fused kernels. Same parameters, same maths.
-
-:meth:`AttnConv.explain` returns, for one query pixel, the local groups' context-aware weights and the global
-group's attention over the pooled keys, computed by the private steps the reference forward runs.
+``impl='reference'`` runs the layers one by one in NCHW with an explicit softmax; ``'fast'`` (default) fuses
+the 1x1 input projections into one convolution, runs channels-last and calls SDPA. Same parameters and maths.
 """
 from __future__ import annotations
+
+from typing import Any, Callable, cast
 
 import torch
 import torch.nn as nn
@@ -49,44 +35,40 @@ from .impl import ImplOperator
 __all__ = ['AttnConv', 'GLOBAL_ATTENTION_IMPLS', 'global_attention_reference', 'global_attention_fast']
 
 
-def global_attention_reference(q, k, v, scale):
-    """Multi-head softmax attention written out as in the authors' code.
+def global_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                               scale: float) -> torch.Tensor:
+    """Multi-head softmax attention written out as in the authors' code (q scaled before the product).
 
-    Args:
-        q (Tensor): (B, heads, N, d) queries.
-        k (Tensor): (B, heads, M, d) keys.
-        v (Tensor): (B, heads, M, d) values.
-        scale (float): logit scale (the authors scale q before the product).
-
-    Returns:
-        Tensor: (B, heads, N, d).
+    Shapes:
+        q (B, heads, N, d); k, v (B, heads, M, d); output (B, heads, N, d).
     """
     attn = (scale * q) @ k.transpose(-1, -2)
     return attn.softmax(dim=-1) @ v
 
 
-def global_attention_fast(q, k, v, scale):
+def global_attention_fast(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """Same contract as :func:`global_attention_reference`, through PyTorch's fused SDPA kernels."""
     return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
 #: ``impl`` -> function(q, k, v, scale) of the global branch
-GLOBAL_ATTENTION_IMPLS = {'reference': global_attention_reference, 'fast': global_attention_fast}
+GLOBAL_ATTENTION_IMPLS: dict[str, Callable[..., torch.Tensor]] = {
+    'reference': global_attention_reference, 'fast': global_attention_fast}
 
 
 class AttnMap(nn.Module):
     """The local branch's context-aware weights: PW -> SiLU -> PW (keys ``act_block.{0,2}``)."""
 
-    def __init__(self, channels):
+    def __init__(self, channels: int) -> None:
         super().__init__()
         self.act_block = nn.Sequential(
             nn.Conv2d(channels, channels, 1), nn.SiLU(), nn.Conv2d(channels, channels, 1))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act_block(x)
 
 
-def _identity(t):
+def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
@@ -95,25 +77,25 @@ class AttnConv(ImplOperator, nn.Module):
     """CloFormer's AttnConv mixer: local convolutional-attention groups plus a pooled global group.
 
     Args:
-        embed_dims (int): channels C of the input and output.
-        num_heads (int): heads; the head dim is ``d = embed_dims // num_heads`` and the scale ``d ** -0.5``.
-        group_split (list[int]): heads per group, ``[local_1, ..., local_n, global]``, summing to ``num_heads``.
-            A group with 0 heads is omitted (the authors' ablations).
-        kernel_sizes (list[int]): depthwise kernel of each local group (odd), ``len(group_split) - 1`` entries.
-        window_size (int): average-pooling window (and stride) of the global keys/values; 1 disables pooling.
-            Default: 7 (the authors' class default; CloFormer stages use 8, 4, 2, 1).
-        attn_drop (float): dropout on the local gates and the global attention weights. Default: 0.
-        proj_drop (float): dropout after ``proj``. Default: 0.
-        qkv_bias (bool): bias of the q/k/v projections. Default: True.
-        impl (str): ``'fast'`` (fused input projections, channels-last branches, SDPA) or ``'reference'``
-            (layer by layer, NCHW, explicit softmax). Outputs agree to float rounding. Default: ``'fast'``.
+        embed_dims: channels C of the input and output.
+        num_heads: heads; head dim ``d = embed_dims // num_heads``, scale ``d ** -0.5``.
+        group_split: heads per group ``[local_1, ..., local_n, global]``, summing to ``num_heads``;
+            a 0-head group is omitted.
+        kernel_sizes: odd depthwise kernel of each local group, ``len(group_split) - 1`` entries.
+        window_size: pooling window (and stride) of the global keys/values; 1 disables pooling.
+            Default: 7 (CloFormer stages use 8, 4, 2, 1).
+        attn_drop: dropout on the local gates and the global attention weights.
+        proj_drop: dropout after ``proj``.
+        qkv_bias: bias of the q/k/v projections.
+        impl: ``'fast'`` or ``'reference'``; outputs agree to float rounding.
 
     Shapes:
         input (B, C, H, W) with any H, W >= 1; output (B, C, H, W).
     """
 
-    def __init__(self, embed_dims, num_heads, group_split, kernel_sizes, window_size=7, attn_drop=0.,
-                 proj_drop=0., qkv_bias=True, impl=DEFAULT_IMPL):
+    def __init__(self, embed_dims: int, num_heads: int, group_split: list[int] | tuple[int, ...],
+                 kernel_sizes: list[int] | tuple[int, ...], window_size: int = 7, attn_drop: float = 0.,
+                 proj_drop: float = 0., qkv_bias: bool = True, impl: str = DEFAULT_IMPL) -> None:
         super().__init__()
         check_positive_int(embed_dims, 'embed_dims')
         check_positive_int(num_heads, 'num_heads')
@@ -158,20 +140,21 @@ class AttnConv(ImplOperator, nn.Module):
         self.proj = nn.Conv2d(embed_dims, embed_dims, 1, bias=qkv_bias)
         self.proj_drop = nn.Dropout(check_rate(proj_drop, 'proj_drop'))
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (f'embed_dims={self.embed_dims}, num_heads={self.num_heads}, group_split={self.group_split}, '
                 f'kernel_sizes={self.kernel_sizes}, window_size={self.window_size}, impl={self.impl!r}')
 
-    def _gate(self, q: torch.Tensor, k: torch.Tensor, attn_map: AttnMap) -> torch.Tensor:
+    def _gate(self, q: torch.Tensor, k: torch.Tensor, attn_map: nn.Module) -> torch.Tensor:
         """The local branch's context-aware weights ``tanh(scale * AttnMap(q * k))`` (before dropout)."""
         # the scale comes after the AttnMap convs and before tanh (authors' order)
         return torch.tanh(attn_map(q * k) * self.scale)
 
-    def _local(self, x, to_qkv, mixer, attn_map):
+    def _local(self, x: torch.Tensor, to_qkv: Callable[[torch.Tensor], torch.Tensor], mixer: nn.Module,
+               attn_map: nn.Module) -> torch.Tensor:
         q, k, v = mixer(to_qkv(x)).chunk(3, dim=1)
         return self.attn_drop(self._gate(q, k, attn_map)) * v
 
-    def _pool(self, x):
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.window_size == 1:
             return x
         # ceil_mode + count_include_pad=False: a border key averages only the real pixels of its window;
@@ -189,7 +172,7 @@ class AttnConv(ImplOperator, nn.Module):
         """Explicit global attention weights ``softmax(scale * q k^T)``: (B, m, N, M), before dropout."""
         return ((self.scale * q) @ k.transpose(-1, -2)).softmax(dim=-1)
 
-    def _global(self, x, q_map=None):
+    def _global(self, x: torch.Tensor, q_map: torch.Tensor | None = None) -> torch.Tensor:
         h, w = x.shape[-2:]
         q, k, v, _ = self._global_qkv(x, q_map)
         if self.training and self.attn_drop.p > 0:
@@ -199,7 +182,7 @@ class AttnConv(ImplOperator, nn.Module):
             out = GLOBAL_ATTENTION_IMPLS[self.impl](q, k, v, self.scale)
         return rearrange(out, 'b m (h w) d -> b (m d) h w', h=h, w=w)
 
-    def forward_branches(self, x):
+    def forward_branches(self, x: torch.Tensor) -> torch.Tensor:
         """Concatenated branch outputs fed to ``proj``: (B, C, H, W), local groups first, global last."""
         check_nchw(x, self.embed_dims, type(self).__name__)
         if self.impl == 'fast':
@@ -210,12 +193,13 @@ class AttnConv(ImplOperator, nn.Module):
             res.append(self._global(x))
         return torch.cat(res, dim=1)
 
-    def _forward_branches_fast(self, x):
+    def _forward_branches_fast(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
         # every 1x1 projection of x at once: [q|k|v of local group 1, ..., global q]; one read of x, one GEMM
-        convs = list(self.qkvs) + ([self.global_q] if self.global_heads else [])
+        convs = cast('list[nn.Conv2d]', list(self.qkvs) + ([self.global_q] if self.global_heads else []))
         weight = torch.cat([c.weight for c in convs])
-        bias = torch.cat([c.bias for c in convs]) if convs[0].bias is not None else None
+        # all convs share qkv_bias, so checking the first one covers every bias being a Tensor
+        bias = torch.cat([c.bias for c in convs]) if convs[0].bias is not None else None  # type: ignore[misc]
         proj = F.conv2d(x, weight, bias).split([c.out_channels for c in convs], dim=1)
         res = [self._local(p, _identity, mixer, attn_map)
                for p, mixer, attn_map in zip(proj, self.convs, self.act_blocks)]
@@ -223,47 +207,41 @@ class AttnConv(ImplOperator, nn.Module):
             res.append(self._global(x, proj[-1]))
         return torch.cat(res, dim=1)
 
-    def forward(self, x):
-        """x: (B, C, H, W) -> (B, C, H, W)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mix tokens; (B, C, H, W) -> (B, C, H, W)."""
         out = self.proj_drop(self.proj(self.forward_branches(x)))
         # the fast path computes in channels-last memory; hand back a plain NCHW tensor like the reference
         return out.contiguous() if self.impl == 'fast' else out
 
     @torch.no_grad()
-    def explain(self, x: torch.Tensor, query_yx: tuple[int, int]) -> dict:
-        """What one query pixel's output is made of: local context-aware weights and global attention.
+    def explain(self, x: torch.Tensor, query_yx: tuple[int, int]) -> dict[str, Any]:
+        """Local context-aware weights and global attention of one query pixel of sample 0.
 
-        Built from the reference forward's steps (:meth:`_gate`, :meth:`_global_qkv`, :meth:`_global_weights`),
-        on the first sample; the ``'fast'`` forward equals them up to float rounding. A local group computes
-        ``out[c] = gate[c] * (sum_o W[c, o] u_v[c, p + o] + b[c])`` at the query ``p`` (``u = qkvs[g](x)``,
-        ``W`` the depthwise kernel of v), so ``gate[c] * W[c, o]`` is the weight of neighbour ``o``.
-
-        Args:
-            x (Tensor): the operator's input (B, C, H, W); only sample 0 is explained.
-            query_yx (tuple[int, int]): query pixel on the (H, W) map.
+        Built from the reference forward's steps; ``'fast'`` equals them up to float rounding.
+        Raises ``ValueError`` if ``query_yx`` is outside the (H, W) map.
 
         Returns:
-            dict: ``local``: one dict per non-empty local group with ``kernel_size``, ``gate`` (Tensor (L,)),
-            ``per_channel`` (Tensor (L, k, k): ``gate[c] * W[c, o]``) and ``weights`` (Tensor (k, k): channel
-            mean of ``|gate[c] * W[c, o]|``); ``global``: ``None`` without a global group, else ``per_head``
-            (Tensor (global heads, M)), ``weights`` (Tensor (hk, wk): head mean on the pooled grid) and
-            ``window_size``; ``weights`` (the global map, else the first local group's on the (H, W) map, 0
-            outside the window) and ``caption``.
+            ``local``: per non-empty local group, ``kernel_size``, ``gate`` (L,), ``per_channel`` (L, k, k)
+            ``= gate[c] * W[c, o]`` (W the depthwise kernel of v) and ``weights`` (k, k), their channel mean
+            of absolute values; ``global``: ``None``, or ``per_head`` (heads, M), ``weights`` (hk, wk) and
+            ``window_size``; ``weights``: the global map, else the first local window placed on the (H, W)
+            map (0 outside); ``caption``.
         """
+        # why gate * W: a local group computes out[c] = gate[c] * (sum_o W[c, o] v[c, p + o] + b[c]) at p
         check_nchw(x, self.embed_dims, type(self).__name__)
         x = x[:1]
         h, w = x.shape[-2:]
         fy, fx = query_yx
         if not (0 <= fy < h and 0 <= fx < w):
             raise ValueError(f'query {tuple(query_yx)} is outside the {h}x{w} feature map')
-        local = []
-        for to_qkv, mixer, attn_map in zip(self.qkvs, self.convs, self.act_blocks):
+        local: list[dict[str, Any]] = []
+        for to_qkv, mixer, attn_map in zip(self.qkvs, cast('list[nn.Conv2d]', self.convs), self.act_blocks):
             q, k, _ = mixer(to_qkv(x)).chunk(3, dim=1)
             gate = self._gate(q, k, attn_map)[0, :, fy, fx]
             per_channel = gate[:, None, None] * mixer.weight[2 * gate.numel():, 0]
             local.append(dict(kernel_size=mixer.kernel_size[0], gate=gate, per_channel=per_channel,
                               weights=per_channel.abs().mean(0)))
-        out = {'local': local, 'global': None}
+        out: dict[str, Any] = {'local': local, 'global': None}
         if self.global_heads:
             q, k, _, (hk, wk) = self._global_qkv(x)
             row = fy * w + fx
