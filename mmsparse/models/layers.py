@@ -61,15 +61,15 @@ def per_stage(value: Any, name: str, num_stages: int, types: type | Sequence[typ
 
     Bools are accepted only when ``types`` contains ``bool``. Raises ``ValueError`` naming ``name``.
     """
-    types = tuple(types) if isinstance(types, (tuple, list)) else (types, )
+    accepted_types: tuple = tuple(types) if isinstance(types, (tuple, list)) else (types, )
 
-    def ok(v):
-        return isinstance(v, types) and (bool in types or not isinstance(v, bool))
+    def ok(v: Any) -> bool:
+        return isinstance(v, accepted_types) and (bool in accepted_types or not isinstance(v, bool))
 
     if ok(value) and not isinstance(value, (list, tuple)):
         return [value] * num_stages
     if not isinstance(value, (list, tuple)) or len(value) != num_stages or not all(ok(v) for v in value):
-        accepted = ' / '.join(t.__name__ for t in types)
+        accepted = ' / '.join(t.__name__ for t in accepted_types)
         raise ValueError(f'{name} must be one {accepted} or a sequence of {num_stages} of them (one per stage), '
                          f'got {value!r}')
     return list(value)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import os.path as osp
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -133,10 +133,10 @@ class SparseBackbone(ImplModel, BaseModule):
     #: version 2: the ``stem`` / ``stages[i]`` / ``norm{i}`` layout; older checkpoints are upgraded on load
     _version = 2
     num_stages = 4
-    official_converter = None
-    upgrade_state_dict = None
+    official_converter: Callable[..., Any] | None = None
+    upgrade_state_dict: Callable[..., Any] | None = None
     #: the ``impl`` values the backbone accepts at build time
-    impls = IMPLS
+    impls: tuple[str, ...] = IMPLS
 
     def __init__(self, init_cfg: dict | list[dict] | None = None, pretrained: str | None = None) -> None:
         # ``pretrained``: the deprecated mmseg-style argument; stock mmseg models (EncoderDecoder) pass their
@@ -275,7 +275,7 @@ class SparseBackbone(ImplModel, BaseModule):
         (raw official files are converted on the fly; every key must load unless the entry sets
         ``allow_partial=True``).
         """
-        init_cfg = self.init_cfg
+        init_cfg: Any = getattr(self, 'init_cfg')  # set by mmengine's BaseModule
         pretrained, others = _split_pretrained(init_cfg)
         self.init_cfg = others
         try:

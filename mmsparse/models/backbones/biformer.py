@@ -14,8 +14,9 @@ official recipes exempt every parameter whose name contains ``norm`` from weight
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -80,9 +81,9 @@ class BiFormerBlock(ImplOperator, nn.Module):
         self.pos_embed = nn.Conv2d(embed_dims, embed_dims, 3, padding=1, groups=embed_dims)
         self.norm1 = LayerNorm2d(embed_dims, eps=1e-6)
         if isinstance(topk, int) and not isinstance(topk, bool) and topk > 0:
-            self.attn = BiLevelRoutingAttention(embed_dims, num_heads=num_heads, n_win=n_win, topk=topk,
-                                                qk_dim=qk_dim, qk_scale=qk_scale, side_dwconv=side_dwconv,
-                                                auto_pad=auto_pad, impl=impl)
+            self.attn: nn.Module = BiLevelRoutingAttention(embed_dims, num_heads=num_heads, n_win=n_win, topk=topk,
+                                                           qk_dim=qk_dim, qk_scale=qk_scale, side_dwconv=side_dwconv,
+                                                           auto_pad=auto_pad, impl=impl)
         elif topk == GLOBAL_ATTENTION:
             self.attn = GlobalAttentionLePE(embed_dims, num_heads=global_num_heads, side_dwconv=side_dwconv,
                                             impl=impl)
@@ -116,8 +117,9 @@ class BiFormerBlock(ImplOperator, nn.Module):
         return F.layer_norm(t, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
     def _mlp_nhwc(self, t: torch.Tensor) -> torch.Tensor:
-        fc1, fc2 = self.mlp.fc1, self.mlp.fc2
-        t = self.mlp.act(F.linear(t, fc1.weight.flatten(1), fc1.bias))
+        mlp: Any = self.mlp
+        fc1, fc2 = mlp.fc1, mlp.fc2
+        t = mlp.act(F.linear(t, fc1.weight.flatten(1), fc1.bias))
         return F.linear(t, fc2.weight.flatten(1), fc2.bias)
 
 

@@ -20,6 +20,7 @@ GroupNorm statistics are those of the true map.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -143,7 +144,7 @@ class EfficientBlock(ImplOperator, nn.Module):
         self.mlp = CloFormerFFN(embed_dims, int(embed_dims * mlp_ratio), out_channels, mlp_kernel_size, stride,
                                 drop)
         if stride == 2:
-            self.downsample = nn.Sequential(
+            self.downsample: nn.Module = nn.Sequential(
                 # dense (groups=1) conv, as in the authors' code -- not depthwise
                 nn.Conv2d(embed_dims, embed_dims, mlp_kernel_size, 2, mlp_kernel_size // 2),
                 build_norm_layer(norm_cfg, embed_dims)[1],
@@ -272,6 +273,7 @@ class CloFormer(SparseBackbone):
 
     def unused_modules(self) -> list[nn.Module]:
         """Also the strided half of the last returned stage's last block: it only feeds the next stage."""
-        last = self.stages[self.out_indices[-1]].blocks[-1]
+        stages: Any = self.stages
+        last = stages[self.out_indices[-1]].blocks[-1]
         tail = [last.norm2, last.mlp, last.downsample] if last.stride == 2 else []
         return super().unused_modules() + tail
