@@ -1,17 +1,20 @@
 """One switch for the implementation of every operator in a model: :func:`set_impl` and the ``impl`` attribute.
 
-Every operator (:class:`ImplOperator`) runs one of several implementations of the same maths, chosen by its
-``impl`` attribute; the shared vocabulary is :data:`~mmsparse.ops.checks.IMPLS` (``'reference'``, ``'fast'``)
-and an operator may offer more (``BiLevelRoutingAttention`` also takes ``'flex'``). A model that contains
-operators (a backbone, a neck with attention, a whole detector) is switched at once with :func:`set_impl`;
-the backbones (:class:`ImplModel`) expose the same switch as their ``impl`` property::
+Every operator (:class:`ImplOperator`) offers :data:`~mmsparse.ops.checks.IMPLS` (``'reference'``, ``'fast'``)
+and maybe more (``BiLevelRoutingAttention`` also takes ``'flex'``)::
 
     backbone.impl = 'reference'                  # every operator of the backbone
     set_impl(detector, 'fast')                   # every operator anywhere in the detector
 
-A value is accepted when at least one operator of the model offers it. Operators that do not offer it (only
-BRA offers ``'flex'``; BiFormer's stage-4 global attention does not) run their ``'fast'`` path.
+A value is accepted when one operator of the model offers it; operators that do not offer it run ``'fast'``.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
 from .checks import DEFAULT_IMPL, IMPLS, check_impl
 
 __all__ = ['ImplOperator', 'ImplModel', 'set_impl', 'accepted_impls']
@@ -20,60 +23,60 @@ __all__ = ['ImplOperator', 'ImplModel', 'set_impl', 'accepted_impls']
 class ImplOperator:
     """Mixin of an ``nn.Module`` operator with a validated ``impl`` attribute (one of :attr:`impls`).
 
-    Subclasses set ``impls`` when they offer more than :data:`~mmsparse.ops.checks.IMPLS`, and extend the
-    setter when a sub-module must follow (``SuperTokenAttention`` switches its refinement MHSA).
+    Subclasses may widen ``impls`` and extend the setter when a sub-module must follow.
     """
 
     #: the implementations this operator offers
-    impls = IMPLS
+    impls: tuple[str, ...] = IMPLS
+    _impl: str
 
     @property
-    def impl(self):
+    def impl(self) -> str:
         return self._impl
 
     @impl.setter
-    def impl(self, value):
+    def impl(self, value: str) -> None:
         self._impl = check_impl(value, type(self).__name__, self.impls)
 
 
 class ImplModel:
     """Mixin of a model (a backbone) whose ``impl`` property is :func:`set_impl` on itself.
 
-    Reading returns the value last set; setting reaches every operator inside. The model sets it once at the
-    end of its ``__init__``, after building its operators.
+    Reading returns the value last set; set it once at the end of ``__init__``, after building the operators.
     """
 
+    _impl: str
+
     @property
-    def impl(self):
+    def impl(self) -> str:
         return self._impl
 
     @impl.setter
-    def impl(self, value):
-        set_impl(self, value)
+    def impl(self, value: str) -> None:
+        set_impl(self, value)  # type: ignore[arg-type]  # why: ImplModel is mixed into an nn.Module
 
 
-def _operators(module):
+def _operators(module: nn.Module) -> list[Any]:
     return [m for m in module.modules() if isinstance(m, ImplOperator)]
 
 
-def accepted_impls(module):
+def accepted_impls(module: nn.Module) -> list[str]:
     """The ``impl`` values :func:`set_impl` accepts for ``module``: every value one of its operators offers."""
-    accepted = []
+    accepted: list[str] = []
     for m in _operators(module):
         accepted += [name for name in m.impls if name not in accepted]
     return accepted
 
 
-def set_impl(module, impl):
+def set_impl(module: nn.Module, impl: str) -> int:
     """Switch every operator inside ``module`` (any ``nn.Module``, the module itself included) to ``impl``.
 
     Args:
-        module (nn.Module): an operator, a backbone, a neck, a plug-in block or a whole detector / segmentor.
-        impl (str): ``'reference'`` or ``'fast'``; ``'flex'`` where the model contains a
-            ``BiLevelRoutingAttention`` (the model's other operators then run ``'fast'``).
+        impl: ``'reference'`` or ``'fast'``; ``'flex'`` where the model contains a ``BiLevelRoutingAttention``
+            (its other operators then run ``'fast'``).
 
     Returns:
-        int: the number of operators switched.
+        The number of operators switched.
 
     Raises:
         ValueError: ``module`` contains no operator, or no operator of it offers ``impl`` (the message names

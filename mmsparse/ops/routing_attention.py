@@ -7,19 +7,16 @@
 Both reproduce the authors' released implementation (``ops/bra_legacy.py`` and ``models/_common.py`` of
 rayleizhu/BiFormer), including its quirks (see the class docstrings).
 
-Both operators take ``impl='reference' | 'fast'``. For BRA the token-attention step is a function in
-:data:`BRA_IMPLS` behind one contract: ``'reference'`` (:func:`bra_reference`, the authors' gather, verified
-against their fixtures) and ``'fast'`` (the default, :func:`bra_fast`: same routing, K/V regions fetched with
-``index_select`` and fused attention, plus a cheaper LePE backward).
+BRA's token attention is a function of :data:`BRA_IMPLS` (``'reference'``, ``'fast'``, ``'flex'``) with one
+contract ``fn(q, k, v, topk, num_heads, scale) -> (out, topk_idx)``:
 
-``fn(q, k, v, topk, num_heads, scale) -> (out, topk_idx)`` with ``q, k: (N, P, T, C_qk)``,
-``v: (N, P, T, C_v)`` (``P`` regions in row-major order, ``T`` tokens per region, row-major inside the
-region), ``out: (N, P, T, C_v)`` (heads concatenated head-major) and ``topk_idx: (N, P, topk)`` int64.
-
-:meth:`BiLevelRoutingAttention.explain` runs the forward's own steps (regions and projection, routing, gather,
-attention weights) for one query token and returns what the visualization draws.
+Shapes:
+    q, k (N, P, T, C_qk); v (N, P, T, C_v) (``P`` regions row-major, ``T`` tokens per region, row-major);
+    out (N, P, T, C_v) (heads head-major); topk_idx (N, P, topk) int64.
 """
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -39,7 +36,7 @@ __all__ = ['BiLevelRoutingAttention', 'GlobalAttentionLePE', 'BRA_IMPLS', 'bra_r
            'check_bra_impl', 'flex_available']
 
 
-def _route(q, k, topk, scale):
+def _route(q: torch.Tensor, k: torch.Tensor, topk: int, scale: float) -> torch.Tensor:
     """Top-k region routing on region means: (N, P, T, C) x2 -> (N, P, topk) int64 region indices.
 
     Means include padded tokens, and the inputs are detached: the official routing is not differentiable.
@@ -80,11 +77,11 @@ def _routed_weights(q: torch.Tensor, k_sel: torch.Tensor, num_heads: int, scale:
     return ((q_h * scale) @ k_h).softmax(dim=-1)
 
 
-def bra_reference(q, k, v, topk, num_heads, scale):
-    """Reference BRA token attention: gather the K/V tokens of the top-k regions, then dense attention.
+def bra_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int, num_heads: int,
+                  scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference BRA token attention: gather the top-k regions' K/V tokens (``topk`` copies), then attend.
 
-    Materialises ``topk`` copies of K and V per query region, exactly like the authors' code (memory heavy
-    at detection resolutions; see the module docstring for the contract).
+    Shapes: see the module docstring.
     """
     idx = _route(q, k, topk, scale)
     attn = _routed_weights(q, _gather_regions(k, idx), num_heads, scale)
@@ -93,7 +90,8 @@ def bra_reference(q, k, v, topk, num_heads, scale):
     return out, idx
 
 
-def _routed_attention(q, k, v, flat, topk, num_heads, scale):
+def _routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, flat: torch.Tensor, topk: int, num_heads: int,
+                      scale: float) -> torch.Tensor:
     """Gather the routed K/V regions (``flat``: row indices into the N*P region axis) and attend; (N*P, T, C_v)."""
     n, p, t, c_qk = q.shape
     c_v = v.shape[-1]
@@ -113,18 +111,13 @@ def _routed_attention(q, k, v, flat, topk, num_heads, scale):
 BRA_RECOMPUTE_TOPK = 4
 
 
-def bra_fast(q, k, v, topk, num_heads, scale):
-    """Fast BRA token attention, same contract and routing as :func:`bra_reference`.
+def bra_fast(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int, num_heads: int,
+             scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fast BRA token attention (``index_select`` gather + SDPA), same contract as :func:`bra_reference`.
 
-    The routed K/V regions are fetched with one ``index_select`` over the flattened ``(N*P)`` region axis, the
-    head split is a strided view, and :func:`torch.nn.functional.scaled_dot_product_attention` computes the
-    attention without materialising the ``(T x topk*T)`` logits of every region in fp32 (flash kernels on CPU
-    and GPU). The backward of ``index_select`` is an ``index_add`` into a K/V-sized buffer, never a dense
-    scatter over a regions x regions x tokens x C tensor. For ``topk >= BRA_RECOMPUTE_TOPK`` under autograd,
-    the gather and the attention are recomputed in the backward (activation checkpointing of this step
-    only), so a layer keeps q, k, v between forward and backward instead of ``topk`` copies of k and v:
-    BiFormer's stage 3 (``topk=16``) would otherwise hold 32 K/V-sized copies per block.
+    For ``topk >= BRA_RECOMPUTE_TOPK`` under autograd the gather and attention are recomputed in the backward.
     """
+    # why recompute: BiFormer's stage 3 (topk=16) would otherwise keep 32 K/V-sized copies per block alive
     n, p = q.shape[:2]
     idx = _route(q, k, topk, scale)
     # region r of sample b lives at row b*P + r of the flattened region axis
@@ -137,7 +130,7 @@ def bra_fast(q, k, v, topk, num_heads, scale):
     return out, idx
 
 
-def _flex_block(t):
+def _flex_block(t: int) -> int:
     """Block size that holds one region of ``t`` tokens: a power of two >= 16 up to 128, then multiples of 128.
 
     One region is one FlexAttention block (queries and keys alike), so the routing indices are the block
@@ -148,10 +141,10 @@ def _flex_block(t):
     return max(16, 1 << (t - 1).bit_length())
 
 
-_FLEX = {}
+_FLEX: dict[str, Any] = {}
 
 
-def _flex_attention_fn(device_type):
+def _flex_attention_fn(device_type: str) -> Callable[..., Any]:
     """``flex_attention``: compiled on CUDA (the fused kernel), eager elsewhere (CPU: forward only, unfused)."""
     if device_type not in _FLEX:
         from torch.nn.attention.flex_attention import flex_attention
@@ -159,12 +152,12 @@ def _flex_attention_fn(device_type):
     return _FLEX[device_type]
 
 
-def flex_available():
+def flex_available() -> tuple[bool, str]:
     """``(True, '')`` if :func:`bra_flex` can run its forward here, else ``(False, reason)``."""
     return flex_attention_available()
 
 
-def _flex_kernel_options(block):
+def _flex_kernel_options(block: int) -> dict[str, int] | None:
     """CUDA tile sizes that divide a region block smaller than the kernels' default tiles (None: defaults)."""
     if block >= 128:
         return None
@@ -173,19 +166,14 @@ def _flex_kernel_options(block):
                 BLOCK_N2=min(tile, 32))
 
 
-def bra_flex(q, k, v, topk, num_heads, scale):
-    """BRA token attention as block-sparse FlexAttention, same contract and routing as :func:`bra_reference`.
+def bra_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int, num_heads: int,
+             scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """BRA token attention as block-sparse FlexAttention (no K/V gather), same contract as :func:`bra_reference`.
 
-    Tokens are already region-contiguous (region ``p`` holds rows ``p*T .. p*T+T-1``); each region is padded to
-    one block of ``B`` tokens (:func:`_flex_block`), so the sequence is ``P*B`` long and block ``p`` is region
-    ``p`` for queries and keys alike. The routing indices go straight into a ``BlockMask``: query block ``p``
-    visits the ``topk`` key blocks ``idx[n, p]`` (``kv_num_blocks = topk``, ``kv_indices = idx``), and a
-    ``mask_mod`` hides the padded key tokens of every block. No gathered K/V copy exists: the kernel reads
-    K/V blocks in place (the only copies are the padded q, k, v). Padded query rows are computed and dropped.
-
-    FlexAttention has no backward on CPU: there, under autograd, :func:`bra_fast` (same maths) runs instead.
-    On CUDA the fused kernel is ``torch.compile(flex_attention)``.
+    On CPU under autograd (FlexAttention has no CPU backward) :func:`bra_fast` runs instead; on CUDA the kernel
+    is ``torch.compile(flex_attention)``. Raises if FlexAttention is unavailable.
     """
+    # why: one region = one padded block of B tokens, so the routing indices are the BlockMask's kv_indices
     if q.device.type == 'cpu' and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad
                                                                or v.requires_grad):
         return bra_fast(q, k, v, topk, num_heads, scale)
@@ -197,7 +185,7 @@ def bra_flex(q, k, v, topk, num_heads, scale):
     idx = _route(q, k, topk, scale)
     block = _flex_block(t)
 
-    def to_heads(x):  # (N, P, T, C) -> (N, m, P*B, d), padded tokens zero
+    def to_heads(x: torch.Tensor) -> torch.Tensor:  # (N, P, T, C) -> (N, m, P*B, d), padded tokens zero
         x = F.pad(x, (0, 0, 0, block - t)) if block != t else x
         return x.reshape(n, p * block, num_heads, x.shape[-1] // num_heads).transpose(1, 2)
 
@@ -206,7 +194,7 @@ def bra_flex(q, k, v, topk, num_heads, scale):
     # only the mask_mod) and hides the padded key tokens of each block
     routed = torch.zeros(n, p, p, dtype=torch.bool, device=q.device).scatter_(2, idx, True)
 
-    def routed_real_keys(b, h, q_idx, kv_idx):
+    def routed_real_keys(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
         return routed[b, q_idx // block, kv_idx // block] & ((kv_idx % block) < t)
 
     # every query block lists all P key blocks, the routed ones first (only the first topk are visited)
@@ -228,13 +216,14 @@ def bra_flex(q, k, v, topk, num_heads, scale):
 
 #: ``impl`` -> token-attention algorithm of :class:`BiLevelRoutingAttention` (contract in the module docstring);
 #: ``'flex'`` is BRA's own addition to the shared ``'reference' | 'fast'`` vocabulary
-BRA_IMPLS = {'reference': bra_reference, 'fast': bra_fast, 'flex': bra_flex}
+BRA_IMPLS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
+    'reference': bra_reference, 'fast': bra_fast, 'flex': bra_flex}
 
 
-def check_bra_impl(impl, owner):
+def check_bra_impl(impl: Any, owner: str) -> str:
     """Return ``impl`` if it is a key of :data:`BRA_IMPLS`, else raise ``ValueError`` naming ``owner``.
 
-    The message keeps the shared vocabulary (:data:`IMPLS`) first and names BRA's extra ``'flex'`` after it.
+    ``'flex'`` also raises where FlexAttention is unavailable.
     """
     if not isinstance(impl, str) or impl not in BRA_IMPLS:
         extra = [name for name in BRA_IMPLS if name not in IMPLS]
@@ -255,14 +244,14 @@ class _DepthwiseConvCL(torch.autograd.Function):
 
     @staticmethod
     @amp_forward
-    def forward(ctx, x, weight, bias):
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
 
     @staticmethod
     @amp_backward
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         x, weight = ctx.saved_tensors
         k = weight.shape[-1]
         c, (h, w) = x.shape[1], x.shape[-2:]
@@ -279,7 +268,7 @@ class _DepthwiseConvCL(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-def _lepe_fast(conv, v_map):
+def _lepe_fast(conv: nn.Conv2d, v_map: torch.Tensor) -> torch.Tensor:
     """``conv(v_map)`` through :class:`_DepthwiseConvCL` where it applies (CPU, float32, no autocast, square kernel).
 
     The hand-written backward works around oneDNN's slow depthwise backward; on CUDA cuDNN's own channels-last
@@ -291,20 +280,20 @@ def _lepe_fast(conv, v_map):
     return conv(v_map)
 
 
-def _check_side_dwconv(side_dwconv):
+def _check_side_dwconv(side_dwconv: Any) -> None:
     if (isinstance(side_dwconv, bool) or not isinstance(side_dwconv, int) or side_dwconv < 0
             or (side_dwconv > 0 and side_dwconv % 2 == 0)):
         raise ValueError(f'side_dwconv must be 0 (no LePE) or an odd positive kernel size, got {side_dwconv!r}')
 
 
-def _lepe_conv(channels, side_dwconv):
+def _lepe_conv(channels: int, side_dwconv: int) -> nn.Conv2d | None:
     """The LePE depthwise conv (``None`` when ``side_dwconv == 0``)."""
     if side_dwconv == 0:
         return None
     return nn.Conv2d(channels, channels, side_dwconv, padding=side_dwconv // 2, groups=channels)
 
 
-def _forward_via_nhwc(op: nn.Module, x: torch.Tensor, channels_last_output: bool) -> torch.Tensor:
+def _forward_via_nhwc(op: Any, x: torch.Tensor, channels_last_output: bool) -> torch.Tensor:
     """An NCHW ``forward`` through ``op.forward_nhwc``; a contiguous result unless ``channels_last_output``.
 
     Shapes:
@@ -320,32 +309,22 @@ def _forward_via_nhwc(op: nn.Module, x: torch.Tensor, channels_last_output: bool
 class BiLevelRoutingAttention(ImplOperator, nn.Module):
     """Bi-Level Routing Attention (BRA), the authors' legacy version used by all released BiFormers.
 
-    Steps, for an input that is already normalised (the block's ``norm1`` runs before this layer):
-
-    1. ``auto_pad``: zero-pad the input at the bottom/right to a multiple of ``n_win`` *before* the qkv
-       projection, so padded tokens carry the projection biases. Nothing is masked; the output is cropped.
-    2. Split the map into ``n_win x n_win`` regions (row-major), project to q, k (``qk_dim``) and v (``embed_dims``).
-    3. Route: region means of q and k (padded tokens included, detached), logits ``(q_r * s) @ k_r^T``,
-       keep the ``topk`` best key regions per query region.
-    4. Attend from every query token to all tokens of its top-k regions, per head (head-major channel
-       split), with scale ``s``.
-    5. Add the LePE (depthwise ``side_dwconv`` conv on the padded V map), project with ``proj``, crop.
-
-    The scale ``s`` is ``qk_dim ** -0.5`` (the *full* qk_dim, not the head dim), as in the official code.
+    Region-to-region top-k routing on detached region means (padded tokens included), then token attention
+    over the routed regions, plus a depthwise LePE on the padded V map. The scale is ``qk_dim ** -0.5`` (the
+    *full* qk_dim, as in the official code). With ``auto_pad`` the input is zero-padded *before* the qkv
+    projection (nothing masked) and the output cropped.
 
     Args:
-        embed_dims (int): Input/output channels C (also the V channels).
-        num_heads (int): Number of heads; must divide ``embed_dims`` and ``qk_dim``. Default: 8.
-        n_win (int): Regions per side. Default: 7.
-        topk (int): Routed regions per query region, ``1 <= topk <= n_win**2``. Default: 4.
-        qk_dim (int, optional): Channels of q and k. Default: ``embed_dims``.
-        qk_scale (float, optional): Override of the scale ``qk_dim ** -0.5``. Default: None.
-        side_dwconv (int): LePE kernel size; 0 disables it. Default: 5.
-        auto_pad (bool): Pad inputs whose H/W do not divide by ``n_win``; otherwise such inputs raise.
-            Default: False.
-        impl (str): ``'fast'`` (default), ``'reference'`` (a line-by-line equivalent of the authors' maths) or
-            ``'flex'`` (block-sparse FlexAttention without a K/V gather, :func:`bra_flex`; BRA only). All route
-            identically; outputs agree to float rounding.
+        embed_dims: input/output channels C (also the V channels).
+        num_heads: must divide ``embed_dims`` and ``qk_dim``.
+        n_win: regions per side.
+        topk: routed regions per query region, ``1 <= topk <= n_win**2``.
+        qk_dim: channels of q and k. Default: ``embed_dims``.
+        qk_scale: override of ``qk_dim ** -0.5``.
+        side_dwconv: LePE kernel size (odd); 0 disables it.
+        auto_pad: pad inputs whose H/W do not divide by ``n_win``; otherwise they raise ``ValueError``.
+        impl: ``'fast'``, ``'reference'`` or ``'flex'`` (:func:`bra_flex`, BRA only); outputs agree to float
+            rounding.
 
     Shapes:
         - input: (N, C, H, W), the normalised feature map.
@@ -358,13 +337,14 @@ class BiLevelRoutingAttention(ImplOperator, nn.Module):
 
     impls = tuple(BRA_IMPLS)
 
-    @ImplOperator.impl.setter
-    def impl(self, value):
+    @ImplOperator.impl.setter  # type: ignore[attr-defined]  # why: mypy cannot extend a base-class property
+    def impl(self, value: str) -> None:
         # BRA's own message: the shared vocabulary first, then its extra 'flex'
         self._impl = check_bra_impl(value, type(self).__name__)
 
-    def __init__(self, embed_dims, num_heads=8, n_win=7, topk=4, qk_dim=None, qk_scale=None, side_dwconv=5,
-                 auto_pad=False, impl=DEFAULT_IMPL):
+    def __init__(self, embed_dims: int, num_heads: int = 8, n_win: int = 7, topk: int = 4,
+                 qk_dim: int | None = None, qk_scale: float | None = None, side_dwconv: int = 5,
+                 auto_pad: bool = False, impl: str = DEFAULT_IMPL) -> None:
         super().__init__()
         qk_dim = embed_dims if qk_dim is None else qk_dim
         for value, name in ((embed_dims, 'embed_dims'), (num_heads, 'num_heads'), (n_win, 'n_win'),
@@ -390,17 +370,15 @@ class BiLevelRoutingAttention(ImplOperator, nn.Module):
         self.proj = nn.Linear(embed_dims, embed_dims)
 
         self.record_routing = False
-        self.routing_idx = None
+        self.routing_idx: torch.Tensor | None = None
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (f'embed_dims={self.embed_dims}, qk_dim={self.qk_dim}, num_heads={self.num_heads}, '
                 f'n_win={self.n_win}, '
                 f'topk={self.topk}, scale={self.scale:.6g}, auto_pad={self.auto_pad}, impl={self.impl!r}')
 
     def forward(self, x: torch.Tensor, channels_last_output: bool = False) -> torch.Tensor:
-        """``channels_last_output=True`` (what BiFormer's ``'fast'`` block passes) returns the (N, C, H, W) result
-        with channels-last strides instead of copying it into a contiguous map; the call still goes through
-        the module, so forward hooks see it."""
+        """(N, C, H, W) -> (N, C, H, W); ``channels_last_output=True`` skips the final contiguous copy."""
         return _forward_via_nhwc(self, x, channels_last_output)
 
     def region_layout(self, feat_hw: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -425,8 +403,7 @@ class BiLevelRoutingAttention(ImplOperator, nn.Module):
         return self.qkv(tokens).split([self.qk_dim, self.qk_dim, self.embed_dims], dim=-1)
 
     def forward_nhwc(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward` on an (N, H, W, C) map, returning (N, H, W, C): on channels-last memory (BiFormer's
-        ``'fast'`` block) the permute to tokens is free. Same values as :meth:`forward`."""
+        """:meth:`forward` on an (N, H, W, C) map, returning (N, H, W, C); same values."""
         _, h_in, w_in, _ = x.shape
         hp, wp, h, w = self.region_layout((h_in, w_in))
         pad_b, pad_r = hp - h_in, wp - w_in
@@ -453,25 +430,19 @@ class BiLevelRoutingAttention(ImplOperator, nn.Module):
         return out
 
     @torch.no_grad()
-    def explain(self, x: torch.Tensor, query_yx: tuple[int, int], routing_idx: torch.Tensor | None = None) -> dict:
-        """Where one query token attends: its region, its routed regions and the token attention inside them.
+    def explain(self, x: torch.Tensor, query_yx: tuple[int, int], routing_idx: torch.Tensor | None = None
+                ) -> dict[str, Any]:
+        """Region, routed regions and token attention of one query token of sample 0 (``'reference'`` steps).
 
-        Runs the forward's own steps on the first sample (:meth:`_project`, :func:`_route`,
-        :func:`_gather_regions`, :func:`_routed_weights`), i.e. the ``'reference'`` token attention, which the
-        other impls equal up to float rounding.
+        Raises ``ValueError`` if ``query_yx`` is outside the (h, w) map.
 
         Args:
-            x (Tensor): the operator's input (N, C, h, w); only sample 0 is explained.
-            query_yx (tuple[int, int]): query token on the (h, w) map.
-            routing_idx (Tensor, optional): (n_win**2, topk) region indices a forward returned for ``x``
-                (``record_routing``); recomputed (the same) when None.
+            routing_idx: (n_win**2, topk) indices recorded by a forward (``record_routing``); recomputed if None.
 
         Returns:
-            dict: ``region`` (int, the query's region), ``routed`` (list[int], its top-k regions in routed
-            order), ``per_head`` (Tensor (heads, topk*T): weights over the gathered tokens, routed order,
-            row-major inside a region), ``weights`` (Tensor (Hp, Wp): head mean placed on the padded map, 0
-            outside the routed regions), ``layout`` (``(Hp, Wp, rh, rw)``, :meth:`region_layout`) and
-            ``caption``.
+            ``region`` (int), ``routed`` (list[int], routed order), ``per_head`` (heads, topk*T) weights over
+            the gathered tokens, ``weights`` (Hp, Wp) head mean on the padded map (0 outside the routed
+            regions), ``layout`` ``(Hp, Wp, rh, rw)`` and ``caption``.
         """
         check_nchw(x, self.embed_dims, type(self).__name__)
         h, w = x.shape[-2:]
@@ -507,20 +478,19 @@ class GlobalAttentionLePE(ImplOperator, nn.Module):
     number of heads is fixed by the caller (the official stage 4 always uses 8, whatever ``head_dim``).
 
     Args:
-        embed_dims (int): Input/output channels C.
-        num_heads (int): Number of heads; must divide ``embed_dims``. Default: 8.
-        qkv_bias (bool): Bias in the qkv projection. Default: False.
-        qk_scale (float, optional): Override of ``(embed_dims // num_heads) ** -0.5``. Default: None.
-        side_dwconv (int): LePE kernel size; 0 disables it. Default: 5.
-        impl (str): ``'fast'`` (default: fused ``scaled_dot_product_attention``) or ``'reference'`` (explicit
-            logits and softmax, as the authors write it). Same values up to float rounding.
+        embed_dims: input/output channels C.
+        num_heads: must divide ``embed_dims``.
+        qk_scale: override of ``(embed_dims // num_heads) ** -0.5``.
+        side_dwconv: LePE kernel size (odd); 0 disables it.
+        impl: ``'fast'`` (SDPA) or ``'reference'`` (explicit softmax); same values up to float rounding.
 
     Shapes:
         - input: (N, C, H, W) (already normalised), any H, W.
         - output: (N, C, H, W), contiguous. :meth:`forward_nhwc`: (N, H, W, C) in and out.
     """
 
-    def __init__(self, embed_dims, num_heads=8, qkv_bias=False, qk_scale=None, side_dwconv=5, impl=DEFAULT_IMPL):
+    def __init__(self, embed_dims: int, num_heads: int = 8, qkv_bias: bool = False, qk_scale: float | None = None,
+                 side_dwconv: int = 5, impl: str = DEFAULT_IMPL) -> None:
         super().__init__()
         check_positive_int(embed_dims, 'embed_dims')
         check_positive_int(num_heads, 'num_heads')
@@ -535,14 +505,14 @@ class GlobalAttentionLePE(ImplOperator, nn.Module):
         self.lepe = _lepe_conv(embed_dims, side_dwconv)
         self.proj = nn.Linear(embed_dims, embed_dims)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f'embed_dims={self.embed_dims}, num_heads={self.num_heads}, scale={self.scale:.6g}, impl={self.impl!r}'
 
     def forward(self, x: torch.Tensor, channels_last_output: bool = False) -> torch.Tensor:
         """Same contract as :meth:`BiLevelRoutingAttention.forward`."""
         return _forward_via_nhwc(self, x, channels_last_output)
 
-    def forward_nhwc(self, x):
+    def forward_nhwc(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` on an (N, H, W, C) map, returning (N, H, W, C)."""
         _, h, w, _ = x.shape
         tokens = rearrange(x, 'n h w c -> n (h w) c')
