@@ -9,25 +9,15 @@ The operator has three steps (spec ``stvit.md`` §2.5):
 
 A super-token size of 1 makes STA plain global MHSA over all pixels.
 
-Implementation contract. Steps 1 and 3 are pure functions of tensors, one per ``impl`` in :data:`STA_IMPLS`:
-``fn(x, stoken_size, n_iter, scale, refine) -> (out, extras)`` with ``x`` already normalised, ``refine`` a
-callable on ``(B, C, hh, ww)`` maps, ``out`` of ``x``'s shape and ``extras`` a dict holding
-``stoken_refine_in``, ``stoken_refine_out`` and ``association`` (see :func:`sta_reference`). ``'reference'``
-(:func:`sta_reference`) and ``'fast'`` (the default, :func:`sta_fast`); the tests compare both against the
-authors' fixtures. The refinement MHSA follows the same ``impl`` (explicit softmax vs fused SDPA).
-
-The reference entry keeps the authors' numerics, quirks included: affinity scale from the full channel width,
-association under ``no_grad``, zero padding (after the norm, unmasked), an unmasked 9-way softmax with
-out-of-grid neighbours as zero vectors, and the ``+1e-12`` normalisation. Instead of the authors' frozen
-``eye(9)`` convolutions it uses :func:`torch.nn.functional.unfold` / :func:`~torch.nn.functional.fold`, which
-compute the same neighbourhood gather and its transpose.
-
-:meth:`SuperTokenAttention.explain` returns the soft association of the pixels with the super tokens and the
-refinement's attention among super tokens, from the same steps the forward runs.
+Steps 1 and 3 are one function per ``impl`` in :data:`STA_IMPLS` (``'reference'``, ``'fast'``), with the
+contract ``fn(x, stoken_size, n_iter, scale, refine) -> (out, extras)`` of :func:`sta_reference`. Both keep
+the authors' numerics: association scale from the full channel width, association under ``no_grad``, zero
+padding after the norm (unmasked), out-of-grid neighbours as zero vectors, the ``+1e-12`` normalisation.
 """
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -49,7 +39,7 @@ __all__ = ['TokenMHSA', 'SuperTokenAttention', 'STA_IMPLS',
 STA_EPS = 1e-12
 
 
-def _pair(value, name):
+def _pair(value: Any, name: str) -> tuple[int, int]:
     """``int`` or 2-sequence of positive ints -> tuple; anything else raises naming ``name``."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value, value)
@@ -77,45 +67,48 @@ def _pad_to_cells(x: torch.Tensor, stoken_size: tuple[int, int]) -> tuple[torch.
     return x, (hh, ww)
 
 
-def neighbour_gather(s):
-    """3×3 neighbourhood of every super token: ``(B, C, hh, ww) -> (B, M, C, 9)``, ``M = hh·ww``.
+def neighbour_gather(s: torch.Tensor) -> torch.Tensor:
+    """3×3 neighbourhood of every super token; out-of-grid neighbours are zero vectors.
 
-    Neighbour ``k`` of cell ``(gy, gx)`` is the token at ``(gy + k // 3 - 1, gx + k % 3 - 1)``; neighbours
-    outside the grid are zero vectors (the authors' ``Unfold`` with ``eye(9)`` kernels and padding 1).
+    Neighbour ``k`` of cell ``(gy, gx)`` is the token at ``(gy + k // 3 - 1, gx + k % 3 - 1)``.
+
+    Shapes:
+        input (B, C, hh, ww); output (B, M, C, 9) with ``M = hh·ww``.
     """
     return rearrange(F.unfold(s, 3, padding=1), 'b (c k) m -> b m c k', k=9)
 
 
-def neighbour_scatter(t, grid):
-    """Transpose of :func:`neighbour_gather`: ``(B, M, C, 9) -> (B, C, hh, ww)``.
+def neighbour_scatter(t: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Transpose of :func:`neighbour_gather`; entries pointing outside the ``grid`` (hh, ww) are dropped.
 
-    Entry ``k`` of cell ``g`` is added onto the super token it came from (``g`` + offset ``k``); entries that
-    point outside the grid are dropped (the authors' ``Fold``).
+    Shapes:
+        input (B, M, C, 9); output (B, C, hh, ww).
     """
     return F.fold(rearrange(t, 'b m c k -> b (c k) m'), grid, 3, padding=1)
 
 
-def _aggregate(pixels, assoc, den, grid):
+def _aggregate(pixels: torch.Tensor, assoc: torch.Tensor, den: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Super tokens as association-weighted pixel means: ``Fold(Pᵀ A) / (Den + eps)``, ``(B, C, hh, ww)``."""
     num = neighbour_scatter(pixels.transpose(-1, -2) @ assoc, grid)
     return num / (den + STA_EPS)
 
 
-def sta_reference(x, stoken_size, n_iter, scale, refine):
-    """Super-token sampling, ``refine`` and upsampling, written with tensor ops (the authors' numerics).
+def sta_reference(x: torch.Tensor, stoken_size: tuple[int, int], n_iter: int, scale: float,
+                  refine: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Super-token sampling, ``refine`` and upsampling with unfold/fold (the authors' numerics).
 
     Args:
-        x (Tensor): normalised input, shape (B, C, H0, W0).
-        stoken_size (tuple[int, int]): super-token cell (h, w); the map is zero-padded right/bottom to a
-            multiple of it.
-        n_iter (int): association rounds (>= 1).
-        scale (float): logit scale of the association (the authors use ``C ** -0.5``).
-        refine (callable): maps super tokens (B, C, hh, ww) to refined ones of the same shape.
+        x: normalised input; zero-padded right/bottom to whole ``stoken_size`` cells (h, w) inside.
+        n_iter: association rounds (>= 1).
+        scale: association logit scale (the authors use ``C ** -0.5``).
+        refine: maps super tokens (B, C, hh, ww) to refined ones of the same shape.
 
     Returns:
-        tuple: ``out`` (B, C, H0, W0) and a dict with ``stoken_refine_in`` / ``stoken_refine_out``
-        (B, C, hh, ww) and ``association`` (B, hh·ww, h·w, 9): for cell ``g`` and pixel ``t = ty·w + tx``
-        of that cell, the softmax weights over the 9 neighbouring super tokens (no gradient).
+        ``out`` and ``extras``: ``stoken_refine_in`` / ``stoken_refine_out`` and ``association`` (no
+        gradient), the softmax weights of pixel ``t = ty·w + tx`` of cell ``g`` over its 9 super tokens.
+
+    Shapes:
+        x, out (B, C, H0, W0); stoken_refine_* (B, C, hh, ww); association (B, hh·ww, h·w, 9).
     """
     b, c, h0, w0 = x.shape
     h, w = stoken_size
@@ -147,7 +140,7 @@ def sta_reference(x, stoken_size, n_iter, scale, refine):
     return out, dict(stoken_refine_in=tokens, stoken_refine_out=refined, association=assoc)
 
 
-def _grid_neighbours(grid):
+def _grid_neighbours(grid: torch.Tensor) -> torch.Tensor:
     """``(B, hh, ww, D) -> (B, hh*ww, 9, D)``: the 3×3 neighbourhood of every cell, zeros outside the grid.
 
     Same neighbour order as :func:`neighbour_gather` (``k = 3 * (dy + 1) + (dx + 1)``), built from nine shifted
@@ -159,7 +152,7 @@ def _grid_neighbours(grid):
                        dim=3).view(b, hh * ww, 9, d)
 
 
-def _grid_scatter(t, hh, ww):
+def _grid_scatter(t: torch.Tensor, hh: int, ww: int) -> torch.Tensor:
     """Transpose of :func:`_grid_neighbours`: ``(B, hh*ww, 9, D) -> (B, hh, ww, D)``, out-of-grid entries dropped.
 
     Entry ``k`` of cell ``(gy, gx)`` belongs to the token at ``(gy + dy - 1, gx + dx - 1)`` with
@@ -168,10 +161,10 @@ def _grid_scatter(t, hh, ww):
     b, _, _, d = t.shape
     t = t.view(b, hh, ww, 9, d)
     out = sum(F.pad(t[:, :, :, k], (0, 0, k % 3, 2 - k % 3, k // 3, 2 - k // 3)) for k in range(9))
-    return out[:, 1:hh + 1, 1:ww + 1]
+    return out[:, 1:hh + 1, 1:ww + 1]  # type: ignore[index]  # why: a sum of tensors is a Tensor, never 0
 
 
-def _normalised_aggregate(pixels, assoc_t, hh, ww):
+def _normalised_aggregate(pixels: torch.Tensor, assoc_t: torch.Tensor, hh: int, ww: int) -> torch.Tensor:
     """Super tokens ``(B, hh, ww, C)``: association-weighted pixel sums over their weight sums (+ eps).
 
     ``pixels``: (B, M, C, n) cell-major, ``assoc_t``: (B, M, 9, n). Numerator and denominator are scattered
@@ -192,27 +185,20 @@ class _ContiguousGrad(torch.autograd.Function):
 
     @staticmethod
     @amp_forward
-    def forward(ctx, x):
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         return x.view_as(x)
 
     @staticmethod
     @amp_backward
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         return grad.contiguous()
 
 
-def sta_fast(x, stoken_size, n_iter, scale, refine):
-    """Same contract and maths as :func:`sta_reference`, laid out for speed.
-
-    - Pixels are copied once into a cell-major ``(B, M, C, n)`` buffer reused by every round (rows of pixels
-      stay contiguous, so the copy is cheap); numerator and denominator of the aggregation are scattered
-      onto the grid together (fused normalisation).
-    - Super tokens stay channels-last; the 3×3 neighbourhood is nine shifted slices of the padded grid (no
-      identity-kernel convolutions, no unfold/fold round trips), and every matmul runs on contiguous operands,
-      which avoids the slow strided batched-matmul path the ``unfold`` layout hits on CPU.
-    - Association rounds run without autograd; only the last aggregation and the upsampling are
-      differentiated, as in the reference (A and the denominator are constants).
-    """
+def sta_fast(x: torch.Tensor, stoken_size: tuple[int, int], n_iter: int, scale: float,
+             refine: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Same contract and maths as :func:`sta_reference`, laid out for speed (cell-major, channels-last)."""
+    # why: contiguous matmul operands and shifted slices avoid the slow strided batched-matmul path of the
+    # unfold layout on CPU; numerator and denominator are scattered together (fused normalisation)
     b, c, h0, w0 = x.shape
     h, w = stoken_size
     x, (hh, ww) = _pad_to_cells(x, stoken_size)
@@ -245,34 +231,30 @@ def sta_fast(x, stoken_size, n_iter, scale, refine):
 
 
 #: ``impl`` -> super-token sampling + upsampling (see the module docstring for the contract)
-STA_IMPLS = {'reference': sta_reference, 'fast': sta_fast}
+STA_IMPLS: dict[str, Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]] = {
+    'reference': sta_reference, 'fast': sta_fast}
 
 
 @MODELS.register_module()
 class TokenMHSA(ImplOperator, nn.Module):
     """Multi-head self-attention over all positions of an NCHW map (the authors' ``Attention``).
 
-    The 1×1 ``qkv`` projection is laid out *per head*: output channels ``[3dj, 3dj+d)``, ``[3dj+d, 3dj+2d)``
-    and ``[3dj+2d, 3dj+3d)`` are q, k and v of head ``j`` (not timm's ``[q|k|v]`` blocks). No mask, no
-    positional bias.
+    The 1×1 ``qkv`` output is laid out *per head* ``(m, [q|k|v], d)``, not timm's ``[q|k|v]`` blocks.
 
     Args:
-        embed_dims (int): channels C.
-        num_heads (int): heads m; ``C`` must be divisible by it. Head dim ``d = C / m``.
-        qkv_bias (bool): bias of the qkv projection. Default True (what STViT passes).
-        qk_scale (float | None): logit scale; ``None`` means ``d ** -0.5``.
-        attn_drop (float): dropout on the attention weights.
-        proj_drop (float): dropout after the output projection.
-        impl (str): ``'fast'`` (:func:`torch.nn.functional.scaled_dot_product_attention`, which picks a
-            memory-efficient kernel where one exists) or ``'reference'`` (the explicit matrix). Same values up
-            to float rounding.
+        embed_dims: channels C.
+        num_heads: heads m; must divide C. Head dim ``d = C / m``.
+        qk_scale: logit scale; ``None`` means ``d ** -0.5``.
+        attn_drop: dropout on the attention weights.
+        proj_drop: dropout after the output projection.
+        impl: ``'fast'`` (SDPA) or ``'reference'`` (explicit softmax); same values up to float rounding.
 
     Shapes:
         (B, C, H, W) -> (B, C, H, W).
     """
 
-    def __init__(self, embed_dims, num_heads, qkv_bias=True, qk_scale=None, attn_drop=0., proj_drop=0.,
-                 impl=DEFAULT_IMPL):
+    def __init__(self, embed_dims: int, num_heads: int, qkv_bias: bool = True, qk_scale: float | None = None,
+                 attn_drop: float = 0., proj_drop: float = 0., impl: str = DEFAULT_IMPL) -> None:
         super().__init__()
         check_positive_int(embed_dims, 'embed_dims')
         check_positive_int(num_heads, 'num_heads')
@@ -297,7 +279,7 @@ class TokenMHSA(ImplOperator, nn.Module):
         """Explicit attention weights ``softmax(q k^T * scale)``: (B, m, N, N), before dropout."""
         return (q @ k.transpose(-1, -2) * self.scale).softmax(-1)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, _, hgt, wdt = x.shape
         q, k, v = self._heads(x)
         p = self.attn_drop.p if self.training else 0.
@@ -314,18 +296,14 @@ class SuperTokenAttention(ImplOperator, nn.Module):
     """Super Token Attention (STViT's ``StokenAttention``) on NCHW maps.
 
     Args:
-        embed_dims (int): channels C.
-        num_heads (int): heads of the super-token MHSA.
-        stoken_size (int | tuple[int, int]): super-token cell (h, w). ``1`` / ``(1, 1)`` gives plain global
-            MHSA over all positions. Any H × W input works: the map is zero-padded right/bottom to a multiple
-            of the cell inside the operator, and the output is cropped back.
-        n_iter (int): association rounds (the released models use 1).
-        qkv_bias (bool): qkv bias of the MHSA. Default True.
-        qk_scale (float | None): MHSA logit scale (default head_dim ** -0.5). The association scale is always
-            ``C ** -0.5``, from the full channel width, as in the authors' code.
-        attn_drop (float), proj_drop (float): dropout rates of the MHSA.
-        impl (str): ``'fast'`` (default) or ``'reference'`` (the authors' numerics written with unfold/fold,
-            explicit-softmax MHSA); they agree to float rounding.
+        embed_dims: channels C.
+        num_heads: heads of the super-token MHSA.
+        stoken_size: super-token cell (h, w); ``1`` gives plain global MHSA. Any H × W works (zero-padded to
+            whole cells inside, output cropped back).
+        n_iter: association rounds (the released models use 1).
+        qk_scale: MHSA logit scale (default head_dim ** -0.5); the association scale is always ``C ** -0.5``.
+        attn_drop, proj_drop: dropout rates of the MHSA.
+        impl: ``'fast'`` or ``'reference'`` (unfold/fold, explicit softmax); they agree to float rounding.
 
     Shapes:
         (B, C, H, W) -> (B, C, H, W).
@@ -334,8 +312,9 @@ class SuperTokenAttention(ImplOperator, nn.Module):
     ``stoken_refine.*``; the official frozen ``unfold/fold.weights`` are not needed).
     """
 
-    def __init__(self, embed_dims, num_heads, stoken_size=8, n_iter=1, qkv_bias=True, qk_scale=None,
-                 attn_drop=0., proj_drop=0., impl=DEFAULT_IMPL):
+    def __init__(self, embed_dims: int, num_heads: int, stoken_size: int | tuple[int, int] = 8, n_iter: int = 1,
+                 qkv_bias: bool = True, qk_scale: float | None = None, attn_drop: float = 0., proj_drop: float = 0.,
+                 impl: str = DEFAULT_IMPL) -> None:
         super().__init__()
         check_positive_int(embed_dims, 'embed_dims')
         self.stoken_size = _pair(stoken_size, 'stoken_size')
@@ -347,47 +326,44 @@ class SuperTokenAttention(ImplOperator, nn.Module):
                                 attn_drop=attn_drop, proj_drop=proj_drop, impl=impl)
         self.impl = impl
 
-    @ImplOperator.impl.setter
-    def impl(self, value):
+    @ImplOperator.impl.setter  # type: ignore[attr-defined]  # why: mypy cannot extend a base-class property
+    def impl(self, value: str) -> None:
         # one switch for sampling and refinement
-        ImplOperator.impl.fset(self, value)
+        ImplOperator.impl.fset(self, value)  # type: ignore[attr-defined]  # why: mypy sees no property
         self.refine.impl = self._impl
 
     @property
-    def is_global(self):
+    def is_global(self) -> bool:
         """True when the super-token cell is 1×1, i.e. the operator is plain global MHSA."""
         return self.stoken_size == (1, 1)
 
-    def _check(self, x):
+    def _check(self, x: torch.Tensor) -> None:
         check_nchw(x, self.embed_dims, type(self).__name__)
 
-    def forward_with_intermediates(self, x):
-        """Return ``(out, extras)``; ``extras`` holds ``stoken_refine_in``, ``stoken_refine_out`` and
-        ``association`` (see :func:`sta_reference`), or is empty for a 1×1 cell."""
+    def forward_with_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(out, extras)`` as in :func:`sta_reference`; ``extras`` is empty for a 1×1 cell."""
         self._check(x)
         if self.is_global:
             return self.refine(x), {}
         return STA_IMPLS[self.impl](x, self.stoken_size, self.n_iter, self.scale, self.refine)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_intermediates(x)[0]
 
     @torch.no_grad()
-    def association(self, x):
-        """Final soft association of every pixel with its 9 neighbouring super tokens.
+    def association(self, x: torch.Tensor) -> torch.Tensor:
+        """Final soft association of every pixel with its 9 neighbouring super tokens; raises for a 1×1 cell.
 
-        Args:
-            x (Tensor): normalised input (B, C, H, W) (what :meth:`forward` receives).
+        Channel ``k`` is the weight of the super token at offset ``(k // 3 - 1, k % 3 - 1)`` from the pixel's cell.
 
-        Returns:
-            Tensor: (B, 9, H, W); channel ``k`` is the weight of the super token at offset
-            ``(k // 3 - 1, k % 3 - 1)`` from the pixel's own cell. Raises for a 1×1 cell (no super tokens).
+        Shapes:
+            x (B, C, H, W) (what :meth:`forward` receives); output (B, 9, H, W).
         """
         if self.is_global:
             raise ValueError('association: stoken_size is (1, 1), this operator is plain global attention')
         return self._association_map(self.forward_with_intermediates(x)[1]['association'], x.shape[-2:])
 
-    def _association_map(self, assoc: torch.Tensor, feat_hw: tuple[int, int]) -> torch.Tensor:
+    def _association_map(self, assoc: torch.Tensor, feat_hw: tuple[int, ...]) -> torch.Tensor:
         """The cell-major ``association`` of a forward, (B, M, h*w, 9), as a cropped (B, 9, H, W) map."""
         h, w = self.stoken_size
         hh = math.ceil(feat_hw[0] / h)
@@ -406,33 +382,26 @@ class SuperTokenAttention(ImplOperator, nn.Module):
         return torch.where(inside, ty * ww + tx, torch.full_like(k, -1))
 
     @torch.no_grad()
-    def assignment(self, x):
-        """Index of the super token each pixel is most associated with (argmax of :meth:`association`).
+    def assignment(self, x: torch.Tensor) -> torch.Tensor:
+        """Row-major index of each pixel's most associated super token (argmax of :meth:`association`).
 
-        Returns:
-            LongTensor: (B, H, W) with row-major indices into the ``ceil(H/h) × ceil(W/w)`` super-token grid,
-            or ``-1`` where the argmax is an out-of-grid (zero) neighbour.
+        ``-1`` where the argmax is an out-of-grid (zero) neighbour.
+
+        Shapes:
+            x (B, C, H, W); output (B, H, W) int64.
         """
         return self._neighbour_index(self.association(x).argmax(1))
 
     @torch.no_grad()
-    def explain(self, x: torch.Tensor, query_yx: tuple[int, int]) -> dict:
-        """The super tokens of a map and, for one query pixel, its association and its super token's attention.
+    def explain(self, x: torch.Tensor, query_yx: tuple[int, int]) -> dict[str, Any]:
+        """Super tokens of sample 0 and, for one query pixel, its association and its super token's attention.
 
-        One forward (:meth:`forward_with_intermediates`) on the first sample gives the association the
-        upsampling uses; the refinement's attention weights come from :class:`TokenMHSA`'s own steps on the
-        super tokens that forward refined (explicit softmax, which the ``'fast'`` SDPA equals up to rounding).
-
-        Args:
-            x (Tensor): the operator's input (B, C, H, W); only sample 0 is explained.
-            query_yx (tuple[int, int]): query pixel on the (H, W) map.
+        Raises ``ValueError`` for a 1×1 cell (no super tokens) or a query outside the (H, W) map.
 
         Returns:
-            dict: ``association`` (Tensor (9, H, W), :meth:`association`), ``assignment`` (LongTensor (H, W),
-            :meth:`assignment`), ``stoken_size``, ``grid`` (rows, cols of super tokens), ``stoken_attention``
-            (Tensor (heads, rows, cols): attention of the query's own super token over all super tokens),
-            ``weights`` (Tensor (rows, cols): the query pixel's association placed on the grid) and
-            ``caption``. Raises ValueError for a 1×1 cell (plain global attention, no super tokens).
+            ``association`` (9, H, W), ``assignment`` (H, W) int64, ``stoken_size``, ``grid`` (rows, cols),
+            ``stoken_attention`` (heads, rows, cols) of the query's own super token (explicit softmax),
+            ``weights`` (rows, cols): the query's association placed on the grid, and ``caption``.
         """
         if self.is_global:
             raise ValueError('super-token size 1x1: this STA operator is plain global attention, no super tokens')
@@ -457,5 +426,5 @@ class SuperTokenAttention(ImplOperator, nn.Module):
                     stoken_size=(h, w), grid=(rows, cols), stoken_attention=attn.view(-1, rows, cols),
                     weights=weights.view(rows, cols), caption=f'association with the {h}x{w} super tokens')
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f'stoken_size={self.stoken_size}, n_iter={self.n_iter}, impl={self.impl!r}'
