@@ -1,5 +1,6 @@
-"""The three attention operators, one module each (NCHW in, NCHW out), and :func:`set_impl`, the one switch of
-their implementation in any model that contains them."""
+"""The three attention operators (NCHW in and out) and :func:`set_impl`, one switch of their implementation."""
+from __future__ import annotations
+
 from .routing_attention import *  # noqa: F401,F403
 from .attn_conv import *  # noqa: F401,F403
 from .super_token_attention import *  # noqa: F401,F403

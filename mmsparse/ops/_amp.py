@@ -1,13 +1,13 @@
-"""Device-generic autocast handling for mmsparse's custom ``torch.autograd.Function`` classes.
+"""Device-generic ``custom_fwd`` / ``custom_bwd`` for mmsparse's ``torch.autograd.Function`` classes.
 
-``torch.amp.custom_fwd`` / ``custom_bwd`` take one ``device_type`` fixed when the class is defined, but the
-operators run on CPU and CUDA alike. These two decorators do the same job for whatever device the inputs live
-on: the forward records that device's autocast state (enabled, dtype), and the backward runs under exactly that
-state. Without them a backward called inside an ``autocast`` region (on CPU the backward runs in the caller's
-thread, so it inherits the region) would cast the hand-written backward's convolutions and matmuls to half
-precision although its forward ran in float32.
+The forward records its inputs' device autocast state; the backward runs under exactly that state.
 """
+# why: torch.amp.custom_fwd fixes one device_type at class definition, and a CPU backward inherits the caller's
+# autocast region, which would run a float32 forward's hand-written backward in half precision
+from __future__ import annotations
+
 import functools
+from typing import Any, Callable
 
 import torch
 
@@ -19,18 +19,18 @@ __all__ = ['amp_forward', 'amp_backward']
 _AUTOCAST_DEVICES = ('cpu', 'cuda', 'xpu')
 
 
-def _device_type(args):
+def _device_type(args: tuple[Any, ...]) -> str:
     for a in args:
         if isinstance(a, torch.Tensor):
             return a.device.type
     return 'cpu'
 
 
-def amp_forward(forward):
+def amp_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a ``Function.forward(ctx, ...)``: record the autocast state of the first tensor argument's device."""
 
     @functools.wraps(forward)
-    def wrapper(ctx, *args, **kwargs):
+    def wrapper(ctx: Any, *args: Any, **kwargs: Any) -> Any:
         device = _device_type(args)
         ctx.amp_device = device if device in _AUTOCAST_DEVICES else None
         if ctx.amp_device is not None:
@@ -40,11 +40,11 @@ def amp_forward(forward):
     return wrapper
 
 
-def amp_backward(backward):
+def amp_backward(backward: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a ``Function.backward(ctx, ...)``: run it under the autocast state its forward recorded."""
 
     @functools.wraps(backward)
-    def wrapper(ctx, *grads):
+    def wrapper(ctx: Any, *grads: Any) -> Any:
         if ctx.amp_device is None:
             return backward(ctx, *grads)
         with torch.autocast(ctx.amp_device, enabled=ctx.amp_enabled, dtype=ctx.amp_dtype):
