@@ -27,7 +27,6 @@ import torch
 import torch.nn as nn
 import yaml
 
-from mmsparse import set_impl  # noqa: F401  (re-exported: the benchmark tests switch built models with it)
 from mmsparse.families import LiveMapping
 from mmsparse.ops.checks import IMPLS
 from mmsparse.ops.checks import check_impl as _check_impl

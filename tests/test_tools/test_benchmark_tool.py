@@ -199,13 +199,14 @@ def test_fwdbwd_config_on_synthetic_segmentation(pkg):
 
 
 def test_set_impl(pkg):
+    from mmsparse import set_impl
     cases, _, _ = pkg
     with pytest.raises(ValueError, match=r"impl='sdpa' is not known; choose one of \['reference', 'fast'\]"):
-        cases.set_impl(torch.nn.Linear(2, 2), 'sdpa')
+        set_impl(torch.nn.Linear(2, 2), 'sdpa')
     with pytest.raises(ValueError, match='Linear contains no mmsparse operator'):
-        cases.set_impl(torch.nn.Linear(2, 2), 'fast')
+        set_impl(torch.nn.Linear(2, 2), 'fast')
     sta = cases.build(dict(kind='layer', name='sta', shape=[1, 8, 8, 8], mode='fwd'), 'reference').module
-    assert sta.impl == 'reference' and cases.set_impl(sta, 'fast') == 2 and sta.impl == sta.refine.impl == 'fast'
+    assert sta.impl == 'reference' and set_impl(sta, 'fast') == 2 and sta.impl == sta.refine.impl == 'fast'
 
 
 # -------------------------------------------------------------------------------------------- cases, CLI
