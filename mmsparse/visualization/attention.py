@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -36,12 +37,12 @@ __all__ = ['OPERATOR_TYPES', 'OperatorCall', 'capture_operator_inputs', 'family_
            'attnconv_global_attention', 'attnconv_local_weights']
 
 
-def operator_types():
+def operator_types() -> tuple[type, ...]:
     """The operator classes of every registered family (what :func:`capture_operator_inputs` records)."""
     return tuple(op.cls for name in families.list_families() for op in families.get_family(name).operators)
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     # ``OPERATOR_TYPES`` is computed at each access, so a family registered after import is included
     if name == 'OPERATOR_TYPES':
         return operator_types()
@@ -67,10 +68,10 @@ class OperatorCall:
     stride: int
     stage: int
     block: int = 0
-    routing_idx: torch.Tensor = field(default=None, repr=False)
+    routing_idx: torch.Tensor | None = field(default=None, repr=False)
 
 
-def explain(op: torch.nn.Module, x: torch.Tensor, query_yx: tuple[int, int]) -> dict:
+def explain(op: torch.nn.Module, x: torch.Tensor, query_yx: tuple[int, int]) -> dict[str, Any]:
     """``op``'s explanation of query ``query_yx`` on its input ``x``, through its family spec's explainer.
 
     Raises ValueError when ``op`` belongs to no family or cannot explain itself.
@@ -82,7 +83,7 @@ def explain(op: torch.nn.Module, x: torch.Tensor, query_yx: tuple[int, int]) -> 
     return explainer(op, x, query_yx)
 
 
-def family_of(module):
+def family_of(module: torch.nn.Module) -> str | None:
     """The registered family of an operator instance ('biformer', ...; ``None`` for anything else)."""
     return families.family_of(module)
 
@@ -147,20 +148,21 @@ def feature_point(point_xy, image_hw, feat_hw):
 
 
 # --------------------------------------------------------------------------------------------------- BiFormer
-def bra_channels(op):
+def bra_channels(op: Any) -> tuple[int, int]:
     """``(qk_dim, v_dim)`` of a BRA operator, read from its ``qkv`` / ``proj`` layers (not from attribute names,
     which the embed_dims renaming may change): ``qkv`` outputs ``[q | k | v]``, ``proj`` maps v to the output."""
     v_dim = op.proj.in_features
     return (op.qkv.out_features - v_dim) // 2, v_dim
 
 
-def bra_layout(op, feat_hw):
+def bra_layout(op: Any, feat_hw: tuple[int, int]) -> tuple[int, int, int, int]:
     """Region geometry of a BRA operator on an (h, w) map: ``(Hp, Wp, rh, rw)`` (its ``region_layout``)."""
     return op.region_layout(tuple(feat_hw))
 
 
 @torch.no_grad()
-def bra_token_attention(op, x, routing_idx, query_yx):
+def bra_token_attention(op: Any, x: torch.Tensor, routing_idx: torch.Tensor | None,
+                        query_yx: tuple[int, int]) -> dict[str, Any]:
     """Where one query token of a BRA operator attends: :meth:`BiLevelRoutingAttention.explain`.
 
     Args:
@@ -193,7 +195,7 @@ def sta_association(op, x):
 
 # -------------------------------------------------------------------------------------------------- CloFormer
 @torch.no_grad()
-def attnconv_global_attention(op, x, query_yx):
+def attnconv_global_attention(op: Any, x: torch.Tensor, query_yx: tuple[int, int]) -> dict[str, Any] | None:
     """Attention of one query pixel of AttnConv's global branch over its pooled keys (:meth:`AttnConv.explain`).
 
     Returns:
