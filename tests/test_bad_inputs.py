@@ -74,9 +74,13 @@ def cli(main, argv):
             raise SystemExit(f'{exc.code}: {err.getvalue()}') from None
 
 
+def benchmark_tool():
+    from tests.conftest import load_tool
+    return load_tool('tools/analysis_tools/benchmark.py')
+
+
 def benchmark(argv):
-    from benchmark import parse_args
-    return cli(parse_args, argv)
+    return cli(benchmark_tool().parse_args, argv)
 
 
 CASES = [
@@ -262,7 +266,7 @@ CASES = [
     ('tool-pretrained-file-missing', lambda t: check_pretrained(ConfigDict(model=dict(backbone=dict(
         init_cfg=dict(type='Pretrained', checkpoint=str(t / 'missing.pth')))))), SystemExit,
      'official2mmsparse.py FAMILY SRC'),
-    ('tool-benchmark-layer-args', lambda t: __import__('benchmark').parse_kwargs(['topk']), ValueError,
+    ('tool-benchmark-layer-args', lambda t: benchmark_tool().parse_kwargs(['topk']), ValueError,
      "--layer-args entries must look like key=value, got 'topk'"),
     ('tool-benchmark-shape', lambda t: benchmark(['--layer', 'sta', '--shape', '1,64,8']), SystemExit,
      "--shape must be N,C,H,W"),
