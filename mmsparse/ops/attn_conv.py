@@ -20,6 +20,7 @@ the 1x1 input projections into one convolution, runs channels-last and calls SDP
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Callable, cast
 
 import torch
@@ -93,8 +94,8 @@ class AttnConv(ImplOperator, nn.Module):
         input (B, C, H, W) with any H, W >= 1; output (B, C, H, W).
     """
 
-    def __init__(self, embed_dims: int, num_heads: int, group_split: list[int] | tuple[int, ...],
-                 kernel_sizes: list[int] | tuple[int, ...], window_size: int = 7, attn_drop: float = 0.,
+    def __init__(self, embed_dims: int, num_heads: int, group_split: Sequence[int],
+                 kernel_sizes: Sequence[int], window_size: int = 7, attn_drop: float = 0.,
                  proj_drop: float = 0., qkv_bias: bool = True, impl: str = DEFAULT_IMPL) -> None:
         super().__init__()
         check_positive_int(embed_dims, 'embed_dims')

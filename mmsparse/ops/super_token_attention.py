@@ -264,7 +264,8 @@ class TokenMHSA(ImplOperator, nn.Module):
         self.num_heads = num_heads
         self.embed_dims = embed_dims
         self.head_dims = embed_dims // num_heads
-        self.scale = check_scale(qk_scale) if qk_scale is not None else self.head_dims ** -0.5
+        scale = check_scale(qk_scale)
+        self.scale: float = scale if scale is not None else self.head_dims ** -0.5
         self.qkv = nn.Conv2d(embed_dims, embed_dims * 3, 1, bias=qkv_bias)
         self.attn_drop = nn.Dropout(check_rate(attn_drop, 'attn_drop'))
         self.proj = nn.Conv2d(embed_dims, embed_dims, 1)
