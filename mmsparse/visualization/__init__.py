@@ -4,6 +4,10 @@
 :mod:`.drawing` draws them, :mod:`.maps` puts both together per stage and :mod:`.loading` builds the backbone
 and the input from a config. ``tools/visualization/attention_map.py`` is the command line.
 """
+from __future__ import annotations
+
+from typing import Any
+
 from . import attention
 from .attention import (OperatorCall, attnconv_global_attention, attnconv_local_weights,
                         bra_channels, bra_layout, bra_token_attention, capture_operator_inputs, family_of,
@@ -19,7 +23,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     # OPERATOR_TYPES follows the registered families (see :func:`.attention.operator_types`)
     if name == 'OPERATOR_TYPES':
         return attention.operator_types()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterable, Sequence, cast
 
 import torch
 
@@ -37,7 +37,7 @@ __all__ = ['OPERATOR_TYPES', 'OperatorCall', 'capture_operator_inputs', 'family_
            'attnconv_global_attention', 'attnconv_local_weights']
 
 
-def operator_types() -> tuple[type, ...]:
+def operator_types() -> tuple[type[torch.nn.Module], ...]:
     """The operator classes of every registered family (what :func:`capture_operator_inputs` records)."""
     return tuple(op.cls for name in families.list_families() for op in families.get_family(name).operators)
 
@@ -89,34 +89,34 @@ def family_of(module: torch.nn.Module) -> str | None:
 
 
 @torch.no_grad()
-def capture_operator_inputs(backbone, img, types=None):
-    """Run ``backbone(img)`` once and record every operator call (see :class:`OperatorCall`).
+def capture_operator_inputs(backbone: torch.nn.Module, img: torch.Tensor,
+                            types: Iterable[type[torch.nn.Module]] | None = None) -> list[OperatorCall]:
+    """Run ``backbone(img)`` once (eval mode) and return every operator call, in call order.
 
     Args:
-        backbone (nn.Module): any module holding mmsparse operators; put it in eval mode first.
-        img (Tensor): (1, 3, H, W) preprocessed image.
-        types (tuple, optional): operator classes to record. Default: every registered family's operators.
-
-    Returns:
-        list[OperatorCall]: in call order. Empty when the backbone holds none of ``types``.
+        img: (1, 3, H, W) preprocessed image; ValueError for any other shape.
+        types: operator classes to record (default: every registered family's operators).
     """
     if img.dim() != 4 or img.shape[0] != 1:
         raise ValueError(f'img must be a (1, C, H, W) batch of one image, got shape {tuple(img.shape)}')
     types = operator_types() if types is None else tuple(types)
     operators = [(name, m) for name, m in backbone.named_modules() if isinstance(m, types)]
-    calls, handles, recording = [], [], {}
+    calls: list[OperatorCall] = []
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    recording: dict[BiLevelRoutingAttention, bool] = {}
 
-    def pre_hook(name):
-        def hook(module, args):
+    def pre_hook(name: str) -> Callable[[torch.nn.Module, tuple[Any, ...]], None]:
+        def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
             x = args[0].detach()
             ratio = img.shape[-2] / x.shape[-2]
             stride = 2 ** max(0, round(math.log2(ratio)))
             calls.append(OperatorCall(name, module, x, stride, int(math.log2(stride)) - 2))
         return hook
 
-    def post_hook(module, args, out):
+    def post_hook(module: torch.nn.Module, args: tuple[Any, ...], out: Any) -> None:
         if isinstance(module, BiLevelRoutingAttention):
-            calls[-1].routing_idx = module.routing_idx[0].clone()
+            # record_routing is on for every recorded BRA, so its forward has just set routing_idx
+            calls[-1].routing_idx = cast(torch.Tensor, module.routing_idx)[0].clone()
 
     for name, m in operators:
         if isinstance(m, BiLevelRoutingAttention):
@@ -131,15 +131,15 @@ def capture_operator_inputs(backbone, img, types=None):
             h.remove()
         for m, flag in recording.items():
             m.record_routing = flag
-    seen = {}
+    seen: dict[int, int] = {}
     for call in calls:
         call.block = seen.get(call.stride, 0)
         seen[call.stride] = call.block + 1
     return calls
 
 
-def feature_point(point_xy, image_hw, feat_hw):
-    """Image pixel ``(x, y)`` -> feature position ``(fy, fx)`` of an (h, w) map covering an (H, W) image."""
+def feature_point(point_xy: tuple[int, int], image_hw: Sequence[int], feat_hw: Sequence[int]) -> tuple[int, int]:
+    """Image pixel ``(x, y)`` -> ``(fy, fx)`` on an (h, w) map covering the (H, W) image; ValueError outside."""
     x, y = point_xy
     (hgt, wdt), (h, w) = image_hw, feat_hw
     if not (0 <= x < wdt and 0 <= y < hgt):
@@ -181,13 +181,12 @@ def bra_token_attention(op: Any, x: torch.Tensor, routing_idx: torch.Tensor | No
 
 # ------------------------------------------------------------------------------------------------------ STViT
 @torch.no_grad()
-def sta_association(op, x):
-    """Super-token association of an STA operator's input, from :meth:`SuperTokenAttention.explain`.
+def sta_association(op: Any, x: torch.Tensor) -> dict[str, Any]:
+    """Super-token association of an STA operator's input (:meth:`SuperTokenAttention.explain`).
 
     Returns:
-        dict: ``assignment`` (LongTensor (h, w), -1 for out-of-grid), ``association`` (Tensor (9, h, w)),
-        ``stoken_size`` (h, w) and ``grid`` (rows, cols of super tokens). Raises ValueError for a 1x1
-        (global) operator.
+        ``assignment`` (LongTensor (h, w), -1 out-of-grid), ``association`` (9, h, w), ``stoken_size`` and
+        ``grid`` (super-token rows, cols). ValueError for a 1x1 (global) operator.
     """
     out = explain(op, x, (0, 0))  # the query only adds its own maps; the association covers every pixel
     return {key: out[key] for key in ('assignment', 'association', 'stoken_size', 'grid')}
@@ -208,13 +207,11 @@ def attnconv_global_attention(op: Any, x: torch.Tensor, query_yx: tuple[int, int
 
 
 @torch.no_grad()
-def attnconv_local_weights(op, x, query_yx):
-    """How AttnConv's local branch mixes the neighbourhood of one query pixel, per local group.
-
-    ``gate[c] * W[c, o]`` is the weight the branch gives neighbour ``o`` in channel ``c`` (:meth:`AttnConv.explain`).
+def attnconv_local_weights(op: Any, x: torch.Tensor, query_yx: tuple[int, int]) -> list[dict[str, Any]]:
+    """Weights ``gate[c] * W[c, o]`` with which AttnConv's local branch mixes a query's neighbours (per group).
 
     Returns:
-        list[dict]: one per non-empty local group: ``kernel_size``, ``gate`` (Tensor (L,)), ``per_channel``
-        (Tensor (L, k, k)), ``weights`` (Tensor (k, k): channel mean of ``|gate[c] * W[c, o]|``).
+        One dict per non-empty local group: ``kernel_size``, ``gate`` (L,), ``per_channel`` (L, k, k) and
+        ``weights`` (k, k): channel mean of ``|gate[c] * W[c, o]|`` (:meth:`AttnConv.explain`).
     """
     return explain(op, x, query_yx)['local']

@@ -5,7 +5,15 @@ leaves every pixel outside the query's region and its routed regions untouched. 
 rendered with matplotlib into separate strips, and :func:`compose` lays panels and strips out on one canvas,
 returning where each panel went.
 """
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Sequence
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ['region_box', 'draw_routing', 'draw_association', 'draw_heatmap', 'draw_local_window', 'text_strip',
            'compose', 'contact_sheet', 'QUERY_COLOUR', 'ROUTED_COLOUR', 'POINT_COLOUR']
@@ -16,19 +24,16 @@ ROUTED_COLOUR = (0, 215, 255)
 POINT_COLOUR = (0, 0, 255)
 
 
-def _colormap(values, name='inferno'):
+def _colormap(values: np.ndarray, name: str = 'inferno') -> np.ndarray:
     """(...,) floats in [0, 1] -> (..., 3) BGR float in [0, 255]."""
     import matplotlib
     rgba = matplotlib.colormaps[name](np.clip(values, 0, 1))
     return rgba[..., 2::-1] * 255.0
 
 
-def _stretch(values, where=None):
-    """Min-max scaling to [0, 1] over the entries selected by ``where`` (all by default); 0 elsewhere.
-
-    Attention over a few hundred tokens is close to uniform in absolute terms, so the pictures show it
-    relative to its own range (said in the captions).
-    """
+def _stretch(values: Any, where: np.ndarray | None = None) -> np.ndarray:
+    """Min-max scaling to [0, 1] over the entries selected by ``where`` (all by default); 0 elsewhere."""
+    # why: attention over a few hundred tokens is near uniform in absolute terms, so show it relative to its range
     values = np.asarray(values, np.float64)
     where = np.ones(values.shape, bool) if where is None else where
     if not where.any():
@@ -38,7 +43,7 @@ def _stretch(values, where=None):
     return np.where(where, out, 0.0)
 
 
-def _upsample(grid, cell, out_hw):
+def _upsample(grid: Any, cell: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
     """Repeat every cell of a 2-D grid ``cell=(ch, cw)`` pixels, cropped/zero-filled to ``out_hw``."""
     up = np.repeat(np.repeat(np.asarray(grid), cell[0], 0), cell[1], 1)
     out = np.zeros(out_hw, up.dtype)
@@ -47,7 +52,7 @@ def _upsample(grid, cell, out_hw):
     return out
 
 
-def _outline(canvas, box, colour, width):
+def _outline(canvas: np.ndarray, box: tuple[int, int, int, int], colour: tuple[int, int, int], width: int) -> None:
     x0, y0, x1, y1 = box
     width = max(1, min(width, (x1 - x0) // 2, (y1 - y0) // 2))
     canvas[y0:y0 + width, x0:x1] = colour
@@ -56,7 +61,8 @@ def _outline(canvas, box, colour, width):
     canvas[y0:y1, x1 - width:x1] = colour
 
 
-def _mark(canvas, point, colour=POINT_COLOUR, size=5, clip=None):
+def _mark(canvas: np.ndarray, point: tuple[int, int], colour: tuple[int, int, int] = POINT_COLOUR, size: int = 5,
+          clip: tuple[int, int, int, int] | None = None) -> None:
     """A plus sign at ``point`` (x, y), limited to ``clip`` (x0, y0, x1, y1) when given."""
     hgt, wdt = canvas.shape[:2]
     x0, y0, x1, y1 = clip or (0, 0, wdt, hgt)
@@ -65,10 +71,11 @@ def _mark(canvas, point, colour=POINT_COLOUR, size=5, clip=None):
     canvas[max(y - size, y0):min(y + size + 1, y1), max(x - 1, x0):min(x + 2, x1)] = colour
 
 
-def region_box(region, n_win, region_hw, stride, image_hw):
+def region_box(region: int, n_win: int, region_hw: tuple[int, int], stride: int,
+               image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
     """Pixel box ``(x0, y0, x1, y1)`` (half-open, clipped to the image) of BRA region ``region``.
 
-    ``region_hw`` is the region size in feature cells ``(rh, rw)``; a feature cell is ``stride`` pixels.
+    ``region_hw`` is the region size ``(rh, rw)`` in feature cells of ``stride`` pixels.
     """
     ry, rx = divmod(int(region), n_win)
     rh, rw = region_hw
@@ -77,21 +84,19 @@ def region_box(region, n_win, region_hw, stride, image_hw):
             min(y0 + rh * stride, image_hw[0]))
 
 
-def draw_routing(img, attention, n_win, stride, point, alpha=0.65):
-    """The query's region, its routed regions and the token attention inside them.
+def draw_routing(img: np.ndarray, attention: dict[str, Any], n_win: int, stride: int, point: tuple[int, int],
+                 alpha: float = 0.65) -> np.ndarray:
+    """The query's region (cyan), its routed regions (yellow, heat map min-max scaled over them), the query (red +).
+
+    Every other pixel is the input's.
 
     Args:
-        img (ndarray): (H, W, 3) BGR uint8, the image the backbone saw.
-        attention (dict): the BRA operator's ``explain`` of the query (:meth:`BiLevelRoutingAttention.explain`).
-        n_win (int): regions per side.
-        stride (int): pixels per feature cell.
-        point (tuple): the query pixel (x, y).
-        alpha (float): heat-map opacity.
-
-    Returns:
-        ndarray: the drawing. Routed regions get the heat map (weights min-max scaled over them) and a
-        yellow outline, the query's region a cyan outline (drawn last) and the query a red plus sign; every
-        other pixel is the input's.
+        img: (H, W, 3) BGR uint8, the image the backbone saw.
+        attention: :meth:`BiLevelRoutingAttention.explain` of the query.
+        n_win: regions per side.
+        stride: pixels per feature cell.
+        point: the query pixel (x, y).
+        alpha: heat-map opacity.
     """
     hgt, wdt = img.shape[:2]
     _, _, rh, rw = attention['layout']
@@ -114,11 +119,11 @@ def draw_routing(img, attention, n_win, stride, point, alpha=0.65):
     return out
 
 
-def draw_association(img, labels, alpha=0.5, seed=0):
-    """STViT super tokens: a colour per super-token label blended over the image, label borders in white.
+def draw_association(img: np.ndarray, labels: np.ndarray, alpha: float = 0.5, seed: int = 0) -> np.ndarray:
+    """STViT super tokens: a colour per label blended over the image, label borders in white.
 
-    ``labels`` (h, w) ints from :meth:`SuperTokenAttention.assignment` (-1: out-of-grid, drawn black) are
-    spread over the image with nearest neighbours.
+    ``labels`` (h, w) from :meth:`SuperTokenAttention.assignment` (-1: out-of-grid, black), nearest-neighbour
+    upsampled; ``seed`` picks the colours.
     """
     import cv2
     import matplotlib
@@ -136,7 +141,8 @@ def draw_association(img, labels, alpha=0.5, seed=0):
     return out.round().clip(0, 255).astype(np.uint8)
 
 
-def draw_heatmap(img, weights, cell_px, point, alpha=0.6):
+def draw_heatmap(img: np.ndarray, weights: np.ndarray | torch.Tensor, cell_px: int, point: tuple[int, int],
+                 alpha: float = 0.6) -> np.ndarray:
     """A (hk, wk) weight grid (min-max scaled), each cell ``cell_px`` pixels, blended over the whole image."""
     hgt, wdt = img.shape[:2]
     w = weights.cpu().numpy() if hasattr(weights, 'cpu') else np.asarray(weights)
@@ -146,11 +152,11 @@ def draw_heatmap(img, weights, cell_px, point, alpha=0.6):
     return out
 
 
-def draw_local_window(img, weights, feat_yx, stride, size=None, alpha=0.6):
-    """AttnConv local weights: the k x k neighbourhood of the query cell, zoomed to a ``size`` square.
+def draw_local_window(img: np.ndarray, weights: np.ndarray | torch.Tensor, feat_yx: tuple[int, int], stride: int,
+                      size: int | None = None, alpha: float = 0.6) -> np.ndarray:
+    """AttnConv local weights (k, k) as a heat map on the query cell's window, zoomed to a ``size`` square.
 
-    The crop is centred on the query cell and three windows wide; the window's cells are blended with the heat
-    map of ``weights`` (k, k) and outlined, the query cell outlined in red.
+    The crop is centred on the query cell and three windows wide; the window is outlined, the query cell in red.
     """
     import cv2
     hgt, wdt = img.shape[:2]
@@ -174,7 +180,7 @@ def draw_local_window(img, weights, feat_yx, stride, size=None, alpha=0.6):
     zoom = cv2.resize(crop, (size, size), interpolation=cv2.INTER_NEAREST)
     f = size / (2 * half)
 
-    def box(y0, x0, n):
+    def box(y0: int, x0: int, n: int) -> tuple[int, int, int, int]:
         return (int((x0 - cx + half) * f), int((y0 - cy + half) * f), int((x0 + n * stride - cx + half) * f),
                 int((y0 + n * stride - cy + half) * f))
 
@@ -183,12 +189,15 @@ def draw_local_window(img, weights, feat_yx, stride, size=None, alpha=0.6):
     return zoom
 
 
-def text_strip(lines, width, line_px=18, fontsize=10, bg=(255, 255, 255)):
+def text_strip(lines: Sequence[str], width: int, line_px: int = 18, fontsize: float = 10,
+               bg: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
     """Lines of text rendered by matplotlib into a (len(lines) * line_px + 6, width, 3) BGR strip."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     height = len(lines) * line_px + 6
-    fig = Figure(figsize=(width / 100, height / 100), dpi=100, facecolor=np.array(bg[::-1]) / 255)
+    # matplotlib takes an RGB array at run time; its stubs list tuples only
+    fig = Figure(figsize=(width / 100, height / 100), dpi=100,
+                 facecolor=np.array(bg[::-1]) / 255)  # type: ignore[arg-type]
     canvas = FigureCanvasAgg(fig)
     for i, line in enumerate(lines):
         fig.text(4 / width, 1 - (3 + (i + 0.5) * line_px) / height, line, fontsize=fontsize, va='center',
@@ -198,11 +207,11 @@ def text_strip(lines, width, line_px=18, fontsize=10, bg=(255, 255, 255)):
     return np.ascontiguousarray(rgb[:height, :width, ::-1])
 
 
-def compose(panels, captions, title_lines, gap=8, min_width=720):
-    """Panels side by side, each under its caption (lines split at newlines), under a title strip.
+def compose(panels: Sequence[np.ndarray], captions: Sequence[str], title_lines: Sequence[str], gap: int = 8,
+            min_width: int = 720) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """Panels side by side, each under its caption (split at newlines), under a title strip.
 
-    Returns:
-        tuple: the canvas (BGR uint8) and the panel boxes ``[(x0, y0, x1, y1), ...]`` on it.
+    Returns the BGR uint8 canvas and each panel's box ``(x0, y0, x1, y1)`` on it.
     """
     height = max(p.shape[0] for p in panels)
     width = max(min_width, sum(p.shape[1] for p in panels) + gap * (len(panels) + 1))  # room for the title
@@ -212,7 +221,7 @@ def compose(panels, captions, title_lines, gap=8, min_width=720):
     canvas = np.full((title.shape[0] + cap_h + height + gap, width, 3), 255, np.uint8)
     canvas[:title.shape[0]] = title
     x, top = gap, title.shape[0] + cap_h
-    boxes = []
+    boxes: list[tuple[int, int, int, int]] = []
     for panel, caption in zip(panels, lines):
         h, w = panel.shape[:2]
         strip = text_strip(caption, w, line_px=16, fontsize=9)
@@ -223,11 +232,9 @@ def compose(panels, captions, title_lines, gap=8, min_width=720):
     return canvas, boxes
 
 
-def contact_sheet(images, titles, suptitle, out_path, dpi=100):
-    """All stage pictures (BGR arrays) stacked in one matplotlib figure, saved to ``out_path``.
-
-    The figure is as wide as the widest picture (at ``dpi``), so the pictures keep about their own resolution.
-    """
+def contact_sheet(images: Sequence[np.ndarray], titles: Sequence[str], suptitle: str,
+                  out_path: str | os.PathLike[str], dpi: int = 100) -> None:
+    """BGR pictures stacked in one matplotlib figure saved to ``out_path``, as wide as the widest at ``dpi``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     width_in = max(img.shape[1] for img in images) / dpi + 0.4

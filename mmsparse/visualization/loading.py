@@ -1,5 +1,8 @@
 """Backbone, image and query points for the attention pictures, from an mmdet / mmseg / mmsparse config."""
+from __future__ import annotations
+
 import os.path as osp
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -10,24 +13,19 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
-def load_backbone(config, checkpoint=None, cfg_options=None):
-    """Build ``model.backbone`` of a config in eval mode, with random weights or a checkpoint's.
-
-    :func:`mmsparse.apis.build_model` with ``part='backbone'``, checked to hold an mmsparse operator.
+def load_backbone(config: Any, checkpoint: str | None = None,
+                  cfg_options: dict[str, Any] | None = None) -> tuple[torch.nn.Module, Any]:
+    """``(backbone, cfg)``: ``model.backbone`` of a config, in eval mode, with random or checkpoint weights.
 
     Args:
-        config (str | Config): an mmsparse config or a stock mmdet / mmseg one importing mmsparse through
+        config: path or Config; an mmsparse config or an mmdet / mmseg one importing mmsparse through
             ``custom_imports``.
-        checkpoint (str, optional): a full mmdet / mmseg checkpoint (``backbone.*`` keys), an mmsparse
-            backbone file or the authors' raw one. None: the backbone's own random initialisation.
-        cfg_options (dict, optional): merged into the config first.
-
-    Returns:
-        tuple: ``(backbone, cfg)``.
+        checkpoint: a full mmdet / mmseg checkpoint (``backbone.*`` keys), an mmsparse backbone file or the
+            authors' raw one; None keeps the random initialisation.
+        cfg_options: merged into the config first.
 
     Raises:
-        ValueError: the config has no ``model.backbone``, the backbone holds no mmsparse operator, or the
-            checkpoint does not fit it.
+        ValueError: no ``model.backbone``, no mmsparse operator in it, or a checkpoint that does not fit.
     """
     from mmsparse.apis import build_model, load_config
     from .attention import OPERATOR_TYPES
@@ -45,7 +43,7 @@ def load_backbone(config, checkpoint=None, cfg_options=None):
     return backbone, cfg
 
 
-def read_image(path):
+def read_image(path: str) -> np.ndarray:
     """(H, W, 3) uint8 BGR image; FileNotFoundError / ValueError with the path when it cannot be read."""
     import mmcv
     if not osp.isfile(path):
@@ -59,12 +57,9 @@ def read_image(path):
     return img
 
 
-def resize_for_model(img, long_side=448, multiple=32):
-    """Resize so the longer side is about ``long_side`` and both sides are multiples of ``multiple``.
-
-    Multiples of 32 keep every stage of a stride-32 pyramid exact (no ceil rounding between image pixels and
-    feature cells). ``long_side=None`` keeps the size up to that rounding.
-    """
+def resize_for_model(img: np.ndarray, long_side: int | None = 448, multiple: int = 32) -> np.ndarray:
+    """Resize so the longer side is about ``long_side`` (None: kept) and both sides are multiples of ``multiple``."""
+    # why 32: every stage of a stride-32 pyramid then maps image pixels to feature cells exactly
     import mmcv
     hgt, wdt = img.shape[:2]
     s = 1.0 if long_side is None else long_side / max(hgt, wdt)
@@ -75,11 +70,10 @@ def resize_for_model(img, long_side=448, multiple=32):
     return mmcv.imresize(img, (new_w, new_h), interpolation='bilinear')
 
 
-def preprocess(img, cfg=None):
-    """BGR uint8 (H, W, 3) -> (1, 3, H, W) float tensor, normalised as the config's ``data_preprocessor``.
+def preprocess(img: np.ndarray, cfg: Any = None) -> torch.Tensor:
+    """BGR uint8 (H, W, 3) -> (1, 3, H, W) float, normalised by ``model.data_preprocessor`` (mean, std, bgr_to_rgb).
 
-    Uses ``model.data_preprocessor.{mean, std, bgr_to_rgb}`` when the config has one (ImageNet RGB
-    statistics without a data_preprocessor).
+    Without a data_preprocessor: ImageNet RGB statistics.
     """
     dp = ((cfg or {}).get('model') or {}).get('data_preprocessor') or {}
     mean = np.array(dp.get('mean', IMAGENET_MEAN), np.float32)
@@ -90,17 +84,19 @@ def preprocess(img, cfg=None):
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
 
 
-def default_points(img, n_salient=2, margin=0.1):
-    """Query points ``[(x, y), ...]``: the image centre, then the strongest edge of the ``n_salient`` most
-    textured quadrants (gradient magnitude of the blurred grey image; a ``margin`` of the size along the
-    borders and around the centre lines is excluded, so the points are apart)."""
+def default_points(img: np.ndarray, n_salient: int = 2, margin: float = 0.1) -> list[tuple[int, int]]:
+    """Query points ``(x, y)``: the image centre, then the strongest edge of the ``n_salient`` most textured quadrants.
+
+    ``margin`` (fraction of the size) along the borders and around the centre lines is excluded, so the points
+    are apart.
+    """
     import cv2
     hgt, wdt = img.shape[:2]
     points = [(wdt // 2, hgt // 2)]
     grey = cv2.GaussianBlur(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.float32), (0, 0), 3)
     mag = np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
     my, mx = int(hgt * margin), int(wdt * margin)
-    best = []
+    best: list[tuple[float, tuple[int, int]]] = []
     # quadrants without the outer margin and without a band of the same width around the centre lines
     for y0, y1 in ((my, hgt // 2 - my), (hgt // 2 + my, hgt - my)):
         for x0, x1 in ((mx, wdt // 2 - mx), (wdt // 2 + mx, wdt - mx)):
@@ -114,10 +110,11 @@ def default_points(img, n_salient=2, margin=0.1):
     return points
 
 
-def scale_points(points, from_hw, to_hw):
+def scale_points(points: Iterable[tuple[int, int]], from_hw: tuple[int, int],
+                 to_hw: tuple[int, int]) -> list[tuple[int, int]]:
     """Points on an image of size ``from_hw`` -> the same places on ``to_hw``; ValueError when outside."""
     (fh, fw), (th, tw) = from_hw, to_hw
-    out = []
+    out: list[tuple[int, int]] = []
     for x, y in points:
         if not (0 <= x < fw and 0 <= y < fh):
             raise ValueError(f'point ({x}, {y}) is outside the image ({fw}x{fh} pixels, x in [0, {fw - 1}], '

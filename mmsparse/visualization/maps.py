@@ -19,7 +19,9 @@ operator that cannot explain itself) are listed in ``skipped`` with the reason.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Collection, Sequence
 
+import numpy as np
 import torch
 
 from mmsparse import families
@@ -34,23 +36,23 @@ class StageMap:
     """The drawing of one stage.
 
     Attributes:
-        family (str): the operator's family ('biformer', 'stvit', 'cloformer' or one registered later).
-        stage (int), stride (int), block (int): where the drawn operator sits (block: call order at that stride).
-        name (str): the operator's module path.
-        panels (list[ndarray]): BGR pictures, one per query point (and per AttnConv branch).
-        captions (list[str]): one per panel.
-        meta (list[dict]): one per panel: ``kind`` and what was drawn (for BRA: ``point``, ``feature_yx``,
-            ``region``, ``routed``; JSON-serialisable).
-        summary (str): one line on the operator.
+        family: the operator's family ('biformer', 'stvit', 'cloformer' or one registered later).
+        block: call order of the drawn operator among those at its stride.
+        name: the operator's module path.
+        panels: BGR pictures, one per query point (and per AttnConv branch).
+        captions: one per panel.
+        meta: one JSON-serialisable dict per panel: ``kind`` and what was drawn (BRA: ``point``, ``feature_yx``,
+            ``region``, ``routed``).
+        summary: one line on the operator.
     """
     family: str
     stage: int
     stride: int
     block: int
     name: str
-    panels: list = field(default_factory=list)
-    captions: list = field(default_factory=list)
-    meta: list = field(default_factory=list)
+    panels: list[np.ndarray] = field(default_factory=list)
+    captions: list[str] = field(default_factory=list)
+    meta: list[dict[str, Any]] = field(default_factory=list)
     summary: str = ''
 
 
@@ -65,7 +67,7 @@ def _drawable(call):
     return None
 
 
-def _pick(calls, block):
+def _pick(calls: Sequence[A.OperatorCall], block: int) -> A.OperatorCall:
     """The call to draw in one stage: index ``block`` among the stage's calls (negative from the end)."""
     if not -len(calls) <= block < len(calls):
         raise ValueError(f'block {block} does not exist: stage {calls[0].stage} has {len(calls)} attention '
@@ -73,7 +75,7 @@ def _pick(calls, block):
     return calls[block]
 
 
-def _outside(box):
+def _outside(box: tuple[int, int, int, int]) -> bool:
     x0, y0, x1, y1 = box
     return x1 <= x0 or y1 <= y0
 
@@ -159,20 +161,23 @@ def _explained(call, img, points):
 _DRAWERS = dict(biformer=_biformer, stvit=_stvit, cloformer=_cloformer)
 
 
-def attention_maps(backbone, img, x, points, stages=None, block=-1, seed=0):
-    """Draw the attention of every (or the selected) stage of ``backbone`` for one image.
+def attention_maps(backbone: torch.nn.Module, img: np.ndarray, x: torch.Tensor, points: Sequence[tuple[int, int]],
+                   stages: Collection[int] | None = None, block: int = -1,
+                   seed: int = 0) -> tuple[list[StageMap], dict[int, str]]:
+    """``(maps, skipped)``: a :class:`StageMap` per drawn stage of ``backbone`` and ``{stage: reason}``.
 
     Args:
-        backbone (nn.Module): in eval mode, holding mmsparse operators.
-        img (ndarray): (H, W, 3) BGR uint8, the image as the backbone sees it (already resized).
-        x (Tensor): (1, 3, H, W), ``img`` preprocessed.
-        points (list[tuple[int, int]]): query pixels (x, y) on ``img``.
-        stages (list[int], optional): stages to draw (all when None).
-        block (int): which attention block of a stage to draw (default: the last).
-        seed (int): colours of the super tokens.
+        backbone: in eval mode, holding mmsparse operators.
+        img: (H, W, 3) BGR uint8, the image as the backbone sees it (already resized).
+        x: (1, 3, H, W), ``img`` preprocessed.
+        points: query pixels (x, y) on ``img``.
+        stages: stages to draw (None: all).
+        block: index of the attention block drawn in each stage (default: the last).
+        seed: colours of the super tokens.
 
-    Returns:
-        tuple: ``(maps, skipped)``: a :class:`StageMap` per drawn stage and ``{stage: reason}``.
+    Raises:
+        ValueError: ``x`` and ``img`` differ in size, a point is outside ``img``, or a stage or block does
+            not exist.
     """
     if x.shape[-2:] != img.shape[:2]:
         raise ValueError(f'x is {tuple(x.shape[-2:])} but img is {img.shape[:2]}: preprocess the drawn image')
@@ -180,7 +185,7 @@ def attention_maps(backbone, img, x, points, stages=None, block=-1, seed=0):
         if not (0 <= px < img.shape[1] and 0 <= py < img.shape[0]):
             raise ValueError(f'point ({px}, {py}) is outside the {img.shape[1]}x{img.shape[0]} image')
     calls = A.capture_operator_inputs(backbone, x)
-    by_stage = {}
+    by_stage: dict[int, list[A.OperatorCall]] = {}
     for call in calls:
         by_stage.setdefault(call.stage, []).append(call)
     if stages is not None:
