@@ -6,6 +6,7 @@ Used by ``tools/setup_env.sh`` to make a second install run take seconds.
 import argparse
 import importlib
 import sys
+import warnings
 
 PINS = {
     'mmengine': '0.10.7',
@@ -36,7 +37,9 @@ def check(only=None):
     names = [only] if only else list(PINS) + PLAIN
     for name in names:
         try:
-            mod = importlib.import_module(name)
+            with warnings.catch_warnings():  # mmengine's import of pkg_resources: not the environment's problem
+                warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
+                mod = importlib.import_module(name)
         except Exception as exc:  # ImportError, or an ABI error from a compiled module
             problems.append(f'{name}: cannot import ({exc.__class__.__name__}: {exc})')
             continue

@@ -19,6 +19,12 @@ def test_tools_print_no_pkg_resources_warning():
     assert 'pkg_resources is deprecated' not in proc.stderr + proc.stdout
 
 
+def test_check_env_prints_no_pkg_resources_warning():
+    proc = run('tools/check_env.py')
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert 'pkg_resources is deprecated' not in proc.stderr + proc.stdout
+
+
 def test_the_silence_is_scoped():
     code = ('import warnings, mmsparse\n'
             'from mmsparse.apis import load_config\n'
