@@ -131,7 +131,7 @@ def build(case: dict, impl: str | None = None, device: str | torch.device = 'cpu
     else:
         from mmsparse.registry import MODELS
         typ, kwargs = BACKBONES[case['name']]
-        module = MODELS.build(dict(type=typ, **{**kwargs, **case.get('layer_args', {})}, **with_impl))
+        module = MODELS.build(dict(type=f'mmsparse.{typ}', **{**kwargs, **case.get('layer_args', {})}, **with_impl))
         module.init_weights()
         shape = (case['batch'], 3, *case['input_size'])
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))

@@ -33,7 +33,7 @@ def backend_model(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, st
     if args.backbone:
         from mmsparse.registry import MODELS
         typ, kwargs = BACKBONES[args.backbone]
-        module = MODELS.build(dict(type=typ, **kwargs, **({'impl': args.impl} if args.impl else {})))
+        module = MODELS.build(dict(type=f'mmsparse.{typ}', **kwargs, **({'impl': args.impl} if args.impl else {})))
         module.init_weights()
         return module.eval(), x, f'{args.backbone} {args.batch}x3x{args.input_size[0]}x{args.input_size[1]}'
     from mmsparse.apis import build_model
