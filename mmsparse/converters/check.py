@@ -11,11 +11,9 @@ from typing import Any
 
 import torch
 
+from .common import _shown
+
 __all__ = ['KeyReport', 'match_variant']
-
-
-def _shown(keys: list[str], limit: int = 8) -> str:
-    return ', '.join(keys[:limit]) + (f' ... ({len(keys)} in all)' if len(keys) > limit else '')
 
 
 class KeyReport:
@@ -34,7 +32,7 @@ class KeyReport:
 
     def describe(self) -> str:
         """The wrong keys, one clause per kind (empty when none)."""
-        parts = [f'{len(keys)} {title} key(s): {_shown(keys)}'
+        parts = [f'{len(keys)} {title} key(s): {_shown(keys, 8)}'
                  for title, keys in (('missing', self.missing), ('unexpected', self.unexpected),
                                      ('shape-mismatched', self.mismatched)) if keys]
         return '; '.join(parts)
