@@ -2,6 +2,7 @@
 
     python tools/infer.py CONFIG CHECKPOINT INPUT [INPUT ...] [--out-dir DIR] [--score-thr T] [--device cpu]
     python tools/infer.py CONFIG FILE.onnx INPUT [INPUT ...] --backend onnxruntime [--weights CKPT]  # exported
+    python tools/infer.py FILE.onnx INPUT [INPUT ...] [--out-dir DIR] [--score-thr T] [--threads N]  # no PyTorch
 
 INPUT is an image, a folder (its images, recursively) or a glob pattern (quote it). The config's
 ``default_scope`` picks mmdet's ``DetInferencer`` (``mmdet``) or mmseg's ``MMSegInferencer`` (``mmseg``); both
@@ -11,6 +12,10 @@ Writes ``DIR/vis/<image name>`` (the drawn predictions) and ``DIR/results.json``
 path, the picture and the raw predictions (detection: ``labels``, ``label_names``, ``scores``, ``bboxes``
 [x1, y1, x2, y2] and COCO-RLE ``masks`` when the model predicts them, every score included; segmentation: the
 label map's ``shape``, pixel ``counts`` per class and ``pred``, the label map saved as ``DIR/pred/<stem>.png``).
+
+Given an ONNX file first (no config), the tool runs ``mmsparse_ort``: the preprocessing, ONNX Runtime and the
+post-processing described by the file's metadata, with numpy, OpenCV and onnxruntime only (no torch, mmcv,
+mmdet or mmseg is imported); same outputs (docs/deployment.md, "Running without PyTorch").
 """
 import argparse
 import glob
@@ -20,14 +25,11 @@ import os.path as osp
 import sys
 import warnings
 
-from mmengine.config import DictAction
-
-from mmsparse.apis import load_task_config
-
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def build_parser():
+    from mmengine.config import DictAction
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='mmdet / mmseg config (default_scope picks the inferencer)')
     parser.add_argument('checkpoint', help='checkpoint of that model (tools/train.py output)')
@@ -103,6 +105,7 @@ def _use_config_classes(inferencer, cfg):
 
 def run(args):
     warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+    from mmsparse.apis import load_task_config
     images = expand_inputs(args.inputs)
     cfg, scope = load_task_config(args.config, args.cfg_options)
     if not osp.isfile(args.checkpoint):
@@ -157,7 +160,57 @@ def run(args):
     return entries
 
 
+def build_onnx_parser():
+    parser = argparse.ArgumentParser(
+        prog='infer.py MODEL.onnx', formatter_class=argparse.RawDescriptionHelpFormatter,
+        description='Run an ONNX file from tools/deployment/export_onnx.py on images without PyTorch: '
+        'preprocessing and post-processing follow the config recorded in the file')
+    parser.add_argument('model', help='ONNX file exported by tools/deployment/export_onnx.py')
+    parser.add_argument('inputs', nargs='+', metavar='INPUT', help='images, folders or glob patterns')
+    parser.add_argument('--out-dir', default='outputs/infer', help='output folder (default: outputs/infer)')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='detection: lowest score drawn (the JSON keeps every score). Default 0.3')
+    parser.add_argument('--threads', type=int, default=None, help='ONNX Runtime threads (default: its own)')
+    return parser
+
+
+#: options of either parser that take a value
+VALUE_OPTIONS = ('--out-dir', '--score-thr', '--device', '--backend', '--weights', '--threads')
+
+
+def first_positional(argv):
+    """The first argument that is neither an option nor an option's value."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg.startswith('-'):
+            skip = arg in VALUE_OPTIONS
+        else:
+            return arg
+    return None
+
+
+def run_onnx(args):
+    """The torch-free path: ``mmsparse_ort.infer_images`` on the expanded inputs."""
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    if osp.isdir(osp.join(root, 'mmsparse_ort')) and root not in sys.path:
+        sys.path.insert(0, root)  # a checkout run in an environment where mmsparse is not installed
+    from mmsparse_ort import infer_images
+    return infer_images(args.model, expand_inputs(args.inputs), args.out_dir, args.score_thr, args.threads)
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = first_positional(argv)
+    if first is not None and first.lower().endswith('.onnx'):
+        parser = build_onnx_parser()
+        args = parser.parse_args(argv)
+        try:
+            run_onnx(args)
+        except (FileNotFoundError, ValueError) as err:
+            parser.error(str(err))
+        return 0
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

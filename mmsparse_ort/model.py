@@ -1,0 +1,136 @@
+"""An exported mmsparse graph in ONNX Runtime, with the pre- and post-processing its metadata describes."""
+from __future__ import annotations
+
+import json
+import os.path as osp
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .postprocess import full_masks, label_map, paste_masks, rescale_boxes
+from .preprocess import ImageInfo, preprocess, read_image
+
+#: the ONNX metadata key the exporter writes (mmsparse.deployment.export.META_KEY)
+META_KEY = 'mmsparse'
+REEXPORT = 're-export it with tools/deployment/export_onnx.py'
+#: end-to-end detector output layouts: name -> output names
+DET_LAYOUTS = {
+    'mmdeploy': ('dets', 'labels'),
+    'efficientnms': ('num_detections', 'detection_boxes', 'detection_scores', 'detection_classes')
+}
+
+
+class MetadataError(ValueError):
+    """The ONNX file lacks what the runtime needs to run it on images."""
+
+
+@dataclass
+class Segmentation:
+    """``label_map``: ``[H, W]`` int64 class indices at the original image size."""
+
+    label_map: np.ndarray
+
+
+@dataclass
+class Detections:
+    """Detections on the original image: ``bboxes`` ``[N, 4]`` (x1, y1, x2, y2), ``scores`` ``[N]``, ``labels``
+    ``[N]`` and, for instance segmentation, ``masks`` ``[N, H, W]`` bool."""
+
+    bboxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray | None = None
+
+
+def read_meta(session: Any, path: str) -> dict[str, Any]:
+    """The ``mmsparse`` metadata of the session's file; :class:`MetadataError` when it cannot run on images."""
+    raw = session.get_modelmeta().custom_metadata_map.get(META_KEY)
+    if raw is None:
+        raise MetadataError(f'{path}: not exported by mmsparse (no {META_KEY!r} metadata); {REEXPORT}')
+    meta = json.loads(raw)
+    kind = meta.get('kind')
+    if kind == 'backbone':
+        raise MetadataError(f'{path} is a backbone-only graph (features, no predictions); export the detector or '
+                            'segmentor without --backbone-only')
+    if 'preprocess' not in meta or 'task' not in meta:
+        raise MetadataError(f'{path}: its metadata has no preprocessing (written by an older exporter); {REEXPORT}')
+    if meta.get('unsupported'):
+        raise MetadataError(f'{path}: the config\'s test-time steps {meta["unsupported"]} are not reproduced '
+                            'without PyTorch; run tools/infer.py CONFIG MODEL.onnx INPUT --backend onnxruntime')
+    if kind in ('single_stage', 'two_stage') and meta.get('layout') not in DET_LAYOUTS:
+        raise MetadataError(
+            f'{path}: a {kind.replace("_", "-")} detector graph without detections (layout '
+            f'{meta.get("layout", "raw")!r}: the head or neck outputs, whose post-processing needs mmdet); {REEXPORT} '
+            f'with NMS in the graph (layouts {sorted(DET_LAYOUTS)}), or run tools/infer.py CONFIG MODEL.onnx INPUT '
+            '--backend onnxruntime')
+    if kind not in ('segmentor', 'single_stage', 'two_stage'):
+        raise MetadataError(f'{path}: unknown graph kind {kind!r}; {REEXPORT}')
+    return meta
+
+
+class OrtModel:
+    """``path``'s graph in an ONNX Runtime CPU session; :meth:`predict` runs it on a BGR image.
+
+    Args:
+        threads: ONNX Runtime intra-op threads (default ONNX Runtime's).
+    """
+
+    def __init__(self, path: str, threads: int | None = None) -> None:
+        import onnxruntime as ort
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'model: no such ONNX file: {path}')
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        self.path = path
+        self.session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+        self.meta = read_meta(self.session, path)
+        self.task: str = self.meta['task']
+        self.classes: list[str] = list(self.meta.get('classes') or [])
+        self.palette: list[list[int]] = list(self.meta.get('palette') or [])
+
+    read = staticmethod(read_image)
+
+    def run(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
+        """The graph's outputs by name on ``tensor`` ``[1, 3, H, W]``; ``ValueError`` for a shape it does not take."""
+        if not self.meta.get('dynamic') and list(tensor.shape) != list(self.meta['shape']):
+            raise ValueError(f'{self.path}: exported for inputs of shape {self.meta["shape"]} only, this image '
+                             f'preprocesses to {list(tensor.shape)}; {REEXPORT} --dynamic')
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, {self.session.get_inputs()[0].name: tensor})))
+
+    def predict(self, img: np.ndarray) -> Segmentation | Detections:
+        """The prediction for the BGR uint8 image ``img`` ``[H, W, 3]``, at its size."""
+        tensor, info = preprocess(img, self.meta['preprocess'])
+        outputs = {name: value[0] for name, value in self.run(tensor).items()}  # batch of one
+        post = self.meta.get('postprocess') or {}
+        if self.meta['kind'] == 'segmentor':
+            logits = outputs[self.meta['outputs'][0]]
+            return Segmentation(label_map(logits, info, bool(post.get('align_corners')), post.get('threshold')))
+        return self._detections(outputs, info, float(post.get('mask_thr', 0.5)))
+
+    def _detections(self, outputs: dict[str, np.ndarray], info: ImageInfo, mask_thr: float) -> Detections:
+        keep: np.ndarray
+        boxes: np.ndarray
+        scores: np.ndarray
+        labels: np.ndarray
+        if self.meta['layout'] == 'mmdeploy':
+            dets, labels = outputs['dets'].reshape(-1, 5), outputs['labels'].reshape(-1)
+            keep = np.flatnonzero((dets[:, 4] > 0) & (labels >= 0))  # padded rows: score 0
+            boxes, scores, labels = dets[keep, :4], dets[keep, 4], labels[keep]
+        else:
+            count = int(np.asarray(outputs['num_detections']).reshape(-1)[0])
+            keep = np.arange(count)
+            boxes = outputs['detection_boxes'].reshape(-1, 4)[:count]
+            scores, labels = outputs['detection_scores'][:count], outputs['detection_classes'][:count]
+        result = Detections(bboxes=rescale_boxes(boxes, info), scores=scores.astype(np.float32),
+                            labels=labels.astype(np.int64))
+        masks = outputs.get('masks')
+        if masks is not None:
+            masks = masks[keep]
+            if self.meta.get('masks') == 'roi':
+                result.masks = paste_masks(masks, result.bboxes, info.ori_shape, mask_thr)
+            else:
+                result.masks = full_masks(masks, info, mask_thr)
+        return result
