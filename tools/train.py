@@ -10,8 +10,8 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmsparse.apis import (amp_fallback_on_cpu, check_data, check_pretrained, check_torchvision, load_tool_config,
-                           run_tool)
+from mmsparse.apis import (amp_fallback_on_cpu, check_backbone_outputs, check_data, check_pretrained,
+                           check_torchvision, load_tool_config, run_tool)
 
 
 def parse_args():
@@ -62,6 +62,7 @@ def main():
     check_data(cfg, ['train_dataloader', 'val_dataloader'] if cfg.get('val_cfg') else ['train_dataloader'])
     if not (cfg.get('resume') or cfg.get('load_from')):
         check_pretrained(cfg)
+    check_backbone_outputs(cfg, distributed=args.launcher != 'none')
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
     print(f'[{task}] training finished; work_dir: {cfg.work_dir}')
