@@ -5,8 +5,10 @@ What the graph computes (its contract) depends on the model, see :func:`model_ki
 * ``backbone`` (``--backbone-only``, or a config whose model is a bare backbone): ``input`` -> ``feat0`` ...
 * ``segmentor`` (mmseg ``EncoderDecoder``): ``input`` -> ``seg_logits`` ``[B, num_classes, H, W]``, what
   ``EncoderDecoder.encode_decode`` returns.
-* ``single_stage`` detector (RetinaNet, ...): ``input`` -> the head's raw outputs per level (``cls_score0`` ...,
-  ``bbox_pred0`` ...); mmdet's own ``predict_by_feat`` (anchors, decoding, NMS) runs after ONNX Runtime.
+* ``single_stage`` detector (RetinaNet, ...), ``outputs='raw'``: ``input`` -> the head's raw outputs per level
+  (``cls_score0`` ..., ``bbox_pred0`` ...); mmdet's own ``predict_by_feat`` (anchors, decoding, NMS) runs after
+  ONNX Runtime. ``outputs='mmdeploy'`` / ``'efficientnms'``: ``input`` -> detections, the post-processing inside
+  the graph (:mod:`.end2end`).
 * ``two_stage`` detector (Mask R-CNN, ...): ``input`` -> the neck's outputs ``neck0`` ...; mmdet's RPN and RoI
   heads (proposals, RoIAlign, NMS, masks) run after ONNX Runtime.
 
@@ -195,7 +197,8 @@ def name_dynamic_axes(onnx_program: torch.onnx.ONNXProgram) -> None:
 
 
 def export_onnx(model: nn.Module, out: str | os.PathLike, shape: Sequence[int], kind: str, dynamic: bool = False,
-                batch: int = 1, opset: int = OPSET, extra_meta: dict[str, Any] | None = None) -> list[str]:
+                batch: int = 1, opset: int = OPSET, extra_meta: dict[str, Any] | None = None,
+                outputs: str = 'raw') -> list[str]:
     """Export ``model`` (built by :func:`build_model`) as ``kind`` to ``out``; returns the graph's output names.
 
     Args:
@@ -203,9 +206,13 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, shape: Sequence[int], 
         dynamic: batch, height and width are symbolic (every H, W in [``MIN_SIZE``, ``MAX_SIZE``], sizes the
             model pads itself included); otherwise the graph takes exactly ``[batch, 3, *shape]``.
         extra_meta: more entries for the graph's ``mmsparse`` metadata.
+        outputs: the output layout, one of :data:`.end2end.LAYOUTS`: ``raw`` (the module docstring), or a
+            single-stage detector's detections (``mmdeploy``, ``efficientnms``: :mod:`.end2end`).
     """
     if kind not in KINDS:
         raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
+    from . import end2end
+    end2end.check_layout(outputs, kind)
     h, w = check_shape(shape)
     example_hw = (h, w)
     if dynamic:
@@ -216,9 +223,15 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, shape: Sequence[int], 
             example_hw = (max(h, DET_EXAMPLE_SIZE), max(w, DET_EXAMPLE_SIZE))
     if dynamic:
         check_dynamic(model)
-    wrapper = ExportWrapper(model, kind).eval()
     example = torch.randn(batch, 3, *example_hw)
-    names, grouping = output_names(wrapper, example)
+    wrapper: nn.Module
+    if outputs == 'raw':
+        wrapper = ExportWrapper(model, kind).eval()
+        names, grouping = output_names(wrapper, example)
+        grouping['layout'] = 'raw'
+    else:
+        wrapper = end2end.End2EndWrapper(model, outputs).eval()
+        names, grouping = list(end2end.OUTPUT_NAMES[outputs]), end2end.graph_meta(model, outputs)
     dynamic_shapes: dict[str, Any] | None = None
     if dynamic:
         dim = torch.export.Dim
@@ -233,7 +246,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, shape: Sequence[int], 
                                           prefer_deferred_runtime_asserts_over_guards=True)
         onnx_program: Any = torch.onnx.export(  # dynamo=True: an ONNXProgram
             program, (example, ), input_names=['input'], output_names=names, opset_version=opset, dynamo=True,
-            verbose=False)
+            verbose=False, custom_translation_table=end2end.translation_table() if outputs != 'raw' else None)
         if dynamic:
             name_dynamic_axes(onnx_program)
     meta = dict(kind=kind, outputs=names, dynamic=bool(dynamic), shape=[batch, 3, *example_hw], opset=opset, **grouping,
