@@ -86,7 +86,7 @@ if __name__ == '__main__':  # setuptools runs setup.py as __main__; tests import
         long_description_content_type='text/markdown',
         license='Apache License 2.0',
         keywords='computer vision, object detection, semantic segmentation, sparse attention, openmmlab',
-        packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'configs.*', 'tools', 'tools.*')),
+        packages=find_packages(include=('mmsparse', 'mmsparse.*', 'mmsparse_ort', 'mmsparse_ort.*')),
         include_package_data=True,  # mmsparse/.mim, as listed in MANIFEST.in
         python_requires='>=3.8',
         install_requires=INSTALL_REQUIRES,
