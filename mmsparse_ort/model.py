@@ -77,7 +77,10 @@ class OrtModel:
     """
 
     def __init__(self, path: str, threads: int | None = None) -> None:
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ImportError('the runtime needs onnxruntime: pip install onnxruntime') from None
         if not osp.isfile(path):
             raise FileNotFoundError(f'model: no such ONNX file: {path}')
         options = ort.SessionOptions()

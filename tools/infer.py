@@ -208,7 +208,7 @@ def main(argv=None):
         args = parser.parse_args(argv)
         try:
             run_onnx(args)
-        except (FileNotFoundError, ValueError) as err:
+        except (FileNotFoundError, ValueError, ImportError) as err:
             parser.error(str(err))
         return 0
     parser = build_parser()
