@@ -242,3 +242,49 @@ def detections(outputs: list[Any], layout: str) -> list[Any]:
         results.append(InstanceData(bboxes=boxes[i, :n].float(), scores=scores[i, :n].float(),
                                     labels=labels[i, :n].long()))
     return results
+
+
+def compare_detections(model: Any, path: str, inputs: torch.Tensor, layout: str, box_tol: float = 1e-3,
+                       score_tol: float = 1e-4, opt_level: str = 'all') -> list[dict[str, Any]]:
+    """An end-to-end graph (ONNX Runtime) against mmdet's ``predict`` (``rescale=False``) on the same ``inputs``.
+
+    One row per image, as :func:`.runtime.compare`'s detection rows (matched as sets): ``count``, ``compared``,
+    ``labels_equal``, ``box_err``, ``score_err`` and ``ok`` (every detection paired with its label, boxes within
+    ``box_tol`` x the image size, scores within ``score_tol``).
+    """
+    from .runtime import _detection_row, _predict, make_session
+    outputs = make_session(path, opt_level=opt_level).run(OUTPUT_NAMES[layout], {'input': inputs.numpy()})
+    with torch.no_grad():
+        ref = _predict(model, inputs)
+    rows = []
+    for i, (r, g) in enumerate(zip(ref, detections(outputs, layout))):
+        row = dict(name=f'detections[{i}]', **_detection_row(r, g, box_tol * max(inputs.shape[2:]), 1.))
+        row['ok'] = row['ok'] and row['score_err'] <= score_tol
+        rows.append(row)
+    return rows
+
+
+def verify(model: Any, path: str, sizes: Sequence[Sequence[int]], layout: str, batch: int = 1, seed: int = 0,
+           printer: Callable[[str], Any] | None = print) -> list[dict[str, Any]]:
+    """:func:`compare_detections` on random inputs at every ``(H, W)`` of ``sizes``; prints and returns the rows.
+
+    Raises AssertionError naming the first image whose detections differ.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    rows: list[dict[str, Any]] = []
+    for h, w in sizes:
+        for row in compare_detections(model, path, torch.randn(batch, 3, h, w, generator=gen), layout):
+            row['size'] = (batch, h, w)
+            row['status'] = 'ok' if row['ok'] and row['count'][0] else 'none' if row['ok'] else 'FAIL'
+            rows.append(row)
+            if printer:
+                detail = ', '.join(f'{k} {v:.2e}' if isinstance(v, float) else f'{k} {v}' for k, v in row.items()
+                                   if k not in ('name', 'size', 'status', 'ok'))
+                printer(f'[{row["status"]:>4}] {batch}x3x{h}x{w} {row["name"]}: {detail}')
+    failures = [row for row in rows if row['status'] == 'FAIL']
+    if failures:
+        raise AssertionError(f'ONNX Runtime differs from mmdet: {failures[0]}')
+    if printer and all(row['status'] == 'none' for row in rows):
+        printer('       no detection from either to compare (every score under test_cfg.score_thr, as with an '
+                'untrained head)')
+    return rows

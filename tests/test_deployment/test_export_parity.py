@@ -97,6 +97,7 @@ def test_detector_same_boxes_and_labels_at_two_sizes(family, tmp_path_factory):
     """Raw head / neck outputs within 1e-4 relative; after mmdet's post-processing the same boxes (1e-3) and
     labels, and for Mask R-CNN the same masks (at most 0.1 % of the pixels differ)."""
     model, path = exported(tmp_path_factory, family, 'detector')
+    assert graph_meta(path)['layout'] == 'raw'  # export_onnx's default: the head / neck outputs
     rows = verify(model, path, [EXPORT_SIZE, OTHER_SIZE], batch=2, printer=None)
     dets = [r for r in rows if r['name'].startswith('detections')]
     assert len(dets) == 4

@@ -1,18 +1,21 @@
 """Export an mmdet / mmseg config's model (or its backbone) to ONNX, and optionally check it against PyTorch.
 
     python tools/deployment/export_onnx.py CONFIG [--checkpoint CKPT] --out FILE.onnx --shape H W \\
-        [--dynamic] [--verify] [--backbone-only] [--batch B] [--cfg-options KEY=VALUE ...]
+        [--dynamic] [--verify] [--backbone-only] [--batch B] [--outputs raw|mmdeploy|efficientnms]
+        [--cfg-options KEY=VALUE ...]
 
 The graph takes ``input`` [B, 3, H, W] (the image after the data preprocessor) and returns ``feat0``...
-(--backbone-only), ``seg_logits`` (segmentors), the head's raw outputs (single-stage detectors) or the neck's
-outputs (two-stage detectors); docs/deployment.md has the contract. ``--dynamic`` makes batch, height and width
-symbolic; ``--verify`` runs ONNX Runtime against PyTorch at the export size (and, with --dynamic, at a size
-that no window grid divides) and prints the comparison; it exits 1 when they differ.
+(--backbone-only), ``seg_logits`` (segmentors), detections (single-stage detectors: ``dets``, ``labels`` by
+default, TensorRT EfficientNMS's outputs with --outputs efficientnms, the head's raw outputs with --outputs raw)
+or the neck's outputs (two-stage detectors); docs/deployment.md has the contract. ``--dynamic`` makes batch,
+height and width symbolic; ``--verify`` runs ONNX Runtime against PyTorch at the export size (and, with
+--dynamic, at a size that no window grid divides) and prints the comparison; it exits 1 when they differ.
 """
 import argparse
 import os
 import os.path as osp
 import sys
+from functools import partial
 
 from mmengine.config import DictAction
 
@@ -27,6 +30,10 @@ def build_parser():
     parser.add_argument('--dynamic', action='store_true', help='symbolic batch, height and width')
     parser.add_argument('--verify', action='store_true', help='compare ONNX Runtime with PyTorch and print it')
     parser.add_argument('--backbone-only', action='store_true', help='export the backbone: feat0 ... feat3')
+    parser.add_argument('--outputs', choices=('raw', 'mmdeploy', 'efficientnms'),
+                        help='detector outputs: detections with NMS in the graph (mmdeploy: dets, labels; '
+                        'efficientnms: TensorRT EfficientNMS names) or the raw head / neck outputs. Default: mmdeploy '
+                        'for single-stage detectors, raw otherwise')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries, as in tools/test.py')
     return parser
@@ -39,7 +46,8 @@ def verify_sizes(shape, dynamic):
 
 
 def run(args):
-    from mmsparse.deployment import build_model, export_onnx, graph_ops, load_config, model_kind, verify
+    from mmsparse.deployment import build_model, end2end, export_onnx, graph_ops, load_config, model_kind, verify
+    from mmsparse.deployment.metadata import runtime_meta
     if args.batch < 1:
         raise ValueError(f'--batch must be a positive integer, got {args.batch}')
     out_dir = osp.dirname(osp.abspath(args.out))
@@ -50,13 +58,17 @@ def run(args):
     kind = model_kind(model, args.backbone_only)
     if args.checkpoint is None:
         print('no --checkpoint: exporting the initialised model (random weights; checks the export only)')
+    layout = args.outputs or ('mmdeploy' if kind == 'single_stage' else 'raw')
+    end2end.check_layout(layout, kind)
     names = export_onnx(model, args.out, tuple(args.shape), kind, dynamic=args.dynamic, batch=args.batch,
-                        extra_meta=dict(config=osp.abspath(args.config), checkpoint=args.checkpoint))
+                        extra_meta=dict(config=osp.abspath(args.config), checkpoint=args.checkpoint,
+                                        **runtime_meta(cfg)), outputs=layout)
     print(f'wrote {args.out} ({kind}, {"dynamic" if args.dynamic else "fixed"} shape, outputs: {", ".join(names)})')
     print('ONNX ops: ' + ', '.join(f'{op} x{n}' for op, n in graph_ops(args.out).items()))
     if args.verify:
+        check = verify if layout == 'raw' else partial(end2end.verify, layout=layout)
         try:
-            verify(model, args.out, verify_sizes(args.shape, args.dynamic), batch=args.batch)
+            check(model, args.out, verify_sizes(args.shape, args.dynamic), batch=args.batch)
         except AssertionError as err:
             print(err, file=sys.stderr)
             return 1

@@ -1,0 +1,146 @@
+"""End-to-end RetinaNet graphs (anchors, decoding, NMS and top-k inside ONNX) against mmdet's ``predict``.
+
+The reduced CloFormer RetinaNet gets a head whose scores spread over (0, 1) (classification and regression
+weights drawn wider than the initialisation), so that there are real detections, many overlapping boxes for the
+NMS to suppress, and fewer detections than ``max_per_img`` (padded rows).
+"""
+import onnx
+import pytest
+import torch
+
+import onnxruntime  # noqa: F401  (a dependency of the project: missing, the tests fail)
+
+from mmsparse.deployment import build_model, export_onnx, graph_meta, load_config
+from mmsparse.deployment.end2end import OUTPUT_NAMES, check_layout, compare_detections, grid_anchors
+from mmsparse.deployment.runtime import OPT_LEVELS, make_session
+
+from tests.conftest import load_tool
+
+from .reduced import config_path, reduced_options
+
+CONFIG = 'retinanet_cloformer_s_coco.py'
+TEST_CFG = dict(nms_pre=100, score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5), min_bbox_size=0,
+                max_per_img=100)
+EXPORT_SIZE = (64, 64)
+OTHER_SIZE = (87, 71)
+
+
+def options():
+    opts = reduced_options(CONFIG, 'cloformer')
+    opts['model.test_cfg'] = TEST_CFG
+    return opts
+
+
+def detector():
+    torch.manual_seed(0)
+    model = build_model(load_config(config_path(CONFIG), options()))
+    head = model.bbox_head
+    with torch.no_grad():
+        head.retina_cls.weight.normal_(std=0.3)
+        head.retina_cls.bias.fill_(-2.5)
+        head.retina_reg.weight.normal_(std=0.1)
+    return model
+
+
+@pytest.fixture(scope='module')
+def dynamic_mmdeploy(tmp_path_factory):
+    model = detector()
+    path = str(tmp_path_factory.mktemp('e2e') / 'retinanet.onnx')
+    names = export_onnx(model, path, EXPORT_SIZE, 'single_stage', dynamic=True, outputs='mmdeploy')
+    assert names == ['dets', 'labels']
+    return model, path
+
+
+def inputs(batch, size, seed):
+    return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize('batch, size', [(1, EXPORT_SIZE), (2, EXPORT_SIZE), (1, OTHER_SIZE), (2, OTHER_SIZE)])
+def test_same_detections_as_mmdet(dynamic_mmdeploy, batch, size):
+    """Same count and labels, boxes within 1e-3 x the image size, scores within 1e-4, at two sizes of one graph."""
+    model, path = dynamic_mmdeploy
+    rows = compare_detections(model, path, inputs(batch, size, seed=batch), 'mmdeploy')
+    assert len(rows) == batch
+    for row in rows:
+        assert row['count'][0] > 0 and row['ok'], row
+        assert row['count'][0] < TEST_CFG['max_per_img']  # padded rows follow the detections
+
+
+def test_padding_and_every_optimisation_level(dynamic_mmdeploy):
+    """Rows past the detections are zeros with label -1; every ORT optimisation level gives mmdet's detections."""
+    model, path = dynamic_mmdeploy
+    x = inputs(2, OTHER_SIZE, seed=5)
+    dets, labels = make_session(path).run(None, {'input': x.numpy()})
+    assert dets.shape == (2, TEST_CFG['max_per_img'], 5) and dets.dtype.name == 'float32'
+    assert labels.shape == (2, TEST_CFG['max_per_img']) and labels.dtype.name == 'int64'
+    for image_dets, image_labels in zip(dets, labels):
+        count = int((image_labels >= 0).sum())
+        assert 0 < count < len(image_labels) and (image_labels[count:] == -1).all()
+        assert (image_dets[count:] == 0).all() and (image_dets[:count, 4] > TEST_CFG['score_thr']).all()
+        assert (image_dets[:count, 4][:-1] >= image_dets[:count, 4][1:]).all()  # highest score first
+        assert (image_dets[:count, :4] >= 0).all() and (image_dets[:count, [0, 2]] <= OTHER_SIZE[1]).all()
+        assert (image_dets[:count, [1, 3]] <= OTHER_SIZE[0]).all()  # clamped to the input
+    for level in OPT_LEVELS:
+        assert all(row['ok'] for row in compare_detections(model, path, x, 'mmdeploy', opt_level=level)), level
+
+
+def test_tool_efficientnms_layout_metadata_and_check_model(tmp_path, capsys):
+    """The tool's --outputs efficientnms at a fixed batch-2 shape: names, types, shapes, the file's metadata,
+    onnx's full check, the same detections as mmdet (--verify)."""
+    model = detector()
+    weights = tmp_path / 'weights.pth'
+    torch.save(dict(state_dict=model.state_dict(), meta=dict()), weights)
+    out = tmp_path / 'retinanet_enms.onnx'
+    tool = load_tool('tools/deployment/export_onnx.py')
+    args = tool.build_parser().parse_args([config_path(CONFIG), '--checkpoint', str(weights), '--out', str(out),
+                                           '--shape', *map(str, EXPORT_SIZE), '--batch', '2', '--outputs',
+                                           'efficientnms', '--verify'])
+    args.cfg_options = options()
+    assert tool.run(args) == 0
+    printed = capsys.readouterr().out
+    assert '[  ok] 2x3x64x64 detections[1]' in printed and 'NonMaxSuppression x1' in printed
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto, full_check=True)
+    types = {o.name: (o.type.tensor_type.elem_type, [d.dim_value for d in o.type.tensor_type.shape.dim])
+             for o in proto.graph.output}
+    n = TEST_CFG['max_per_img']
+    assert types == {'num_detections': (onnx.TensorProto.INT32, [2, 1]),
+                     'detection_boxes': (onnx.TensorProto.FLOAT, [2, n, 4]),
+                     'detection_scores': (onnx.TensorProto.FLOAT, [2, n]),
+                     'detection_classes': (onnx.TensorProto.INT32, [2, n])}
+    meta = graph_meta(str(out))
+    assert meta['layout'] == 'efficientnms' and meta['outputs'] == OUTPUT_NAMES['efficientnms']
+    assert (meta['max_per_img'], meta['score_thr'], meta['masks']) == (n, 0.05, None)
+    assert meta['classes'] and meta['preprocess']['mean']  # the config's runtime metadata
+    num, boxes, scores, classes = make_session(str(out)).run(None, {'input': inputs(2, EXPORT_SIZE, 3).numpy()})
+    for count, image_boxes, image_scores, image_classes in zip(num[:, 0], boxes, scores, classes):
+        assert 0 < count < n and (image_scores[count:] == 0).all() and (image_boxes[count:] == 0).all()
+        assert (image_classes[count:] == 0).all()
+
+
+def test_dynamic_graph_is_checked_and_named(dynamic_mmdeploy):
+    _, path = dynamic_mmdeploy
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto, full_check=True)
+    dims = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in proto.graph.output}
+    assert dims == {'dets': ['batch', TEST_CFG['max_per_img'], 5], 'labels': ['batch', TEST_CFG['max_per_img']]}
+    meta = graph_meta(path)
+    assert (meta['layout'], meta['max_per_img'], meta['score_thr'], meta['dynamic']) == ('mmdeploy', 100, 0.05, True)
+
+
+@pytest.mark.parametrize('sizes', [[(5, 4), (2, 3), (3, 1), (1, 2), (1, 1)], [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]])
+def test_grid_anchors_equal_mmdet(dynamic_mmdeploy, sizes):
+    """The export-safe anchor grid equals the prior generator's own, maps of 1 x 1 included."""
+    generator = dynamic_mmdeploy[0].bbox_head.prior_generator
+    like = torch.zeros(1)
+    mine = grid_anchors(generator, sizes, like)
+    ref = generator.grid_priors(sizes, dtype=torch.float32, device='cpu')
+    assert all(torch.equal(a, b) for a, b in zip(mine, ref))
+
+
+def test_layout_errors_name_the_option():
+    with pytest.raises(ValueError, match='--outputs must be one of raw, mmdeploy, efficientnms'):
+        check_layout('trt', 'single_stage')
+    with pytest.raises(ValueError, match='--outputs mmdeploy: .* segmentor graph takes --outputs raw'):
+        check_layout('mmdeploy', 'segmentor')
+    check_layout('raw', 'two_stage')
