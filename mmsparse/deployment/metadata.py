@@ -43,7 +43,10 @@ def _resize(step: dict, unsupported: list[str]) -> dict[str, Any]:
 def _pipeline(cfg: Any, unsupported: list[str]) -> dict[str, Any] | None:
     """The resize of the test pipeline (``None``: none); other image-changing steps go to ``unsupported``."""
     resize = None
-    for step in cfg.test_dataloader.dataset.pipeline:
+    pipeline = ((cfg.get('test_dataloader') or {}).get('dataset') or {}).get('pipeline')
+    if pipeline is None:
+        unsupported.append('no test_dataloader.dataset.pipeline')
+    for step in pipeline or ():
         kind = _step_type(step)
         if kind == 'LoadImageFromFile':
             if step.get('color_type', 'color') != 'color' or step.get('imdecode_backend', 'cv2') != 'cv2':

@@ -79,3 +79,11 @@ def test_rejects_other_scopes():
     cfg.default_scope = 'mmpretrain'
     with pytest.raises(ValueError, match="default_scope must be mmdet or mmseg, got 'mmpretrain'"):
         runtime_meta(cfg)
+
+
+def test_config_without_test_pipeline():
+    """A config without a test set (a bare backbone's, say) still exports: the runtime refuses it, naming why."""
+    cfg = load_config(SEG_DEMO)
+    cfg.pop('test_dataloader')
+    meta = runtime_meta(cfg)
+    assert meta['unsupported'] == ['no test_dataloader.dataset.pipeline'] and meta['classes'] == []

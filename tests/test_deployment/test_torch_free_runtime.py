@@ -280,3 +280,13 @@ def test_files_it_cannot_run_are_named(meta, message, tmp_path, capsys):
         load_tool('tools/infer.py').main([model, str(image), '--out-dir', str(tmp_path / 'o')])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_info.value.code == 2 and message in err and 'tools/deployment/export_onnx.py' in err, err
+
+
+@pytest.mark.parametrize('order', ['model first', 'options first'])
+def test_an_onnx_file_first_takes_the_torch_free_path(order, tmp_path, capsys):
+    argv = [str(tmp_path / 'missing.onnx'), str(tmp_path / 'img.png')]
+    options = ['--out-dir', str(tmp_path / 'o'), '--score-thr', '0.5']
+    with pytest.raises(SystemExit) as exit_info:
+        load_tool('tools/infer.py').main(argv + options if order == 'model first' else options + argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and 'infer.py MODEL.onnx' in err, err  # the torch-free parser's usage
