@@ -76,8 +76,9 @@ def nms_keep_op() -> Any:
     """
     if 'nms_keep' not in _OPS:
         if not hasattr(torch.library, 'custom_op'):
-            raise RuntimeError(f'end-to-end detector graphs need torch >= 2.6 (torch.library.custom_op and '
-                               f'torch.onnx custom translation tables); this is torch {torch.__version__}')
+            raise RuntimeError(f'--outputs mmdeploy / efficientnms need torch.library.custom_op and the '
+                               f'torch.export-based torch.onnx (checked on torch 2.13); torch {torch.__version__} '
+                               'has no custom_op: export with --outputs raw on a newer torch')
         op = torch.library.custom_op('mmsparse::nms_keep', _nms_keep_eager, mutates_args=())
         op.register_fake(lambda boxes, scores, iou_threshold, score_threshold: torch.empty_like(scores))
         _OPS['nms_keep'] = op
@@ -210,6 +211,7 @@ class End2EndWrapper(nn.Module):
         if layout == 'raw':
             raise ValueError('End2EndWrapper: the raw layout is export.ExportWrapper')
         check_head(model.bbox_head)  # type: ignore[arg-type]
+        nms_keep_op()  # an old torch fails here, before tracing
         self.model, self.layout = model, layout
 
     def forward(self, input: torch.Tensor) -> tuple[torch.Tensor, ...]:  # noqa: A002  (the graph input's name)
