@@ -10,6 +10,8 @@ from .model import Detections
 
 #: opacity of the class colours (mmdet's and mmseg's visualisers' default)
 ALPHA = 0.8
+#: box outline width in pixels (mmdet's default)
+LINE_WIDTH = 3
 
 
 def _name(classes: Sequence[str], label: int) -> str:
@@ -21,14 +23,14 @@ def _bgr(palette: Sequence[Sequence[int]], label: int) -> tuple[int, int, int]:
     return int(b), int(g), int(r)
 
 
-def _text(img: np.ndarray, text: str, origin: tuple[int, int], color: tuple[int, int, int]) -> None:
-    """``text`` in white on a ``color`` box whose bottom-left corner is ``origin``, kept inside the image."""
-    scale = max(min(img.shape[:2]) / 500., 0.3)
+def _text(img: np.ndarray, text: str, origin: tuple[int, int]) -> None:
+    """``text`` in light grey on black whose top-left corner is ``origin``, kept inside the image (mmdet's style)."""
+    scale = max(min(img.shape[:2]) / 700., 0.35)
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     x = int(min(max(origin[0], 0), max(img.shape[1] - tw, 0)))
-    y = int(min(max(origin[1], th + base), img.shape[0]))
-    cv2.rectangle(img, (x, y - th - base), (x + tw, y), color, -1)
-    cv2.putText(img, text, (x, y - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    y = int(min(max(origin[1], 0), max(img.shape[0] - th - base, 0)))
+    cv2.rectangle(img, (x, y), (x + tw, y + th + base), (0, 0, 0), -1)
+    cv2.putText(img, text, (x, y + th), cv2.FONT_HERSHEY_SIMPLEX, scale, (200, 200, 200), 1, cv2.LINE_AA)
 
 
 def _widest_row_centre(mask: np.ndarray) -> tuple[int, int]:
@@ -62,7 +64,11 @@ def draw_segmentation(img: np.ndarray, label_map: np.ndarray, classes: Sequence[
 
 def draw_detections(img: np.ndarray, dets: Detections, classes: Sequence[str], palette: Sequence[Sequence[int]],
                     score_thr: float) -> np.ndarray:
-    """The BGR image with the detections scoring above ``score_thr``: masks blended, boxes, ``class: score``."""
+    """The BGR image with the detections scoring above ``score_thr``: masks blended, boxes, ``class: score``.
+
+    The layout of mmdet's ``DetLocalVisualizer`` (palette colours, 3-pixel boxes, labels at their top-left corner),
+    drawn with OpenCV instead of matplotlib: similar pictures, not the same pixels.
+    """
     out = img.copy()
     shown = np.flatnonzero(dets.scores > score_thr)
     if dets.masks is not None:
@@ -74,6 +80,7 @@ def draw_detections(img: np.ndarray, dets: Detections, classes: Sequence[str], p
         label = int(dets.labels[i])
         color = _bgr(palette, label)
         x1, y1, x2, y2 = (int(round(float(v))) for v in dets.bboxes[i])
-        cv2.rectangle(out, (x1, y1), (x2, y2), color, max(1, min(img.shape[:2]) // 300))
-        _text(out, f'{_name(classes, label)}: {round(float(dets.scores[i]) * 100, 1)}', (x1, y1), color)
+        cv2.rectangle(out, (x1, y1), (x2, y2), color, LINE_WIDTH)
+        _text(out, f'{_name(classes, label)}: {round(float(dets.scores[i]) * 100, 1)}',
+              (x1 + LINE_WIDTH, y1 + LINE_WIDTH))
     return out
