@@ -211,7 +211,11 @@ def main(argv=None):
         except (FileNotFoundError, ValueError, ImportError) as err:
             parser.error(str(err))
         return 0
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ImportError as err:  # an environment with onnxruntime only
+        build_onnx_parser().error(f'{err}: CONFIG CHECKPOINT needs PyTorch and OpenMMLab; without them give an ONNX '
+                                  'file from tools/deployment/export_onnx.py first: infer.py MODEL.onnx INPUT ...')
     args = parser.parse_args(argv)
     try:
         run(args)
