@@ -11,8 +11,8 @@ demo: install
 	$(PY) tools/demo.py
 
 lint: install
-	$(PY) -m flake8 mmsparse tools tests configs setup.py
-	$(PY) -m mypy mmsparse
+	$(PY) -m flake8 mmsparse mmsparse_ort tools tests configs setup.py
+	$(PY) -m mypy mmsparse mmsparse_ort
 
 test: install lint
 	$(PY) -m pytest tests -q -ra
