@@ -27,6 +27,8 @@ OUTPUT_NAMES = {
     'mmdeploy': ['dets', 'labels'],
     'efficientnms': ['num_detections', 'detection_boxes', 'detection_scores', 'detection_classes'],
 }
+#: mask outputs of a two-stage graph: pasted into the input (``full``) or the head's RoI masks (``roi``)
+MASKS = ('full', 'roi')
 #: the score of a candidate that cannot be detected (padding, or at most ``score_thr``): under every real score
 INVALID = -1.
 
@@ -35,9 +37,9 @@ def check_layout(layout: str, kind: str) -> None:
     """ValueError unless ``layout`` is one of :data:`LAYOUTS` and exports for a graph of ``kind``."""
     if layout not in LAYOUTS:
         raise ValueError(f'--outputs must be one of {", ".join(LAYOUTS)}, got {layout!r}')
-    if layout != 'raw' and kind != 'single_stage':
-        raise ValueError(f'--outputs {layout}: end-to-end graphs are exported for single-stage detectors '
-                         f'(RetinaNet); a {kind.replace("_", "-")} graph takes --outputs raw')
+    if layout != 'raw' and kind not in ('single_stage', 'two_stage'):
+        raise ValueError(f'--outputs {layout}: end-to-end graphs are exported for detectors; a '
+                         f'{kind.replace("_", "-")} graph takes --outputs raw')
 
 
 def _nms_keep_eager(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
@@ -85,10 +87,45 @@ def nms_keep_op() -> Any:
     return _OPS['nms_keep']
 
 
+def _roi_align_eager(feat: torch.Tensor, rois: torch.Tensor, out_h: int, out_w: int, spatial_scale: float,
+                     sampling_ratio: int) -> torch.Tensor:
+    from mmcv.ops import roi_align
+    return roi_align(feat, rois, (out_h, out_w), spatial_scale, sampling_ratio, 'avg', True)
+
+
+def _roi_align_onnx(feat: Any, rois: Any, out_h: int, out_w: int, spatial_scale: float, sampling_ratio: int) -> Any:
+    from onnx import TensorProto
+    from onnxscript import opset18
+    op: Any = opset18
+    axis = op.Constant(value_ints=[1])
+    image = op.Cast(op.Squeeze(op.Slice(rois, op.Constant(value_ints=[0]), axis, axis), axis), to=TensorProto.INT64)
+    boxes = op.Slice(rois, axis, op.Constant(value_ints=[5]), axis)
+    return op.RoiAlign(feat, boxes, image, mode='avg', output_height=out_h, output_width=out_w,
+                       sampling_ratio=sampling_ratio, spatial_scale=spatial_scale,
+                       coordinate_transformation_mode='half_pixel')
+
+
+def roi_align_op() -> Any:
+    """The custom operator ``mmsparse::roi_align(feat, rois, out_h, out_w, spatial_scale, sampling_ratio)``:
+    mmcv's ``roi_align`` with ``aligned=True``, average pooling; ONNX ``RoiAlign`` with ``half_pixel``.
+
+    Shapes:
+        feat: ``[B, C, H, W]``; rois: ``[R, 5]`` (image index, x1, y1, x2, y2); output ``[R, C, out_h, out_w]``.
+    """
+    if 'roi_align' not in _OPS:
+        nms_keep_op()  # the torch check
+        op = torch.library.custom_op('mmsparse::roi_align', _roi_align_eager, mutates_args=())
+        op.register_fake(lambda feat, rois, out_h, out_w, spatial_scale, sampling_ratio: feat.new_empty(
+            (rois.shape[0], feat.shape[1], out_h, out_w)))
+        _OPS['roi_align'] = op
+    return _OPS['roi_align']
+
+
 def translation_table() -> dict[Callable, Callable]:
     """``torch.onnx.export(custom_translation_table=...)`` for the graphs of this module."""
     nms_keep_op()
-    return {torch.ops.mmsparse.nms_keep.default: _nms_keep_onnx}
+    roi_align_op()
+    return {torch.ops.mmsparse.nms_keep.default: _nms_keep_onnx, torch.ops.mmsparse.roi_align.default: _roi_align_onnx}
 
 
 def check_head(head: nn.Module) -> dict[str, Any]:
@@ -162,6 +199,57 @@ def _level_candidates(head: Any, cls_score: torch.Tensor, bbox_pred: torch.Tenso
     return top, label, priors[anchor], deltas.gather(1, anchor[..., None].expand(-1, -1, 4))
 
 
+def _invalid_unless(scores: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    return torch.where(cond, scores, torch.full_like(scores, INVALID))
+
+
+def _candidates(head: Any, cls_scores: list[torch.Tensor], bbox_preds: list[torch.Tensor], nms_pre: int,
+                img_hw: tuple[Any, ...], min_bbox_size: float) -> tuple[torch.Tensor, ...]:
+    """Every level's ``nms_pre`` best (anchor, class) pairs, decoded and clamped to ``img_hw``.
+
+    Returns scores ``[B, N]`` (:data:`INVALID` for padding and boxes not above ``min_bbox_size``), labels and
+    level indices ``[B, N]``, boxes ``[B, N, 4]``; ``N`` = levels x ``nms_pre``.
+    """
+    mlvl_priors = grid_anchors(head.prior_generator, [score.shape[-2:] for score in cls_scores], cls_scores[0])
+    levels = [_level_candidates(head, s, d, p, nms_pre) for s, d, p in zip(cls_scores, bbox_preds, mlvl_priors)]
+    scores, labels, priors, deltas = (torch.cat(parts, 1) for parts in zip(*levels))
+    level_ids = torch.cat([torch.full_like(part[1], i) for i, part in enumerate(levels)], 1)
+    b, n = scores.shape
+    boxes = head.bbox_coder.decode(priors.reshape(-1, 4), deltas.reshape(-1, 4), max_shape=img_hw).reshape(b, n, 4)
+    if min_bbox_size >= 0:  # mmdet drops the boxes whose width or height is not above it
+        scores = _invalid_unless(scores, (boxes[..., 2:] - boxes[..., :2] > min_bbox_size).all(-1))
+    return scores, labels, level_ids, boxes
+
+
+def _class_nms_topk(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                    iou_threshold: float, score_thr: float, k: int) -> tuple[torch.Tensor, ...]:
+    """Per-class NMS of candidates, then the ``k`` highest kept scores over all classes, highest first.
+
+    Shapes:
+        boxes: ``[B, N, 4]``; scores: ``[B, N]`` (:data:`INVALID`: not a candidate); labels: ``[B, N]``.
+        Returns scores ``[B, k]`` (0 past the detections), labels ``[B, k]`` (-1 past them), boxes ``[B, k, 4]``
+        (0 past them) and the mask of real detections ``[B, k]``.
+    """
+    b, n = scores.shape
+    one_hot = labels[:, None, :] == torch.arange(num_classes, device=labels.device)[None, :, None]
+    class_scores = _invalid_unless(scores[:, None, :].expand(-1, num_classes, -1), one_hot)
+    keep = nms_keep_op()(boxes, class_scores, iou_threshold, score_thr)
+    kept = _invalid_unless(class_scores, keep > 0).reshape(b, -1)
+    kept = torch.cat([kept, kept.new_full((b, k), INVALID)], 1)  # k entries even when C * N < k
+    top, idx = kept.topk(k, dim=1)
+    valid = top > INVALID
+    out_boxes = boxes.gather(1, (idx % n)[..., None].expand(-1, -1, 4)) * valid[..., None].to(boxes.dtype)
+    return (torch.where(valid, top, torch.zeros_like(top)), torch.where(valid, idx // n, torch.full_like(idx, -1)),
+            out_boxes, valid)
+
+
+def _layout_outputs(layout: str, scores: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor,
+                    valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    if layout == 'mmdeploy':
+        return torch.cat([boxes, scores[..., None]], -1), labels
+    return valid.sum(1, keepdim=True).to(torch.int32), boxes, scores, labels.clamp(min=0).to(torch.int32)
+
+
 def detect(head: Any, cls_scores: list[torch.Tensor], bbox_preds: list[torch.Tensor], img_hw: tuple[Any, ...],
            layout: str) -> tuple[torch.Tensor, ...]:
     """The detections of a head's raw outputs, as mmdet's ``predict_by_feat`` (``rescale=False``), in ``layout``.
@@ -171,65 +259,170 @@ def detect(head: Any, cls_scores: list[torch.Tensor], bbox_preds: list[torch.Ten
         module docstring.
     """
     cfg = check_head(head)
-    mlvl_priors = grid_anchors(head.prior_generator, [score.shape[-2:] for score in cls_scores], cls_scores[0])
-    levels = [_level_candidates(head, s, d, p, cfg['nms_pre']) for s, d, p in zip(cls_scores, bbox_preds, mlvl_priors)]
-    scores, labels, priors, deltas = (torch.cat(parts, 1) for parts in zip(*levels))
-    b, n = scores.shape
-    scores = torch.where(scores > cfg['score_thr'], scores, torch.full_like(scores, INVALID))
-    boxes = head.bbox_coder.decode(priors.reshape(-1, 4), deltas.reshape(-1, 4), max_shape=img_hw).reshape(b, n, 4)
-    if cfg['min_bbox_size'] >= 0:  # mmdet drops the boxes whose width or height is not above it
-        wh = boxes[..., 2:] - boxes[..., :2]
-        large = (wh > cfg['min_bbox_size']).all(-1)
-        scores = torch.where(large, scores, torch.full_like(scores, INVALID))
-    num_classes = head.num_classes
-    one_hot = labels[:, None, :] == torch.arange(num_classes, device=labels.device)[None, :, None]
-    class_scores = torch.where(one_hot, scores[:, None, :], torch.full_like(one_hot, INVALID, dtype=scores.dtype))
-    keep = nms_keep_op()(boxes, class_scores, cfg['iou_threshold'], cfg['score_thr'])
-    kept = torch.where(keep > 0, class_scores, torch.full_like(class_scores, INVALID)).reshape(b, -1)
-    k = cfg['max_per_img']
-    kept = torch.cat([kept, kept.new_full((b, k), INVALID)], 1)  # k entries even when C * N < max_per_img
-    top, idx = kept.topk(k, dim=1)
-    valid = top > INVALID
-    box_idx = idx % n
-    out_labels = torch.where(valid, idx // n, torch.full_like(idx, -1))
-    out_scores = torch.where(valid, top, torch.zeros_like(top))
-    out_boxes = boxes.gather(1, box_idx[..., None].expand(-1, -1, 4)) * valid[..., None].to(boxes.dtype)
-    if layout == 'mmdeploy':
-        return torch.cat([out_boxes, out_scores[..., None]], -1), out_labels
-    classes = out_labels.clamp(min=0).to(torch.int32)
-    return valid.sum(1, keepdim=True).to(torch.int32), out_boxes, out_scores, classes
+    scores, labels, _, boxes = _candidates(head, cls_scores, bbox_preds, cfg['nms_pre'], img_hw,
+                                           cfg['min_bbox_size'])
+    scores = _invalid_unless(scores, scores > cfg['score_thr'])
+    dets = _class_nms_topk(boxes, scores, labels, head.num_classes, cfg['iou_threshold'], cfg['score_thr'],
+                           cfg['max_per_img'])
+    return _layout_outputs(layout, *dets)
+
+
+def _nms_values(cfg: Any, where: str) -> tuple[float, dict[str, Any]]:
+    nms = cfg.get('nms') or {}
+    if nms.get('type', 'nms') != 'nms' or 'iou_threshold' not in nms:
+        raise ValueError(f'--outputs: {where}.nms must be dict(type="nms", iou_threshold=...), got {nms}')
+    for key in ('nms_pre', 'max_per_img'):
+        if key in cfg and (not isinstance(cfg[key], int) or cfg[key] < 1):
+            raise ValueError(f'--outputs: {where}.{key} must be a positive integer, got {cfg[key]!r}')
+    return float(nms['iou_threshold']), dict(cfg)
+
+
+def check_two_stage(model: Any) -> dict[str, Any]:
+    """The RPN and R-CNN ``test_cfg`` values a two-stage graph uses; ValueError for a model it does not reproduce."""
+    from mmcv.ops import RoIAlign
+    from mmdet.models.dense_heads import RPNHead
+    from mmdet.models.roi_heads import StandardRoIHead
+    roi_head = model.roi_head
+    if type(model.rpn_head) is not RPNHead or type(roi_head) is not StandardRoIHead:
+        raise ValueError(f'--outputs: {type(model.rpn_head).__name__} / {type(roi_head).__name__} are not '
+                         'RPNHead / StandardRoIHead (Mask R-CNN, Faster R-CNN); export with --outputs raw')
+    extractors = [roi_head.bbox_roi_extractor] + ([roi_head.mask_roi_extractor] if roi_head.with_mask else [])
+    for extractor in extractors:
+        if not all(isinstance(layer, RoIAlign) and layer.aligned and layer.pool_mode == 'avg'
+                   for layer in extractor.roi_layers):
+            raise ValueError('--outputs: the RoI extractors must use RoIAlign(aligned=True, pool_mode="avg")')
+    if roi_head.bbox_head.reg_class_agnostic or roi_head.bbox_head.custom_cls_channels:
+        raise ValueError('--outputs: class-agnostic or custom-channel box heads are not reproduced; --outputs raw')
+    rpn_iou, rpn = _nms_values(model.rpn_head.test_cfg, 'test_cfg.rpn')
+    rcnn_iou, rcnn = _nms_values(roi_head.test_cfg, 'test_cfg.rcnn')
+    return dict(rpn_nms_pre=rpn.get('nms_pre', -1), rpn_max=rpn['max_per_img'], rpn_iou=rpn_iou,
+                rpn_min_bbox_size=rpn.get('min_bbox_size', -1), score_thr=float(rcnn.get('score_thr', 0.)),
+                iou_threshold=rcnn_iou, max_per_img=rcnn['max_per_img'])
+
+
+def _roi_features(extractor: Any, feats: Sequence[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+    """mmdet ``SingleRoIExtractor``: each RoI pooled from the level its scale maps to.
+
+    Every level pools every RoI and the RoI's own level is kept (static shapes).
+    """
+    num_levels = len(extractor.featmap_strides)
+    scale = ((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])).sqrt()
+    target = torch.floor(torch.log2(scale / extractor.finest_scale + 1e-6)).clamp(min=0, max=num_levels - 1)
+    out: Any = 0.
+    for level, layer in enumerate(extractor.roi_layers):
+        pooled = roi_align_op()(feats[level], rois, int(layer.output_size[0]), int(layer.output_size[1]),
+                                float(layer.spatial_scale), int(layer.sampling_ratio))
+        out = out + pooled * (target == level).to(pooled.dtype)[:, None, None, None]
+    return out
+
+
+def _with_image_index(boxes: torch.Tensor) -> torch.Tensor:
+    """``[B, K, 4]`` boxes as mmdet RoIs ``[B * K, 5]`` (image index first)."""
+    b, k = boxes.shape[:2]
+    index = torch.arange(b, device=boxes.device).to(boxes.dtype)[:, None, None].expand(b, k, 1)
+    return torch.cat([index, boxes], -1).reshape(-1, 5)
+
+
+def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, img_hw: tuple[Any, ...]) -> torch.Tensor:
+    """mmdet's ``_do_paste_mask`` (``skip_empty=False``): RoI masks ``[N, M, M]`` into boxes ``[N, 4]`` of an
+    image ``img_hw``, each pixel centre sampled bilinearly (``grid_sample``, zeros outside); ``[N, H, W]``."""
+    import torch.nn.functional as F
+    n = masks.shape[0]
+    h, w = img_hw
+    x1, y1, x2, y2 = boxes.split(1, dim=1)  # [N, 1] each
+    ys = (torch.arange(h, device=boxes.device).to(boxes.dtype) + 0.5)[None]
+    xs = (torch.arange(w, device=boxes.device).to(boxes.dtype) + 0.5)[None]
+    gy = (ys - y1) / (y2 - y1).clamp(min=1e-6) * 2 - 1  # [N, H]; a degenerate box (padding) samples nothing
+    gx = (xs - x1) / (x2 - x1).clamp(min=1e-6) * 2 - 1  # [N, W]
+    grid = torch.stack([gx[:, None, :].expand(n, h, w), gy[:, :, None].expand(n, h, w)], dim=3)
+    return F.grid_sample(masks[:, None], grid, align_corners=False)[:, 0]
+
+
+def detect_two_stage(model: Any, feats: Sequence[torch.Tensor], img_hw: tuple[Any, ...], layout: str,
+                     masks: str = 'full') -> tuple[torch.Tensor, ...]:
+    """A two-stage detector's detections (mmdet's ``rpn_head.predict`` and ``roi_head.predict``,
+    ``rescale=False``) from the neck's outputs, in ``layout``, followed by ``masks`` ``[B, N, H, W]``
+    (``full``: pasted into the input) or ``[B, N, M, M]`` (``roi``) mask probabilities when the model has a mask
+    head (zeros past the detections)."""
+    cfg = check_two_stage(model)
+    rpn, roi_head = model.rpn_head, model.roi_head
+    cls_scores, bbox_preds = rpn(feats)
+    scores, _, level_ids, boxes = _candidates(rpn, cls_scores, bbox_preds, cfg['rpn_nms_pre'], img_hw,
+                                              cfg['rpn_min_bbox_size'])
+    # per-level NMS of the proposals (mmdet: batched_nms over level ids), the rpn max_per_img best kept
+    _, _, proposals, proposal_valid = _class_nms_topk(boxes, scores, level_ids, len(cls_scores), cfg['rpn_iou'],
+                                                      INVALID, cfg['rpn_max'])
+    b, p = proposal_valid.shape
+    rois = _with_image_index(proposals)
+    bbox_head = roi_head.bbox_head
+    cls_score, bbox_pred = bbox_head(_roi_features(roi_head.bbox_roi_extractor, feats, rois))
+    num_classes = bbox_head.num_classes
+    class_scores = cls_score.softmax(-1)[:, :num_classes].reshape(b, p * num_classes)
+    boxes = bbox_head.bbox_coder.decode(rois[:, 1:].repeat_interleave(num_classes, 0), bbox_pred.reshape(-1, 4),
+                                        max_shape=img_hw).reshape(b, p * num_classes, 4)
+    real = proposal_valid.repeat_interleave(num_classes, 1) & (class_scores > cfg['score_thr'])
+    labels = torch.arange(num_classes, device=boxes.device).repeat(p)[None].expand(b, -1)
+    dets = _class_nms_topk(boxes, _invalid_unless(class_scores, real), labels, num_classes, cfg['iou_threshold'],
+                           cfg['score_thr'], cfg['max_per_img'])
+    outputs = _layout_outputs(layout, *dets)
+    if not roi_head.with_mask:
+        return outputs
+    _, det_labels, det_boxes, valid = dets
+    k = det_boxes.shape[1]
+    logits = roi_head.mask_head(_roi_features(roi_head.mask_roi_extractor, feats, _with_image_index(det_boxes)))
+    size = logits.shape[-1]
+    index = det_labels.clamp(min=0).reshape(-1, 1, 1, 1).expand(-1, 1, size, size)
+    probs = logits.gather(1, index)[:, 0].sigmoid() * valid.reshape(-1, 1, 1).to(logits.dtype)  # [B * K, M, M]
+    if masks == 'full':
+        probs = paste_masks(probs, det_boxes.reshape(-1, 4), img_hw)
+    return outputs + (probs.reshape(b, k, *probs.shape[1:]), )
 
 
 class End2EndWrapper(nn.Module):
-    """``input`` -> a single-stage detector's detections in ``layout`` (see the module docstring)."""
+    """``input`` -> a detector's detections in ``layout`` (and masks, see :func:`detect_two_stage`)."""
 
-    model: Any  # an mmdet single-stage detector (duck-typed)
+    model: Any  # an mmdet detector (duck-typed)
 
-    def __init__(self, model: nn.Module, layout: str) -> None:
+    def __init__(self, model: nn.Module, kind: str, layout: str, masks: str = 'full') -> None:
         super().__init__()
-        check_layout(layout, 'single_stage')
+        check_layout(layout, kind)
         if layout == 'raw':
             raise ValueError('End2EndWrapper: the raw layout is export.ExportWrapper')
-        check_head(model.bbox_head)  # type: ignore[arg-type]
+        if masks not in MASKS:
+            raise ValueError(f'--masks must be one of {", ".join(MASKS)}, got {masks!r}')
+        graph_meta(model, kind, layout, masks)  # checks the heads and their test_cfg
         nms_keep_op()  # an old torch fails here, before tracing
-        self.model, self.layout = model, layout
+        self.model, self.kind, self.layout, self.masks = model, kind, layout, masks
+
+    def output_names(self) -> list[str]:
+        with_masks = self.kind == 'two_stage' and self.model.roi_head.with_mask
+        return list(OUTPUT_NAMES[self.layout]) + (['masks'] if with_masks else [])
 
     def forward(self, input: torch.Tensor) -> tuple[torch.Tensor, ...]:  # noqa: A002  (the graph input's name)
-        cls_scores, bbox_preds = self.model.bbox_head(self.model.extract_feat(input))
-        return detect(self.model.bbox_head, cls_scores, bbox_preds, tuple(input.shape[2:]), self.layout)
+        feats = self.model.extract_feat(input)
+        img_hw = tuple(input.shape[2:])
+        if self.kind == 'two_stage':
+            return detect_two_stage(self.model, feats, img_hw, self.layout, self.masks)
+        cls_scores, bbox_preds = self.model.bbox_head(feats)
+        return detect(self.model.bbox_head, cls_scores, bbox_preds, img_hw, self.layout)
 
 
-def graph_meta(model: nn.Module, layout: str) -> dict[str, Any]:
-    """The metadata entries of an end-to-end graph: ``layout``, ``max_per_img``, ``score_thr``, ``masks``."""
-    cfg = check_head(model.bbox_head)  # type: ignore[arg-type]
-    return dict(layout=layout, max_per_img=cfg['max_per_img'], score_thr=cfg['score_thr'], masks=None)
+def graph_meta(model: Any, kind: str, layout: str, masks: str = 'full') -> dict[str, Any]:
+    """The metadata entries of an end-to-end graph: ``layout``, ``max_per_img``, ``score_thr``, ``masks``
+    (``full``, ``roi``, or None without a mask head)."""
+    cfg = check_two_stage(model) if kind == 'two_stage' else check_head(model.bbox_head)
+    with_masks = kind == 'two_stage' and model.roi_head.with_mask
+    return dict(layout=layout, max_per_img=cfg['max_per_img'], score_thr=cfg['score_thr'],
+                masks=masks if with_masks else None)
 
 
-def detections(outputs: list[Any], layout: str) -> list[Any]:
+def detections(outputs: list[Any], layout: str, mask_thr: float = 0.5) -> list[Any]:
     """The graph's outputs (numpy or torch, in ``layout``) as one mmdet ``InstanceData`` per image (padding
-    dropped): ``bboxes`` ``[n, 4]``, ``scores`` ``[n]``, ``labels`` ``[n]`` int64."""
+    dropped): ``bboxes`` ``[n, 4]``, ``scores`` ``[n]``, ``labels`` ``[n]`` int64 and, after a ``masks`` output,
+    ``masks`` ``[n, H, W]`` (probabilities >= ``mask_thr``, mmdet's ``mask_thr_binary``)."""
     from mmengine.structures import InstanceData
     outs = [torch.as_tensor(o) for o in outputs]
+    masks = outs.pop() if len(outs) == len(OUTPUT_NAMES.get(layout, ())) + 1 else None
     if layout == 'mmdeploy':
         dets, labels = outs
         counts = (labels >= 0).sum(1).tolist()
@@ -241,26 +434,34 @@ def detections(outputs: list[Any], layout: str) -> list[Any]:
         raise ValueError(f'layout must be mmdeploy or efficientnms, got {layout!r}')
     results = []
     for i, n in enumerate(counts):
-        results.append(InstanceData(bboxes=boxes[i, :n].float(), scores=scores[i, :n].float(),
-                                    labels=labels[i, :n].long()))
+        result = InstanceData(bboxes=boxes[i, :n].float(), scores=scores[i, :n].float(), labels=labels[i, :n].long())
+        if masks is not None:
+            result.masks = masks[i, :n] >= mask_thr
+        results.append(result)
     return results
 
 
 def compare_detections(model: Any, path: str, inputs: torch.Tensor, layout: str, box_tol: float = 1e-3,
-                       score_tol: float = 1e-4, opt_level: str = 'all') -> list[dict[str, Any]]:
+                       score_tol: float = 1e-4, mask_tol: float = 1e-3, opt_level: str = 'all') -> list[dict[str, Any]]:
     """An end-to-end graph (ONNX Runtime) against mmdet's ``predict`` (``rescale=False``) on the same ``inputs``.
 
     One row per image, as :func:`.runtime.compare`'s detection rows (matched as sets): ``count``, ``compared``,
-    ``labels_equal``, ``box_err``, ``score_err`` and ``ok`` (every detection paired with its label, boxes within
-    ``box_tol`` x the image size, scores within ``score_tol``).
+    ``labels_equal``, ``box_err``, ``score_err``, ``mask_mismatch`` (graphs with full masks) and ``ok`` (every
+    detection paired with its label, boxes within ``box_tol`` x the image size, scores within ``score_tol``, at
+    most a ``mask_tol`` fraction of mask pixels differing).
     """
     from .runtime import _detection_row, _predict, make_session
-    outputs = make_session(path, opt_level=opt_level).run(OUTPUT_NAMES[layout], {'input': inputs.numpy()})
+    from .runtime import graph_meta as file_meta
+    outputs = make_session(path, opt_level=opt_level).run(None, {'input': inputs.numpy()})
+    if file_meta(path).get('masks') == 'roi':
+        outputs = outputs[:-1]  # RoI masks: not compared (mmdet returns them pasted)
     with torch.no_grad():
         ref = _predict(model, inputs)
     rows = []
     for i, (r, g) in enumerate(zip(ref, detections(outputs, layout))):
-        row = dict(name=f'detections[{i}]', **_detection_row(r, g, box_tol * max(inputs.shape[2:]), 1.))
+        if 'masks' not in g:
+            r.pop('masks', None)
+        row = dict(name=f'detections[{i}]', **_detection_row(r, g, box_tol * max(inputs.shape[2:]), mask_tol))
         row['ok'] = row['ok'] and row['score_err'] <= score_tol
         rows.append(row)
     return rows

@@ -198,7 +198,7 @@ def name_dynamic_axes(onnx_program: torch.onnx.ONNXProgram) -> None:
 
 def export_onnx(model: nn.Module, out: str | os.PathLike, shape: Sequence[int], kind: str, dynamic: bool = False,
                 batch: int = 1, opset: int = OPSET, extra_meta: dict[str, Any] | None = None,
-                outputs: str = 'raw') -> list[str]:
+                outputs: str = 'raw', masks: str = 'full') -> list[str]:
     """Export ``model`` (built by :func:`build_model`) as ``kind`` to ``out``; returns the graph's output names.
 
     Args:
@@ -207,7 +207,8 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, shape: Sequence[int], 
             model pads itself included); otherwise the graph takes exactly ``[batch, 3, *shape]``.
         extra_meta: more entries for the graph's ``mmsparse`` metadata.
         outputs: the output layout, one of :data:`.end2end.LAYOUTS`: ``raw`` (the module docstring), or a
-            single-stage detector's detections (``mmdeploy``, ``efficientnms``: :mod:`.end2end`).
+            detector's detections (``mmdeploy``, ``efficientnms``: :mod:`.end2end`).
+        masks: a two-stage end-to-end graph's masks: ``full`` (pasted into the input) or ``roi``.
     """
     if kind not in KINDS:
         raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
@@ -230,8 +231,8 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, shape: Sequence[int], 
         names, grouping = output_names(wrapper, example)
         grouping['layout'] = 'raw'
     else:
-        wrapper = end2end.End2EndWrapper(model, outputs).eval()
-        names, grouping = list(end2end.OUTPUT_NAMES[outputs]), end2end.graph_meta(model, outputs)
+        e2e = end2end.End2EndWrapper(model, kind, outputs, masks).eval()
+        wrapper, names, grouping = e2e, e2e.output_names(), end2end.graph_meta(model, kind, outputs, masks)
     dynamic_shapes: dict[str, Any] | None = None
     if dynamic:
         dim = torch.export.Dim

@@ -1,4 +1,5 @@
-"""End-to-end RetinaNet graphs (anchors, decoding, NMS and top-k inside ONNX) against mmdet's ``predict``.
+"""End-to-end detector graphs (anchors, decoding, NMS, top-k, RoIAlign, masks inside ONNX) against mmdet's
+``predict``.
 
 The reduced CloFormer RetinaNet gets a head whose scores spread over (0, 1) (classification and regression
 weights drawn wider than the initialisation), so that there are real detections, many overlapping boxes for the
@@ -11,7 +12,8 @@ import torch
 import onnxruntime  # noqa: F401  (a dependency of the project: missing, the tests fail)
 
 from mmsparse.deployment import build_model, export_onnx, graph_meta, load_config
-from mmsparse.deployment.end2end import OUTPUT_NAMES, check_layout, compare_detections, grid_anchors
+from mmsparse.deployment.end2end import (End2EndWrapper, check_layout, compare_detections, grid_anchors,
+                                         paste_masks)
 from mmsparse.deployment.runtime import OPT_LEVELS, make_session
 
 from tests.conftest import load_tool
@@ -84,38 +86,80 @@ def test_padding_and_every_optimisation_level(dynamic_mmdeploy):
         assert all(row['ok'] for row in compare_detections(model, path, x, 'mmdeploy', opt_level=level)), level
 
 
-def test_tool_efficientnms_layout_metadata_and_check_model(tmp_path, capsys):
-    """The tool's --outputs efficientnms at a fixed batch-2 shape: names, types, shapes, the file's metadata,
-    onnx's full check, the same detections as mmdet (--verify)."""
-    model = detector()
+MASKRCNN = 'maskrcnn_biformer_s_coco.py'
+MASKRCNN_TEST_CFG = dict(rpn=dict(nms_pre=100, max_per_img=50), rcnn=dict(score_thr=0.05, max_per_img=60))
+
+
+def mask_rcnn_options():
+    opts = reduced_options(MASKRCNN, 'biformer')
+    opts['model.test_cfg'] = MASKRCNN_TEST_CFG
+    return opts
+
+
+def mask_rcnn():
+    """The reduced BiFormer Mask R-CNN; RPN, box and mask classifiers drawn wider (spread scores and masks)."""
+    torch.manual_seed(0)
+    model = build_model(load_config(config_path(MASKRCNN), mask_rcnn_options()))
+    rpn, roi_head = model.rpn_head, model.roi_head
+    with torch.no_grad():
+        rpn.rpn_cls.weight.normal_(std=0.3)
+        rpn.rpn_reg.weight.normal_(std=0.1)
+        roi_head.bbox_head.fc_cls.weight.normal_(std=0.3)
+        roi_head.bbox_head.fc_reg.weight.normal_(std=0.05)
+        roi_head.mask_head.conv_logits.weight.normal_(std=0.3)
+    return model
+
+
+def test_tool_mask_rcnn_efficientnms_dynamic(tmp_path, capsys):
+    """The tool's --outputs efficientnms --dynamic --verify on Mask R-CNN (RPN, RoiAlign, box and mask heads in
+    the graph): names, types, shapes, metadata, onnx's full check; the same detections and masks as mmdet at two
+    sizes and batches."""
+    model = mask_rcnn()
     weights = tmp_path / 'weights.pth'
     torch.save(dict(state_dict=model.state_dict(), meta=dict()), weights)
-    out = tmp_path / 'retinanet_enms.onnx'
+    out = str(tmp_path / 'maskrcnn_enms.onnx')
     tool = load_tool('tools/deployment/export_onnx.py')
-    args = tool.build_parser().parse_args([config_path(CONFIG), '--checkpoint', str(weights), '--out', str(out),
-                                           '--shape', *map(str, EXPORT_SIZE), '--batch', '2', '--outputs',
+    args = tool.build_parser().parse_args([config_path(MASKRCNN), '--checkpoint', str(weights), '--out', out,
+                                           '--shape', *map(str, EXPORT_SIZE), '--dynamic', '--outputs',
                                            'efficientnms', '--verify'])
-    args.cfg_options = options()
+    args.cfg_options = mask_rcnn_options()
     assert tool.run(args) == 0
     printed = capsys.readouterr().out
-    assert '[  ok] 2x3x64x64 detections[1]' in printed and 'NonMaxSuppression x1' in printed
-    proto = onnx.load(str(out))
+    assert '[  ok] 1x3x64x64 detections[0]' in printed and 'NonMaxSuppression x2' in printed
+    assert 'RoiAlign x8' in printed  # 4 levels for the boxes, 4 for the masks
+    proto = onnx.load(out)
     onnx.checker.check_model(proto, full_check=True)
-    types = {o.name: (o.type.tensor_type.elem_type, [d.dim_value for d in o.type.tensor_type.shape.dim])
+    types = {o.name: (o.type.tensor_type.elem_type, [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim])
              for o in proto.graph.output}
-    n = TEST_CFG['max_per_img']
-    assert types == {'num_detections': (onnx.TensorProto.INT32, [2, 1]),
-                     'detection_boxes': (onnx.TensorProto.FLOAT, [2, n, 4]),
-                     'detection_scores': (onnx.TensorProto.FLOAT, [2, n]),
-                     'detection_classes': (onnx.TensorProto.INT32, [2, n])}
-    meta = graph_meta(str(out))
-    assert meta['layout'] == 'efficientnms' and meta['outputs'] == OUTPUT_NAMES['efficientnms']
-    assert (meta['max_per_img'], meta['score_thr'], meta['masks']) == (n, 0.05, None)
+    n = MASKRCNN_TEST_CFG['rcnn']['max_per_img']
+    assert types == {'num_detections': (onnx.TensorProto.INT32, ['batch', 1]),
+                     'detection_boxes': (onnx.TensorProto.FLOAT, ['batch', n, 4]),
+                     'detection_scores': (onnx.TensorProto.FLOAT, ['batch', n]),
+                     'detection_classes': (onnx.TensorProto.INT32, ['batch', n]),
+                     'masks': (onnx.TensorProto.FLOAT, ['batch', n, 'height', 'width'])}
+    meta = graph_meta(out)
+    assert (meta['layout'], meta['max_per_img'], meta['score_thr'], meta['masks']) == ('efficientnms', n, 0.05, 'full')
     assert meta['classes'] and meta['preprocess']['mean']  # the config's runtime metadata
-    num, boxes, scores, classes = make_session(str(out)).run(None, {'input': inputs(2, EXPORT_SIZE, 3).numpy()})
-    for count, image_boxes, image_scores, image_classes in zip(num[:, 0], boxes, scores, classes):
+    rows = compare_detections(model, out, inputs(2, OTHER_SIZE, seed=7), 'efficientnms')
+    for row in rows:
+        assert row['ok'] and 0 < row['count'][0] < n and row['mask_mismatch'] <= 1e-3, row
+    num, boxes, scores, classes, masks = make_session(out).run(None, {'input': inputs(2, OTHER_SIZE, 8).numpy()})
+    for count, image_boxes, image_scores, image_classes, image_masks in zip(num[:, 0], boxes, scores, classes, masks):
         assert 0 < count < n and (image_scores[count:] == 0).all() and (image_boxes[count:] == 0).all()
-        assert (image_classes[count:] == 0).all()
+        assert (image_classes[count:] == 0).all() and (image_masks[count:] == 0).all()
+        assert image_masks.shape == (n, *OTHER_SIZE) and (image_masks[:count] >= 0.5).any()
+
+
+def test_roi_masks_paste_into_the_full_masks():
+    """--masks roi: the mask head's [B, N, 28, 28] probabilities; pasted into their boxes, the full masks."""
+    model = mask_rcnn()
+    x = inputs(2, OTHER_SIZE, seed=9)
+    with torch.no_grad():
+        dets, labels, full = End2EndWrapper(model, 'two_stage', 'mmdeploy', 'full')(x)
+        _, _, roi = End2EndWrapper(model, 'two_stage', 'mmdeploy', 'roi')(x)
+    assert roi.shape == (2, MASKRCNN_TEST_CFG['rcnn']['max_per_img'], 28, 28)
+    pasted = paste_masks(roi.flatten(0, 1), dets[..., :4].flatten(0, 1), OTHER_SIZE).reshape(full.shape)
+    assert torch.allclose(pasted, full) and (labels >= 0).any()
 
 
 def test_dynamic_graph_is_checked_and_named(dynamic_mmdeploy):
@@ -144,3 +188,4 @@ def test_layout_errors_name_the_option():
     with pytest.raises(ValueError, match='--outputs mmdeploy: .* segmentor graph takes --outputs raw'):
         check_layout('mmdeploy', 'segmentor')
     check_layout('raw', 'two_stage')
+    check_layout('efficientnms', 'two_stage')

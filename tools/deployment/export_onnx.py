@@ -2,12 +2,12 @@
 
     python tools/deployment/export_onnx.py CONFIG [--checkpoint CKPT] --out FILE.onnx --shape H W \\
         [--dynamic] [--verify] [--backbone-only] [--batch B] [--outputs raw|mmdeploy|efficientnms]
-        [--cfg-options KEY=VALUE ...]
+        [--masks full|roi] [--cfg-options KEY=VALUE ...]
 
 The graph takes ``input`` [B, 3, H, W] (the image after the data preprocessor) and returns ``feat0``...
-(--backbone-only), ``seg_logits`` (segmentors), detections (single-stage detectors: ``dets``, ``labels`` by
-default, TensorRT EfficientNMS's outputs with --outputs efficientnms, the head's raw outputs with --outputs raw)
-or the neck's outputs (two-stage detectors); docs/deployment.md has the contract. ``--dynamic`` makes batch,
+(--backbone-only), ``seg_logits`` (segmentors) or detections (detectors: ``dets``, ``labels`` and, for Mask
+R-CNN, ``masks`` by default; TensorRT EfficientNMS's outputs with --outputs efficientnms; the head's raw outputs or
+the neck's outputs with --outputs raw); docs/deployment.md has the contract. ``--dynamic`` makes batch,
 height and width symbolic; ``--verify`` runs ONNX Runtime against PyTorch at the export size (and, with
 --dynamic, at a size that no window grid divides) and prints the comparison; it exits 1 when they differ.
 """
@@ -33,7 +33,10 @@ def build_parser():
     parser.add_argument('--outputs', choices=('raw', 'mmdeploy', 'efficientnms'),
                         help='detector outputs: detections with NMS in the graph (mmdeploy: dets, labels; '
                         'efficientnms: TensorRT EfficientNMS names) or the raw head / neck outputs. Default: mmdeploy '
-                        'for single-stage detectors, raw otherwise')
+                        'for detectors, raw otherwise')
+    parser.add_argument('--masks', choices=('full', 'roi'), default='full',
+                        help='Mask R-CNN end to end: masks [B, N, H, W] pasted into the input (full, default) or '
+                        'the mask head\'s [B, N, 28, 28] RoI masks (roi); probabilities either way')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries, as in tools/test.py')
     return parser
@@ -58,11 +61,11 @@ def run(args):
     kind = model_kind(model, args.backbone_only)
     if args.checkpoint is None:
         print('no --checkpoint: exporting the initialised model (random weights; checks the export only)')
-    layout = args.outputs or ('mmdeploy' if kind == 'single_stage' else 'raw')
+    layout = args.outputs or ('mmdeploy' if kind in ('single_stage', 'two_stage') else 'raw')
     end2end.check_layout(layout, kind)
     names = export_onnx(model, args.out, tuple(args.shape), kind, dynamic=args.dynamic, batch=args.batch,
                         extra_meta=dict(config=osp.abspath(args.config), checkpoint=args.checkpoint,
-                                        **runtime_meta(cfg)), outputs=layout)
+                                        **runtime_meta(cfg)), outputs=layout, masks=args.masks)
     print(f'wrote {args.out} ({kind}, {"dynamic" if args.dynamic else "fixed"} shape, outputs: {", ".join(names)})')
     print('ONNX ops: ' + ', '.join(f'{op} x{n}' for op, n in graph_ops(args.out).items()))
     if args.verify:
