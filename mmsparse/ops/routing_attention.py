@@ -16,7 +16,9 @@ Shapes:
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import importlib
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -30,7 +32,12 @@ from mmsparse.utils.compat import autocast_enabled, flex_attention_available, re
 from ._amp import amp_backward, amp_forward
 from .checks import DEFAULT_IMPL, IMPLS, check_bool, check_nchw, check_positive_int, check_scale
 from .impl import ImplOperator
-from ._export import pad_needed
+from ._export import exporting, pad_needed
+
+try:  # the symbolic-shape options of torch.export
+    _shape_config: Any = importlib.import_module('torch.fx.experimental._config')
+except ImportError:  # pragma: no cover
+    _shape_config = None
 
 __all__ = ['BiLevelRoutingAttention', 'GlobalAttentionLePE', 'BRA_IMPLS', 'bra_reference', 'bra_fast', 'bra_flex',
            'check_bra_impl', 'flex_available']
@@ -293,6 +300,24 @@ def _lepe_conv(channels: int, side_dwconv: int) -> nn.Conv2d | None:
     return nn.Conv2d(channels, channels, side_dwconv, padding=side_dwconv // 2, groups=channels)
 
 
+@contextmanager
+def _regions_may_be_one_token() -> Iterator[None]:
+    """While exporting: the tracer decides reshapes and layouts without assuming region sizes differ from 1."""
+    # why: a region is ceil(size / n_win) tokens high, which is 1 at small sizes (n_win=8 at stride 16: inputs up to
+    # 128); the tracer would guard every reshape on the example's region size (>= 2) and restrict the dynamic
+    # range. Size-oblivious reasoning (what torch.onnx applies when it traces a module itself) takes the branch
+    # that is valid for every size instead; eager runs are untouched
+    if not exporting() or _shape_config is None or not hasattr(_shape_config, 'backed_size_oblivious'):
+        yield
+        return
+    previous = _shape_config.backed_size_oblivious
+    _shape_config.backed_size_oblivious = True
+    try:
+        yield
+    finally:
+        _shape_config.backed_size_oblivious = previous
+
+
 def _forward_via_nhwc(op: Any, x: torch.Tensor, channels_last_output: bool) -> torch.Tensor:
     """An NCHW ``forward`` through ``op.forward_nhwc``; a contiguous result unless ``channels_last_output``.
 
@@ -404,6 +429,10 @@ class BiLevelRoutingAttention(ImplOperator, nn.Module):
 
     def forward_nhwc(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` on an (N, H, W, C) map, returning (N, H, W, C); same values."""
+        with _regions_may_be_one_token():
+            return self._forward_nhwc(x)
+
+    def _forward_nhwc(self, x: torch.Tensor) -> torch.Tensor:
         _, h_in, w_in, _ = x.shape
         hp, wp, h, w = self.region_layout((h_in, w_in))
         pad_b, pad_r = hp - h_in, wp - w_in
