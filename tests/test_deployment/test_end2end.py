@@ -27,20 +27,32 @@ EXPORT_SIZE = (64, 64)
 OTHER_SIZE = (87, 71)
 
 
-def options():
-    opts = reduced_options(CONFIG, 'cloformer')
-    opts['model.test_cfg'] = TEST_CFG
-    return opts
+#: config -> (family, test_cfg, the classifier / regressor weights drawn wider: module -> std)
+MODELS = {
+    'retinanet_cloformer_s_coco.py': ('cloformer', TEST_CFG, {'bbox_head.retina_cls': 0.3,
+                                                              'bbox_head.retina_reg': 0.1}),
+    'maskrcnn_biformer_s_coco.py': ('biformer', dict(rpn=dict(nms_pre=100, max_per_img=50),
+                                                     rcnn=dict(score_thr=0.05, max_per_img=60)),
+                                    {'rpn_head.rpn_cls': 0.3, 'rpn_head.rpn_reg': 0.1,
+                                     'roi_head.bbox_head.fc_cls': 0.3, 'roi_head.bbox_head.fc_reg': 0.05,
+                                     'roi_head.mask_head.conv_logits': 0.3}),
+}
 
 
-def detector():
+def options(config=CONFIG):
+    family, test_cfg, _ = MODELS[config]
+    return {**reduced_options(config, family), 'model.test_cfg': test_cfg}
+
+
+def detector(config=CONFIG):
+    """The reduced model, its classifiers and regressors drawn wider: spread scores, boxes and masks."""
     torch.manual_seed(0)
-    model = build_model(load_config(config_path(CONFIG), options()))
-    head = model.bbox_head
+    model = build_model(load_config(config_path(config), options(config)))
     with torch.no_grad():
-        head.retina_cls.weight.normal_(std=0.3)
-        head.retina_cls.bias.fill_(-2.5)
-        head.retina_reg.weight.normal_(std=0.1)
+        for name, std in MODELS[config][2].items():
+            model.get_submodule(name).weight.normal_(std=std)
+        if hasattr(model, 'bbox_head'):
+            model.bbox_head.retina_cls.bias.fill_(-2.5)  # more scores above score_thr
     return model
 
 
@@ -87,34 +99,14 @@ def test_padding_and_every_optimisation_level(dynamic_mmdeploy):
 
 
 MASKRCNN = 'maskrcnn_biformer_s_coco.py'
-MASKRCNN_TEST_CFG = dict(rpn=dict(nms_pre=100, max_per_img=50), rcnn=dict(score_thr=0.05, max_per_img=60))
-
-
-def mask_rcnn_options():
-    opts = reduced_options(MASKRCNN, 'biformer')
-    opts['model.test_cfg'] = MASKRCNN_TEST_CFG
-    return opts
-
-
-def mask_rcnn():
-    """The reduced BiFormer Mask R-CNN; RPN, box and mask classifiers drawn wider (spread scores and masks)."""
-    torch.manual_seed(0)
-    model = build_model(load_config(config_path(MASKRCNN), mask_rcnn_options()))
-    rpn, roi_head = model.rpn_head, model.roi_head
-    with torch.no_grad():
-        rpn.rpn_cls.weight.normal_(std=0.3)
-        rpn.rpn_reg.weight.normal_(std=0.1)
-        roi_head.bbox_head.fc_cls.weight.normal_(std=0.3)
-        roi_head.bbox_head.fc_reg.weight.normal_(std=0.05)
-        roi_head.mask_head.conv_logits.weight.normal_(std=0.3)
-    return model
+MAX_DETS = MODELS[MASKRCNN][1]['rcnn']['max_per_img']
 
 
 def test_tool_mask_rcnn_efficientnms_dynamic(tmp_path, capsys):
     """The tool's --outputs efficientnms --dynamic --verify on Mask R-CNN (RPN, RoiAlign, box and mask heads in
     the graph): names, types, shapes, metadata, onnx's full check; the same detections and masks as mmdet at two
     sizes and batches."""
-    model = mask_rcnn()
+    model = detector(MASKRCNN)
     weights = tmp_path / 'weights.pth'
     torch.save(dict(state_dict=model.state_dict(), meta=dict()), weights)
     out = str(tmp_path / 'maskrcnn_enms.onnx')
@@ -122,7 +114,7 @@ def test_tool_mask_rcnn_efficientnms_dynamic(tmp_path, capsys):
     args = tool.build_parser().parse_args([config_path(MASKRCNN), '--checkpoint', str(weights), '--out', out,
                                            '--shape', *map(str, EXPORT_SIZE), '--dynamic', '--outputs',
                                            'efficientnms', '--verify'])
-    args.cfg_options = mask_rcnn_options()
+    args.cfg_options = options(MASKRCNN)
     assert tool.run(args) == 0
     printed = capsys.readouterr().out
     assert '[  ok] 1x3x64x64 detections[0]' in printed and 'NonMaxSuppression x2' in printed
@@ -131,7 +123,7 @@ def test_tool_mask_rcnn_efficientnms_dynamic(tmp_path, capsys):
     onnx.checker.check_model(proto, full_check=True)
     types = {o.name: (o.type.tensor_type.elem_type, [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim])
              for o in proto.graph.output}
-    n = MASKRCNN_TEST_CFG['rcnn']['max_per_img']
+    n = MAX_DETS
     assert types == {'num_detections': (onnx.TensorProto.INT32, ['batch', 1]),
                      'detection_boxes': (onnx.TensorProto.FLOAT, ['batch', n, 4]),
                      'detection_scores': (onnx.TensorProto.FLOAT, ['batch', n]),
@@ -152,12 +144,12 @@ def test_tool_mask_rcnn_efficientnms_dynamic(tmp_path, capsys):
 
 def test_roi_masks_paste_into_the_full_masks():
     """--masks roi: the mask head's [B, N, 28, 28] probabilities; pasted into their boxes, the full masks."""
-    model = mask_rcnn()
+    model = detector(MASKRCNN)
     x = inputs(2, OTHER_SIZE, seed=9)
     with torch.no_grad():
         dets, labels, full = End2EndWrapper(model, 'two_stage', 'mmdeploy', 'full')(x)
         _, _, roi = End2EndWrapper(model, 'two_stage', 'mmdeploy', 'roi')(x)
-    assert roi.shape == (2, MASKRCNN_TEST_CFG['rcnn']['max_per_img'], 28, 28)
+    assert roi.shape == (2, MAX_DETS, 28, 28)
     pasted = paste_masks(roi.flatten(0, 1), dets[..., :4].flatten(0, 1), OTHER_SIZE).reshape(full.shape)
     assert torch.allclose(pasted, full) and (labels >= 0).any()
 
