@@ -1,8 +1,10 @@
-"""End-to-end detector graphs: anchors, box decoding, per-class NMS and the final top-k inside the ONNX graph.
+"""End-to-end detector graphs: the detectors' post-processing (NMS, RoIAlign, masks) inside the ONNX graph.
 
 A single-stage detector whose head post-processes as mmdet's ``AnchorHead`` (RetinaNet, ...) exports as
 ``input`` -> detections, computed from the config's own ``test_cfg`` (``nms_pre``, ``score_thr``,
-``nms.iou_threshold``, ``max_per_img``) and the head's own prior generator and box coder. Two layouts:
+``nms.iou_threshold``, ``max_per_img``) and the head's own prior generator and box coder; a two-stage detector
+(``RPNHead`` + ``StandardRoIHead``: Mask R-CNN, Faster R-CNN) as its RPN, RoIAlign, box head, NMS and mask head
+(:func:`detect_two_stage`). Two layouts:
 
 * ``mmdeploy``: ``dets`` float32 ``[B, N, 5]`` (x1, y1, x2, y2, score in the input's pixels) and ``labels``
   int64 ``[B, N]``; rows past the detections are zeros with label -1.
@@ -10,9 +12,11 @@ A single-stage detector whose head post-processes as mmdet's ``AnchorHead`` (Ret
   ``detection_boxes`` float32 ``[B, N, 4]``, ``detection_scores`` float32 ``[B, N]``, ``detection_classes``
   int32 ``[B, N]``; rows past ``num_detections`` are zeros (class 0).
 
-``N`` is ``max_per_img``. The NMS is the ONNX ``NonMaxSuppression`` operator: while exporting, the graph calls
-the custom operator ``mmsparse::nms_keep`` (PyTorch: mmcv's ``batched_nms``), which ``torch.onnx`` translates
-through its ``custom_translation_table`` (:func:`translation_table`).
+Mask R-CNN adds ``masks`` float32 probabilities, ``[B, N, H, W]`` (``full``) or ``[B, N, 28, 28]`` (``roi``).
+``N`` is ``max_per_img``. NMS and RoIAlign are the ONNX ``NonMaxSuppression`` and ``RoiAlign`` operators: while
+exporting, the graph calls the custom operators ``mmsparse::nms_keep`` and ``mmsparse::roi_align`` (in PyTorch:
+mmcv's ``batched_nms`` and ``roi_align``), which ``torch.onnx`` translates through its
+``custom_translation_table`` (:func:`translation_table`).
 """
 from __future__ import annotations
 

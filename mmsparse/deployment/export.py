@@ -7,10 +7,11 @@ What the graph computes (its contract) depends on the model, see :func:`model_ki
   ``EncoderDecoder.encode_decode`` returns.
 * ``single_stage`` detector (RetinaNet, ...), ``outputs='raw'``: ``input`` -> the head's raw outputs per level
   (``cls_score0`` ..., ``bbox_pred0`` ...); mmdet's own ``predict_by_feat`` (anchors, decoding, NMS) runs after
-  ONNX Runtime. ``outputs='mmdeploy'`` / ``'efficientnms'``: ``input`` -> detections, the post-processing inside
-  the graph (:mod:`.end2end`).
-* ``two_stage`` detector (Mask R-CNN, ...): ``input`` -> the neck's outputs ``neck0`` ...; mmdet's RPN and RoI
-  heads (proposals, RoIAlign, NMS, masks) run after ONNX Runtime.
+  ONNX Runtime.
+* ``two_stage`` detector (Mask R-CNN, ...), ``outputs='raw'``: ``input`` -> the neck's outputs ``neck0`` ...;
+  mmdet's RPN and RoI heads (proposals, RoIAlign, NMS, masks) run after ONNX Runtime.
+* either detector, ``outputs='mmdeploy'`` / ``'efficientnms'``: ``input`` -> detections (and masks), the
+  post-processing inside the graph (:mod:`.end2end`).
 
 ``input`` is the image after the data preprocessor (normalised, padded), float32 ``[B, 3, H, W]``.
 """
