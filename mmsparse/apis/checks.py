@@ -196,16 +196,16 @@ def check_backbone_outputs(cfg: Any, distributed: bool) -> None:
     if cls is None or not issubclass(cls, SparseBackbone):
         return
     indices = check_out_indices(backbone.get('out_indices', _default(cls, 'out_indices')), cls.num_stages)
-    neck = _first_neck(model) or {}
-    channels = neck.get('in_channels')
-    if isinstance(channels, (list, tuple)) and len(channels) != len(indices):
-        raise SystemExit(f'model.neck.in_channels has {len(channels)} entries ({list(channels)}) for the '
-                         f'{len(indices)} outputs of model.backbone (out_indices={indices}); give one channel '
-                         f'count per returned stage')
     found = _used_outputs(model, len(indices), task)
     if found is None:
         return
     used, reader = found
+    neck = _first_neck(model) or {}
+    channels = neck.get('in_channels')
+    if reader.startswith('model.neck') and isinstance(channels, (list, tuple)) and len(channels) != len(indices):
+        raise SystemExit(f'model.neck.in_channels has {len(channels)} entries ({list(channels)}) for the '
+                         f'{len(indices)} outputs of model.backbone (out_indices={indices}); give one channel '
+                         f'count per returned stage')
     unused = [i for i in range(len(indices)) if i not in used]
     if not unused or not used:
         return
@@ -215,7 +215,7 @@ def check_backbone_outputs(cfg: Any, distributed: bool) -> None:
     idle = [f'norm{indices[i]}' for i in unused if norms]
     idle += [f'stages.{s}' for s in range(last_read + 1, indices[-1] + 1)]
     fix = f'model.backbone.out_indices={tuple(indices[i] for i in used)}'
-    if reader.startswith('model.neck') and isinstance(channels, (list, tuple)):
+    if reader.startswith('model.neck') and channels:
         fix += f' with model.neck.in_channels={[channels[i] for i in used]} and model.neck.start_level=0'
         if neck.get('end_level', -1) != -1:
             fix += ', end_level=-1'
