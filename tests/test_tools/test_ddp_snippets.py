@@ -1,6 +1,7 @@
 """The stock-config snippets of README.md and docs/ (an mmsparse backbone replacing a stock mmdet / mmseg
 backbone) train under 2-process DDP, read from the markdown itself; and tools/train.py names a backbone output
 that nothing reads (the stop DDP would otherwise hit at its second iteration), in agreement with autograd."""
+import inspect
 import os
 import re
 import socket
@@ -52,7 +53,7 @@ def reduced_model(model_cfg, size):
     input size (the stock 512 x 512 pads every image) set to ``size``."""
     cls = MODELS.get(model_cfg.backbone['type'])
     assert issubclass(cls, SparseBackbone), model_cfg.backbone['type']
-    arch = model_cfg.backbone.get('arch', 'small')
+    arch = model_cfg.backbone.get('arch', inspect.signature(cls).parameters['arch'].default)
     arch = dict(cls.arch_zoo[cls.arch_aliases.get(arch, arch)]) if isinstance(arch, str) else dict(arch)
     model = dict(backbone=dict(arch=dict(arch, _delete_=True, depths=[1] * cls.num_stages), init_cfg=None))
     if 'out_channels' in (model_cfg.get('neck') or {}):
@@ -129,7 +130,7 @@ def distinct_snippets():
             cfg, _ = load_snippet(code, Path(folder))
             model = cfg.model.to_dict()
             model['backbone'].pop('init_cfg', None)
-            key = (cfg.get('_base_'), repr(sorted(model.items())))
+            key = (re.search(r'^_base_ = (.*)$', code, re.M).group(1), repr(sorted(model.items())))
             if key not in seen:
                 seen[key] = name
                 kept.append(name)
