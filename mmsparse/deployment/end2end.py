@@ -148,16 +148,21 @@ def check_head(head: nn.Module) -> dict[str, Any]:
             BaseDenseHead._bbox_post_process or getattr(head.loss_cls, 'custom_cls_channels', False)):
         raise ValueError(f'--outputs: {name} is not post-processed as AnchorHead (RetinaNet); export it with '
                          '--outputs raw')
-    cfg = head.test_cfg
+    return nms_settings(head.test_cfg, 'test_cfg', ('nms_pre', 'max_per_img'))
+
+
+def nms_settings(cfg: Any, where: str, counts: Sequence[str]) -> dict[str, Any]:
+    """``nms_pre``, ``max_per_img`` (those in ``counts``: positive integers), ``iou_threshold`` (of an ``nms``
+    of type ``nms``), ``score_thr`` and ``min_bbox_size`` of the ``test_cfg`` ``cfg`` at ``where``."""
     nms = cfg.get('nms') or {}
     if nms.get('type', 'nms') != 'nms' or 'iou_threshold' not in nms:
-        raise ValueError(f'--outputs: test_cfg.nms must be dict(type="nms", iou_threshold=...), got {nms}')
-    values = dict(nms_pre=cfg.get('nms_pre', -1), score_thr=float(cfg.get('score_thr', 0.)),
-                  iou_threshold=float(nms['iou_threshold']), max_per_img=cfg.get('max_per_img', 100))
-    for key in ('nms_pre', 'max_per_img'):
+        raise ValueError(f'--outputs: {where}.nms must be dict(type="nms", iou_threshold=...), got {nms}')
+    values = dict(score_thr=float(cfg.get('score_thr', 0.)), iou_threshold=float(nms['iou_threshold']),
+                  min_bbox_size=cfg.get('min_bbox_size', -1))
+    for key in counts:
+        values[key] = cfg.get(key)
         if not isinstance(values[key], int) or values[key] < 1:
-            raise ValueError(f'--outputs: test_cfg.{key} must be a positive integer, got {values[key]!r}')
-    values['min_bbox_size'] = cfg.get('min_bbox_size', -1)
+            raise ValueError(f'--outputs: {where}.{key} must be a positive integer, got {values[key]!r}')
     return values
 
 
@@ -271,16 +276,6 @@ def detect(head: Any, cls_scores: list[torch.Tensor], bbox_preds: list[torch.Ten
     return _layout_outputs(layout, *dets)
 
 
-def _nms_values(cfg: Any, where: str) -> tuple[float, dict[str, Any]]:
-    nms = cfg.get('nms') or {}
-    if nms.get('type', 'nms') != 'nms' or 'iou_threshold' not in nms:
-        raise ValueError(f'--outputs: {where}.nms must be dict(type="nms", iou_threshold=...), got {nms}')
-    for key in ('nms_pre', 'max_per_img'):
-        if key in cfg and (not isinstance(cfg[key], int) or cfg[key] < 1):
-            raise ValueError(f'--outputs: {where}.{key} must be a positive integer, got {cfg[key]!r}')
-    return float(nms['iou_threshold']), dict(cfg)
-
-
 def check_two_stage(model: Any) -> dict[str, Any]:
     """The RPN and R-CNN ``test_cfg`` values a two-stage graph uses; ValueError for a model it does not reproduce."""
     from mmcv.ops import RoIAlign
@@ -297,11 +292,10 @@ def check_two_stage(model: Any) -> dict[str, Any]:
             raise ValueError('--outputs: the RoI extractors must use RoIAlign(aligned=True, pool_mode="avg")')
     if roi_head.bbox_head.reg_class_agnostic or roi_head.bbox_head.custom_cls_channels:
         raise ValueError('--outputs: class-agnostic or custom-channel box heads are not reproduced; --outputs raw')
-    rpn_iou, rpn = _nms_values(model.rpn_head.test_cfg, 'test_cfg.rpn')
-    rcnn_iou, rcnn = _nms_values(roi_head.test_cfg, 'test_cfg.rcnn')
-    return dict(rpn_nms_pre=rpn.get('nms_pre', -1), rpn_max=rpn['max_per_img'], rpn_iou=rpn_iou,
-                rpn_min_bbox_size=rpn.get('min_bbox_size', -1), score_thr=float(rcnn.get('score_thr', 0.)),
-                iou_threshold=rcnn_iou, max_per_img=rcnn['max_per_img'])
+    rpn = nms_settings(model.rpn_head.test_cfg, 'test_cfg.rpn', ('nms_pre', 'max_per_img'))
+    rcnn = nms_settings(roi_head.test_cfg, 'test_cfg.rcnn', ('max_per_img', ))
+    return dict(rcnn, rpn_nms_pre=rpn['nms_pre'], rpn_max=rpn['max_per_img'], rpn_iou=rpn['iou_threshold'],
+                rpn_min_bbox_size=rpn['min_bbox_size'])
 
 
 def _roi_features(extractor: Any, feats: Sequence[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:

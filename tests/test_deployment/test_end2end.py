@@ -13,7 +13,7 @@ import onnxruntime  # noqa: F401  (a dependency of the project: missing, the tes
 
 from mmsparse.deployment import build_model, export_onnx, graph_meta, load_config
 from mmsparse.deployment.end2end import (End2EndWrapper, check_layout, compare_detections, grid_anchors,
-                                         paste_masks)
+                                         nms_settings, paste_masks)
 from mmsparse.deployment.runtime import OPT_LEVELS, make_session
 
 from tests.conftest import load_tool
@@ -181,3 +181,9 @@ def test_layout_errors_name_the_option():
         check_layout('mmdeploy', 'segmentor')
     check_layout('raw', 'two_stage')
     check_layout('efficientnms', 'two_stage')
+    with pytest.raises(ValueError, match='test_cfg.rpn.nms_pre must be a positive integer, got None'):
+        nms_settings(dict(nms=dict(type='nms', iou_threshold=0.7), max_per_img=10), 'test_cfg.rpn', ('nms_pre', ))
+    with pytest.raises(ValueError, match=r'test_cfg.nms must be dict\(type="nms"'):
+        nms_settings(dict(nms=dict(type='soft_nms', iou_threshold=0.5)), 'test_cfg', ())
+    assert nms_settings(TEST_CFG, 'test_cfg', ('nms_pre', 'max_per_img')) == dict(
+        score_thr=0.05, iou_threshold=0.5, min_bbox_size=0, nms_pre=100, max_per_img=100)
