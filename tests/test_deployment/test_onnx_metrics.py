@@ -1,0 +1,164 @@
+"""tools/deployment/evaluate_onnx.py: the torch-free runtime scores a config's test set as PyTorch does.
+
+* The demo UPerNet, trained a few iterations, exported: mIoU from ``mmsparse_ort`` + mmseg's IoUMetric equals
+  ``Runner.test`` of the checkpoint within MIOU_TOL points, on a model that predicts several classes.
+* A reduced RetinaNet (CloFormer) whose head is drawn so that it detects (scores spread over (0, 1)), exported
+  end to end (``dets``, ``labels``), at a test scale of half the images' size (so the runtime must rescale
+  its boxes by the scale factor): bbox mAP equal within MAP_TOL. The annotation the metric reads holds, per
+  image, the GT_PER_IMAGE best-scoring boxes of PyTorch's own ``predict`` (an mmdet computation, not the
+  runtime's), so PyTorch's mAP is far from 0 and a runtime whose boxes are misplaced scores visibly lower; the
+  test requires detections on every image and an mAP above MIN_MAP before it compares.
+"""
+import json
+
+import pytest
+import torch
+
+from mmsparse.apis import load_config
+from mmsparse.deployment import build_model, export_onnx
+from mmsparse.deployment.metadata import runtime_meta
+
+from tests.conftest import ensure_synthetic_data, load_tool
+
+from .reduced import config_path, reduced_options
+
+SEG_DEMO = 'configs/demo/upernet_demo_synthetic.py'
+DET_CONFIG = 'retinanet_cloformer_s_coco.py'
+NUM_IMAGES = 8
+TRAIN_ITERS = 6
+MIOU_TOL = 0.05  # points (mmseg reports percentages)
+MAP_TOL = 0.002
+GT_PER_IMAGE = 3
+MIN_MAP = 0.2
+#: the synthetic 256 x 192 images tested at half size (128 x 96, a multiple of 32: no padding)
+DET_SCALE = (128, 96)
+
+
+@pytest.fixture(scope='module')
+def data_root():
+    return ensure_synthetic_data()
+
+
+def seg_config(root, work_dir):
+    ade = f'{root}/synthetic_ade20k/ADEChallengeData2016'
+    return load_config(SEG_DEMO, {
+        'train_dataloader.dataset.data_root': ade, 'test_dataloader.dataset.data_root': ade,
+        'val_dataloader.dataset.data_root': ade, 'test_dataloader.dataset.indices': NUM_IMAGES,
+        'train_dataloader.batch_size': 2, 'train_cfg.max_iters': TRAIN_ITERS,
+        'train_cfg.val_interval': 1000, 'default_hooks.checkpoint.interval': TRAIN_ITERS,
+        'default_hooks.logger.interval': 1000, 'param_scheduler': [], 'work_dir': str(work_dir)})
+
+
+@pytest.fixture(scope='module')
+def segmentor(data_root, tmp_path_factory):
+    """The demo UPerNet trained TRAIN_ITERS iterations (mmengine's Runner), its checkpoint and its ONNX file."""
+    from mmengine.runner import Runner
+    root = tmp_path_factory.mktemp('seg')
+    cfg = seg_config(data_root, root / 'train')
+    Runner.from_cfg(cfg.copy()).train()
+    ckpt = str(root / 'train' / f'iter_{TRAIN_ITERS}.pth')
+    model = build_model(cfg, ckpt)
+    path = str(root / 'seg.onnx')
+    export_onnx(model, path, (96, 96), 'segmentor', extra_meta=runtime_meta(cfg))  # 160 x 160 -> 96 x 96
+    return cfg, ckpt, path, root
+
+
+def evaluate(cfg, path, ckpt, root):
+    """``tools/deployment/evaluate_onnx.py`` on the config (written to a file), the graph and the checkpoint."""
+    config = root / 'config.py'
+    cfg.dump(str(config))
+    tool = load_tool('tools/deployment/evaluate_onnx.py')
+    assert tool.main([str(config), path, '--checkpoint', ckpt, '--out-dir', str(root / 'eval'), '--threads', '1']) == 0
+    report = json.loads((root / 'eval' / 'metrics.json').read_text())
+    assert report['images'] == NUM_IMAGES and report['model'] == path and report['checkpoint'] == ckpt
+    return report
+
+
+def test_segmentor_miou_equals_pytorch(segmentor, capsys):
+    cfg, ckpt, path, root = segmentor
+    report = evaluate(cfg, path, ckpt, root)
+    got, ref = report['onnxruntime'], report['pytorch']
+    printed = capsys.readouterr().out
+    assert 'mIoU' in printed and 'difference' in printed, printed
+    # a trained model that predicts some classes right besides the background (all background: mIoU ~16)
+    assert ref['mIoU'] > 0 and ref['aAcc'] > 50, ref
+    assert abs(got['mIoU'] - ref['mIoU']) <= MIOU_TOL, (got, ref)
+    assert abs(got['aAcc'] - ref['aAcc']) <= MIOU_TOL, (got, ref)
+
+
+def det_options(root, ann_file):
+    coco = f'{root}/synthetic_coco/'
+    pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=DET_SCALE, keep_ratio=True),
+                dict(type='LoadAnnotations', with_bbox=True),
+                dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))]
+    return {**reduced_options(DET_CONFIG, 'cloformer'),
+            'model.test_cfg': dict(nms_pre=100, score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5),
+                                   min_bbox_size=0, max_per_img=50),
+            'test_dataloader.dataset': dict(data_root=coco, ann_file='annotations/instances_val2017.json',
+                                            data_prefix=dict(img='val2017/'), pipeline=pipeline, indices=NUM_IMAGES,
+                                            metainfo=dict(classes=('disc', 'square', 'triangle', 'ring'))),
+            'test_evaluator': dict(type='CocoMetric', metric='bbox', ann_file=str(ann_file))}
+
+
+def pytorch_detections(cfg, model):
+    """mmdet's ``predict`` (the config's pipeline, the model's preprocessor) on each test image: (info, dets)."""
+    from mmengine.dataset import pseudo_collate
+    from mmsparse.deployment.evaluate import load_test_dataset
+    from mmengine.registry import DATASETS, DefaultScope
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        dataset = DATASETS.build(cfg.test_dataloader.dataset)
+        infos = load_test_dataset(cfg)
+        out = []
+        for i in range(len(dataset)):
+            with torch.no_grad():
+                (sample, ) = model.test_step(pseudo_collate([dataset[i]]))
+            out.append((infos.get_data_info(i), sample.pred_instances))
+    return out
+
+
+def pseudo_annotation(path, source_ann, detections):
+    """A COCO annotation of the tested images whose objects are their GT_PER_IMAGE best-scoring detections."""
+    source = json.loads(open(source_ann).read())
+    ids = {info['img_id'] for info, _ in detections}
+    anns = []
+    for info, pred in detections:
+        best = pred.scores.argsort(descending=True)[:GT_PER_IMAGE]
+        for box, label in zip(pred.bboxes[best].tolist(), pred.labels[best].tolist()):
+            x1, y1, x2, y2 = box
+            anns.append(dict(id=len(anns) + 1, image_id=info['img_id'], category_id=source['categories'][label]['id'],
+                             bbox=[x1, y1, x2 - x1, y2 - y1], area=(x2 - x1) * (y2 - y1), iscrowd=0))
+    path.write_text(json.dumps(dict(images=[i for i in source['images'] if i['id'] in ids], annotations=anns,
+                                    categories=source['categories'])))
+    return len(anns)
+
+
+@pytest.fixture(scope='module')
+def detector(data_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp('det')
+    ann = root / 'pseudo_gt.json'
+    cfg = load_config(config_path(DET_CONFIG), det_options(data_root, ann))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():  # scores spread over (0, 1): detections above score_thr, boxes away from the anchors
+        model.bbox_head.retina_cls.weight.normal_(std=0.3)
+        model.bbox_head.retina_reg.weight.normal_(std=0.1)
+        model.bbox_head.retina_cls.bias.fill_(-2.5)
+    meta = runtime_meta(cfg)
+    ckpt = str(root / 'det.pth')
+    torch.save(dict(state_dict=model.state_dict(), meta=dict(dataset_meta=dict(classes=meta['classes']))), ckpt)
+    objects = pseudo_annotation(ann, f'{data_root}/synthetic_coco/annotations/instances_val2017.json',
+                                pytorch_detections(cfg, model))
+    assert objects == GT_PER_IMAGE * NUM_IMAGES, objects
+    path = str(root / 'retinanet.onnx')
+    export_onnx(model, path, DET_SCALE[::-1], 'single_stage', outputs='mmdeploy', extra_meta=meta)
+    return cfg, ckpt, path, root
+
+
+def test_detector_bbox_map_equals_pytorch(detector):
+    cfg, ckpt, path, root = detector
+    report = evaluate(cfg, path, ckpt, root)
+    got, ref = report['onnxruntime'], report['pytorch']
+    assert min(report['detections_per_image']) > 0, report  # the runtime detects on every image
+    assert ref['coco/bbox_mAP'] > MIN_MAP, ref  # PyTorch's boxes meet the objects: not a 0 = 0 comparison
+    for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75'):
+        assert abs(got[key] - ref[key]) <= MAP_TOL, (key, got, ref)
