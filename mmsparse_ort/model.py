@@ -95,18 +95,33 @@ class OrtModel:
 
     read = staticmethod(read_image)
 
-    def run(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
-        """The graph's outputs by name on ``tensor`` ``[1, 3, H, W]``; ``ValueError`` for a shape it does not take."""
+    def run(self, tensor: np.ndarray, img_shape: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+        """The graph's outputs by name on ``tensor`` ``[1, 3, H, W]``; ``ValueError`` for a shape it does not take.
+
+        ``img_shape``: (H, W) of the image within ``tensor`` before padding (default: all of it), fed to the
+        graphs that take it (end-to-end detectors clip their boxes to it).
+        """
         if not self.meta.get('dynamic') and list(tensor.shape) != list(self.meta['shape']):
             raise ValueError(f'{self.path}: exported for inputs of shape {self.meta["shape"]} only, this image '
                              f'preprocesses to {list(tensor.shape)}; {REEXPORT} --dynamic')
+        hw = tuple(tensor.shape[2:]) if img_shape is None else img_shape
+        values = {'input': tensor, 'img_shape': np.asarray([hw], dtype=np.int64)}
+        inputs = [i.name for i in self.session.get_inputs()]
+        if len(inputs) == 1:
+            feeds = {inputs[0]: tensor}
+        else:
+            unknown = [name for name in inputs if name not in values]
+            if unknown:
+                raise MetadataError(f'{self.path}: unknown graph inputs {unknown} (the runtime feeds '
+                                    f'{sorted(values)}); {REEXPORT}')
+            feeds = {name: values[name] for name in inputs}
         names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, {self.session.get_inputs()[0].name: tensor})))
+        return dict(zip(names, self.session.run(names, feeds)))
 
     def predict(self, img: np.ndarray) -> Segmentation | Detections:
         """The prediction for the BGR uint8 image ``img`` ``[H, W, 3]``, at its size."""
         tensor, info = preprocess(img, self.meta['preprocess'])
-        outputs = {name: value[0] for name, value in self.run(tensor).items()}  # batch of one
+        outputs = {name: value[0] for name, value in self.run(tensor, info.img_shape).items()}  # batch of one
         post = self.meta.get('postprocess') or {}
         if self.meta['kind'] == 'segmentor':
             logits = outputs[self.meta['outputs'][0]]

@@ -1,10 +1,12 @@
 """End-to-end detector graphs: the detectors' post-processing (NMS, RoIAlign, masks) inside the ONNX graph.
 
 A single-stage detector whose head post-processes as mmdet's ``AnchorHead`` (RetinaNet, ...) exports as
-``input`` -> detections, computed from the config's own ``test_cfg`` (``nms_pre``, ``score_thr``,
+(``input``, ``img_shape``) -> detections, computed from the config's own ``test_cfg`` (``nms_pre``, ``score_thr``,
 ``nms.iou_threshold``, ``max_per_img``) and the head's own prior generator and box coder; a two-stage detector
 (``RPNHead`` + ``StandardRoIHead``: Mask R-CNN, Faster R-CNN) as its RPN, RoIAlign, box head, NMS and mask head
-(:func:`detect_two_stage`). Two layouts:
+(:func:`detect_two_stage`). The inputs: ``input`` float32 ``[B, 3, H, W]`` (the image after the data
+preprocessor, padded) and ``img_shape`` int64 ``[B, 2]``: the height and width of each image within ``input``
+before padding (mmdet's ``img_shape``), to which the boxes are clipped, as mmdet clips them. Two layouts:
 
 * ``mmdeploy``: ``dets`` float32 ``[B, N, 5]`` (x1, y1, x2, y2, score in the input's pixels) and ``labels``
   int64 ``[B, N]``; rows past the detections are zeros with label -1.
@@ -31,6 +33,8 @@ OUTPUT_NAMES = {
     'mmdeploy': ['dets', 'labels'],
     'efficientnms': ['num_detections', 'detection_boxes', 'detection_scores', 'detection_classes'],
 }
+#: the inputs of an end-to-end graph: the padded images and each one's (H, W) before padding
+INPUT_NAMES = ('input', 'img_shape')
 #: mask outputs of a two-stage graph: pasted into the input (``full``) or the head's RoI masks (``roi``)
 MASKS = ('full', 'roi')
 #: the score of a candidate that cannot be detected (padding, or at most ``score_thr``): under every real score
@@ -212,9 +216,19 @@ def _invalid_unless(scores: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     return torch.where(cond, scores, torch.full_like(scores, INVALID))
 
 
+def clip_boxes(coder: Any, boxes: torch.Tensor, img_shape: torch.Tensor) -> torch.Tensor:
+    """``boxes`` ``[B, N, 4]`` clamped to [0, W] and [0, H] of their image (``img_shape`` ``[B, 2]``, (H, W)), as
+    mmdet's box coders clamp to ``max_shape``; unchanged when the coder does not clip (``clip_border=False``)."""
+    if not getattr(coder, 'clip_border', True):
+        return boxes
+    hw = img_shape.to(boxes.dtype)
+    limits = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], -1)[:, None, :]  # [B, 1, 4]: W, H, W, H
+    return torch.minimum(boxes.clamp(min=0), limits)
+
+
 def _candidates(head: Any, cls_scores: list[torch.Tensor], bbox_preds: list[torch.Tensor], nms_pre: int,
-                img_hw: tuple[Any, ...], min_bbox_size: float) -> tuple[torch.Tensor, ...]:
-    """Every level's ``nms_pre`` best (anchor, class) pairs, decoded and clamped to ``img_hw``.
+                img_shape: torch.Tensor, min_bbox_size: float) -> tuple[torch.Tensor, ...]:
+    """Every level's ``nms_pre`` best (anchor, class) pairs, decoded and clamped to ``img_shape`` ``[B, 2]``.
 
     Returns scores ``[B, N]`` (:data:`INVALID` for padding and boxes not above ``min_bbox_size``), labels and
     level indices ``[B, N]``, boxes ``[B, N, 4]``; ``N`` = levels x ``nms_pre``.
@@ -224,7 +238,8 @@ def _candidates(head: Any, cls_scores: list[torch.Tensor], bbox_preds: list[torc
     scores, labels, priors, deltas = (torch.cat(parts, 1) for parts in zip(*levels))
     level_ids = torch.cat([torch.full_like(part[1], i) for i, part in enumerate(levels)], 1)
     b, n = scores.shape
-    boxes = head.bbox_coder.decode(priors.reshape(-1, 4), deltas.reshape(-1, 4), max_shape=img_hw).reshape(b, n, 4)
+    boxes = head.bbox_coder.decode(priors.reshape(-1, 4), deltas.reshape(-1, 4)).reshape(b, n, 4)
+    boxes = clip_boxes(head.bbox_coder, boxes, img_shape)
     if min_bbox_size >= 0:  # mmdet drops the boxes whose width or height is not above it
         scores = _invalid_unless(scores, (boxes[..., 2:] - boxes[..., :2] > min_bbox_size).all(-1))
     return scores, labels, level_ids, boxes
@@ -259,16 +274,16 @@ def _layout_outputs(layout: str, scores: torch.Tensor, labels: torch.Tensor, box
     return valid.sum(1, keepdim=True).to(torch.int32), boxes, scores, labels.clamp(min=0).to(torch.int32)
 
 
-def detect(head: Any, cls_scores: list[torch.Tensor], bbox_preds: list[torch.Tensor], img_hw: tuple[Any, ...],
+def detect(head: Any, cls_scores: list[torch.Tensor], bbox_preds: list[torch.Tensor], img_shape: torch.Tensor,
            layout: str) -> tuple[torch.Tensor, ...]:
     """The detections of a head's raw outputs, as mmdet's ``predict_by_feat`` (``rescale=False``), in ``layout``.
 
     Shapes:
-        cls_scores[i]: ``[B, A * C, H_i, W_i]``; bbox_preds[i]: ``[B, A * 4, H_i, W_i]``; the outputs: see the
-        module docstring.
+        cls_scores[i]: ``[B, A * C, H_i, W_i]``; bbox_preds[i]: ``[B, A * 4, H_i, W_i]``; img_shape: ``[B, 2]``
+        (H, W of each image before padding); the outputs: see the module docstring.
     """
     cfg = check_head(head)
-    scores, labels, _, boxes = _candidates(head, cls_scores, bbox_preds, cfg['nms_pre'], img_hw,
+    scores, labels, _, boxes = _candidates(head, cls_scores, bbox_preds, cfg['nms_pre'], img_shape,
                                            cfg['min_bbox_size'])
     scores = _invalid_unless(scores, scores > cfg['score_thr'])
     dets = _class_nms_topk(boxes, scores, labels, head.num_classes, cfg['iou_threshold'], cfg['score_thr'],
@@ -336,16 +351,17 @@ def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, img_hw: tuple[Any, ...
     return F.grid_sample(masks[:, None], grid, align_corners=False)[:, 0]
 
 
-def detect_two_stage(model: Any, feats: Sequence[torch.Tensor], img_hw: tuple[Any, ...], layout: str,
-                     masks: str = 'full') -> tuple[torch.Tensor, ...]:
+def detect_two_stage(model: Any, feats: Sequence[torch.Tensor], img_shape: torch.Tensor, img_hw: tuple[Any, ...],
+                     layout: str, masks: str = 'full') -> tuple[torch.Tensor, ...]:
     """A two-stage detector's detections (mmdet's ``rpn_head.predict`` and ``roi_head.predict``,
     ``rescale=False``) from the neck's outputs, in ``layout``, followed by ``masks`` ``[B, N, H, W]``
-    (``full``: pasted into the input) or ``[B, N, M, M]`` (``roi``) mask probabilities when the model has a mask
-    head (zeros past the detections)."""
+    (``full``: pasted into the input of size ``img_hw``) or ``[B, N, M, M]`` (``roi``) mask probabilities when the
+    model has a mask head (zeros past the detections). Proposals and boxes are clipped to ``img_shape`` ``[B, 2]``.
+    """
     cfg = check_two_stage(model)
     rpn, roi_head = model.rpn_head, model.roi_head
     cls_scores, bbox_preds = rpn(feats)
-    scores, _, level_ids, boxes = _candidates(rpn, cls_scores, bbox_preds, cfg['rpn_nms_pre'], img_hw,
+    scores, _, level_ids, boxes = _candidates(rpn, cls_scores, bbox_preds, cfg['rpn_nms_pre'], img_shape,
                                               cfg['rpn_min_bbox_size'])
     # per-level NMS of the proposals (mmdet: batched_nms over level ids), the rpn max_per_img best kept
     _, _, proposals, proposal_valid = _class_nms_topk(boxes, scores, level_ids, len(cls_scores), cfg['rpn_iou'],
@@ -356,8 +372,8 @@ def detect_two_stage(model: Any, feats: Sequence[torch.Tensor], img_hw: tuple[An
     cls_score, bbox_pred = bbox_head(_roi_features(roi_head.bbox_roi_extractor, feats, rois))
     num_classes = bbox_head.num_classes
     class_scores = cls_score.softmax(-1)[:, :num_classes].reshape(b, p * num_classes)
-    boxes = bbox_head.bbox_coder.decode(rois[:, 1:].repeat_interleave(num_classes, 0), bbox_pred.reshape(-1, 4),
-                                        max_shape=img_hw).reshape(b, p * num_classes, 4)
+    boxes = bbox_head.bbox_coder.decode(rois[:, 1:].repeat_interleave(num_classes, 0), bbox_pred.reshape(-1, 4))
+    boxes = clip_boxes(bbox_head.bbox_coder, boxes.reshape(b, p * num_classes, 4), img_shape)
     real = proposal_valid.repeat_interleave(num_classes, 1) & (class_scores > cfg['score_thr'])
     labels = torch.arange(num_classes, device=boxes.device).repeat(p)[None].expand(b, -1)
     dets = _class_nms_topk(boxes, _invalid_unless(class_scores, real), labels, num_classes, cfg['iou_threshold'],
@@ -377,7 +393,8 @@ def detect_two_stage(model: Any, feats: Sequence[torch.Tensor], img_hw: tuple[An
 
 
 class End2EndWrapper(nn.Module):
-    """``input`` -> a detector's detections in ``layout`` (and masks, see :func:`detect_two_stage`)."""
+    """(``input``, ``img_shape``) -> a detector's detections in ``layout`` (and masks, see
+    :func:`detect_two_stage`)."""
 
     model: Any  # an mmdet detector (duck-typed)
 
@@ -396,21 +413,29 @@ class End2EndWrapper(nn.Module):
         with_masks = self.kind == 'two_stage' and self.model.roi_head.with_mask
         return list(OUTPUT_NAMES[self.layout]) + (['masks'] if with_masks else [])
 
-    def forward(self, input: torch.Tensor) -> tuple[torch.Tensor, ...]:  # noqa: A002  (the graph input's name)
+    def forward(self, input: torch.Tensor,  # noqa: A002  (the graph input's name)
+                img_shape: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """``img_shape`` ``[B, 2]`` int64: (H, W) of each image within ``input`` (default: all of ``input``)."""
+        if img_shape is None:
+            img_shape = full_shape(input)
         feats = self.model.extract_feat(input)
-        img_hw = tuple(input.shape[2:])
         if self.kind == 'two_stage':
-            return detect_two_stage(self.model, feats, img_hw, self.layout, self.masks)
+            return detect_two_stage(self.model, feats, img_shape, tuple(input.shape[2:]), self.layout, self.masks)
         cls_scores, bbox_preds = self.model.bbox_head(feats)
-        return detect(self.model.bbox_head, cls_scores, bbox_preds, img_hw, self.layout)
+        return detect(self.model.bbox_head, cls_scores, bbox_preds, img_shape, self.layout)
+
+
+def full_shape(inputs: torch.Tensor) -> torch.Tensor:
+    """The ``img_shape`` input ``[B, 2]`` int64 of images that fill ``inputs`` ``[B, 3, H, W]`` (no padding)."""
+    return torch.tensor(list(inputs.shape[2:]), dtype=torch.int64).expand(inputs.shape[0], 2).contiguous()
 
 
 def graph_meta(model: Any, kind: str, layout: str, masks: str = 'full') -> dict[str, Any]:
-    """The metadata entries of an end-to-end graph: ``layout``, ``max_per_img``, ``score_thr``, ``masks``
-    (``full``, ``roi``, or None without a mask head)."""
+    """The metadata entries of an end-to-end graph: ``inputs`` (the graph's input names), ``layout``,
+    ``max_per_img``, ``score_thr``, ``masks`` (``full``, ``roi``, or None without a mask head)."""
     cfg = check_two_stage(model) if kind == 'two_stage' else check_head(model.bbox_head)
     with_masks = kind == 'two_stage' and model.roi_head.with_mask
-    return dict(layout=layout, max_per_img=cfg['max_per_img'], score_thr=cfg['score_thr'],
+    return dict(inputs=list(INPUT_NAMES), layout=layout, max_per_img=cfg['max_per_img'], score_thr=cfg['score_thr'],
                 masks=masks if with_masks else None)
 
 
@@ -440,8 +465,11 @@ def detections(outputs: list[Any], layout: str, mask_thr: float = 0.5) -> list[A
 
 
 def compare_detections(model: Any, path: str, inputs: torch.Tensor, layout: str, box_tol: float = 1e-3,
-                       score_tol: float = 1e-4, mask_tol: float = 1e-3, opt_level: str = 'all') -> list[dict[str, Any]]:
-    """An end-to-end graph (ONNX Runtime) against mmdet's ``predict`` (``rescale=False``) on the same ``inputs``.
+                       score_tol: float = 1e-4, mask_tol: float = 1e-3, opt_level: str = 'all',
+                       img_shape: torch.Tensor | None = None) -> list[dict[str, Any]]:
+    """An end-to-end graph (ONNX Runtime) against mmdet's ``predict`` (``rescale=False``) on the same ``inputs``,
+    each image ``img_shape`` ``[B, 2]`` (H, W) within its padded tensor (default: all of it), given to mmdet as
+    the ``img_shape`` metainfo.
 
     One row per image, as :func:`.runtime.compare`'s detection rows (matched as sets): ``count``, ``compared``,
     ``labels_equal``, ``box_err``, ``score_err``, ``mask_mismatch`` (graphs with full masks) and ``ok`` (every
@@ -450,38 +478,60 @@ def compare_detections(model: Any, path: str, inputs: torch.Tensor, layout: str,
     """
     from .runtime import _detection_row, _predict, make_session
     from .runtime import graph_meta as file_meta
-    outputs = make_session(path, opt_level=opt_level).run(None, {'input': inputs.numpy()})
+    if img_shape is None:
+        img_shape = full_shape(inputs)
+    outputs = make_session(path, opt_level=opt_level).run(None, feeds(path, inputs, img_shape))
     if file_meta(path).get('masks') == 'roi':
         outputs = outputs[:-1]  # RoI masks: not compared (mmdet returns them pasted)
     with torch.no_grad():
-        ref = _predict(model, inputs)
+        ref = _predict(model, inputs, img_shape.tolist())
     rows = []
     for i, (r, g) in enumerate(zip(ref, detections(outputs, layout))):
         if 'masks' not in g:
             r.pop('masks', None)
+        else:  # mmdet pastes into the un-padded image
+            h, w = img_shape[i].tolist()
+            g.masks = g.masks[:, :h, :w]
         row = dict(name=f'detections[{i}]', **_detection_row(r, g, box_tol * max(inputs.shape[2:]), mask_tol))
         row['ok'] = row['ok'] and row['score_err'] <= score_tol
         rows.append(row)
     return rows
 
 
+def feeds(path: str, inputs: torch.Tensor, img_shape: torch.Tensor) -> dict[str, Any]:
+    """The ONNX Runtime inputs of the graph at ``path``: ``input`` and, when the graph takes it, ``img_shape``."""
+    from .runtime import graph_meta as file_meta
+    values = dict(input=inputs.numpy(), img_shape=img_shape.to(torch.int64).numpy())
+    return {name: values[name] for name in file_meta(path).get('inputs', ['input'])}
+
+
+def padded_shape(size: Sequence[int]) -> tuple[int, int]:
+    """The image size within a padded input of ``size`` (H, W) that :func:`verify` checks: 7/8 of each side."""
+    return size[0] - size[0] // 8, size[1] - size[1] // 8
+
+
 def verify(model: Any, path: str, sizes: Sequence[Sequence[int]], layout: str, batch: int = 1, seed: int = 0,
            printer: Callable[[str], Any] | None = print) -> list[dict[str, Any]]:
-    """:func:`compare_detections` on random inputs at every ``(H, W)`` of ``sizes``; prints and returns the rows.
+    """:func:`compare_detections` on random inputs at every ``(H, W)`` of ``sizes``, each image filling the input
+    and then only its top-left :func:`padded_shape` (a padded image, boxes clipped to it); prints and returns the
+    rows.
 
     Raises AssertionError naming the first image whose detections differ.
     """
     gen = torch.Generator().manual_seed(seed)
     rows: list[dict[str, Any]] = []
     for h, w in sizes:
-        for row in compare_detections(model, path, torch.randn(batch, 3, h, w, generator=gen), layout):
-            row['size'] = (batch, h, w)
-            row['status'] = 'ok' if row['ok'] and row['count'][0] else 'none' if row['ok'] else 'FAIL'
-            rows.append(row)
-            if printer:
-                detail = ', '.join(f'{k} {v:.2e}' if isinstance(v, float) else f'{k} {v}' for k, v in row.items()
-                                   if k not in ('name', 'size', 'status', 'ok'))
-                printer(f'[{row["status"]:>4}] {batch}x3x{h}x{w} {row["name"]}: {detail}')
+        x = torch.randn(batch, 3, h, w, generator=gen)
+        for img_hw in ((h, w), padded_shape((h, w))):
+            img_shape = torch.tensor(img_hw, dtype=torch.int64).expand(batch, 2)
+            for row in compare_detections(model, path, x, layout, img_shape=img_shape):
+                row['size'], row['img_shape'] = (batch, h, w), img_hw
+                row['status'] = 'ok' if row['ok'] and row['count'][0] else 'none' if row['ok'] else 'FAIL'
+                rows.append(row)
+                if printer:
+                    detail = ', '.join(f'{k} {v:.2e}' if isinstance(v, float) else f'{k} {v}'
+                                       for k, v in row.items() if k not in ('name', 'size', 'status', 'ok'))
+                    printer(f'[{row["status"]:>4}] {batch}x3x{h}x{w} {row["name"]}: {detail}')
     failures = [row for row in rows if row['status'] == 'FAIL']
     if failures:
         raise AssertionError(f'ONNX Runtime differs from mmdet: {failures[0]}')

@@ -13,7 +13,8 @@ What the graph computes (its contract) depends on the model, see :func:`model_ki
 * either detector, ``outputs='mmdeploy'`` / ``'efficientnms'``: ``input`` -> detections (and masks), the
   post-processing inside the graph (:mod:`.end2end`).
 
-``input`` is the image after the data preprocessor (normalised, padded), float32 ``[B, 3, H, W]``.
+``input`` is the image after the data preprocessor (normalised, padded), float32 ``[B, 3, H, W]``; an end-to-end
+graph also takes ``img_shape`` int64 ``[B, 2]``, each image's (H, W) within ``input`` before padding.
 """
 from __future__ import annotations
 
@@ -234,20 +235,27 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, shape: Sequence[int], 
     else:
         e2e = end2end.End2EndWrapper(model, kind, outputs, masks).eval()
         wrapper, names, grouping = e2e, e2e.output_names(), end2end.graph_meta(model, kind, outputs, masks)
+    args: tuple[torch.Tensor, ...] = (example, )
+    input_names = ['input']
+    if outputs != 'raw':  # the images' sizes before padding: here all of the example
+        args, input_names = (example, end2end.full_shape(example)), list(end2end.INPUT_NAMES)
     dynamic_shapes: dict[str, Any] | None = None
     if dynamic:
         dim = torch.export.Dim
-        dynamic_shapes = {'input': {0: dim('batch', min=1, max=1024), 2: dim('height', min=MIN_SIZE, max=MAX_SIZE),
+        batch_dim = dim('batch', min=1, max=1024)
+        dynamic_shapes = {'input': {0: batch_dim, 2: dim('height', min=MIN_SIZE, max=MAX_SIZE),
                                     3: dim('width', min=MIN_SIZE, max=MAX_SIZE)}}
+        if outputs != 'raw':
+            dynamic_shapes['img_shape'] = {0: batch_dim}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter('ignore')
         # deferred runtime asserts: the shape arithmetic of the padding operators yields guards that the
         # symbolic solver cannot prove for every size (true ones); as asserts they do not specialise the graph
         with size_generic_upsampling(model), size_generic_pooling(model) if dynamic else nullcontext():
-            program = torch.export.export(wrapper, (example, ), dynamic_shapes=dynamic_shapes, strict=False,
+            program = torch.export.export(wrapper, args, dynamic_shapes=dynamic_shapes, strict=False,
                                           prefer_deferred_runtime_asserts_over_guards=True)
         onnx_program: Any = torch.onnx.export(  # dynamo=True: an ONNXProgram
-            program, (example, ), input_names=['input'], output_names=names, opset_version=opset, dynamo=True,
+            program, args, input_names=input_names, output_names=names, opset_version=opset, dynamo=True,
             verbose=False, custom_translation_table=end2end.translation_table() if outputs != 'raw' else None)
         if dynamic:
             name_dynamic_axes(onnx_program)

@@ -175,17 +175,22 @@ def _rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return diff / scale if scale > 0 else diff
 
 
-def _det_samples(inputs: torch.Tensor) -> list[Any]:
+def _det_samples(inputs: torch.Tensor, img_shapes: Sequence[Sequence[int]] | None = None) -> list[Any]:
     from mmdet.structures import DetDataSample
     h, w = inputs.shape[2:]
-    return [DetDataSample(metainfo=dict(img_shape=(h, w), pad_shape=(h, w), ori_shape=(h, w),
+    shapes = img_shapes if img_shapes is not None else [(h, w)] * inputs.shape[0]
+    # ori_shape = img_shape with scale factor 1: masks are pasted into the un-padded image, as rescale=False does
+    return [DetDataSample(metainfo=dict(img_shape=tuple(shape), pad_shape=(h, w), ori_shape=tuple(shape),
                                         batch_input_shape=(h, w), scale_factor=(1., 1.)))
-            for _ in range(inputs.shape[0])]
+            for shape in shapes]
 
 
-def _predict(model: Any, inputs: torch.Tensor) -> list[Any]:
-    """Detections of a detector's network (data preprocessor skipped) on ``inputs``: ``InstanceData`` list."""
-    samples = _det_samples(inputs)
+def _predict(model: Any, inputs: torch.Tensor, img_shapes: Sequence[Sequence[int]] | None = None) -> list[Any]:
+    """Detections of a detector's network (data preprocessor skipped) on ``inputs``: ``InstanceData`` list.
+
+    ``img_shapes``: each image's (H, W) within ``inputs`` before padding (default: all of ``inputs``).
+    """
+    samples = _det_samples(inputs, img_shapes)
     feats = model.extract_feat(inputs)
     if hasattr(model, 'roi_head'):
         proposals = model.rpn_head.predict(feats, samples, rescale=False)

@@ -3,8 +3,14 @@
 
 The reduced CloFormer RetinaNet gets a head whose scores spread over (0, 1) (classification and regression
 weights drawn wider than the initialisation), so that there are real detections, many overlapping boxes for the
-NMS to suppress, and fewer detections than ``max_per_img`` (padded rows).
+NMS to suppress, and fewer detections than ``max_per_img`` (padded rows). Each model is exported once per module.
 """
+import argparse
+import contextlib
+import io
+import json
+import os.path as osp
+
 import onnx
 import pytest
 import torch
@@ -14,11 +20,14 @@ import onnxruntime  # noqa: F401  (a dependency of the project: missing, the tes
 from mmsparse.deployment import build_model, export_onnx, graph_meta, load_config
 from mmsparse.deployment.end2end import (End2EndWrapper, check_layout, compare_detections, grid_anchors,
                                          nms_settings, paste_masks)
+from mmsparse.deployment.metadata import runtime_meta
 from mmsparse.deployment.runtime import OPT_LEVELS, make_session
 
 from tests.conftest import load_tool
 
 from .reduced import config_path, reduced_options
+# the RetinaNet config at a small test scale: the 600 x 512 photograph becomes 141 x 120, padded to 160 x 128
+from .test_infer_onnx import SMALL_TEST, photograph
 
 CONFIG = 'retinanet_cloformer_s_coco.py'
 TEST_CFG = dict(nms_pre=100, score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5), min_bbox_size=0,
@@ -44,10 +53,10 @@ def options(config=CONFIG):
     return {**reduced_options(config, family), 'model.test_cfg': test_cfg}
 
 
-def detector(config=CONFIG):
+def detector(config=CONFIG, path=None):
     """The reduced model, its classifiers and regressors drawn wider: spread scores, boxes and masks."""
     torch.manual_seed(0)
-    model = build_model(load_config(config_path(config), options(config)))
+    model = build_model(load_config(path or config_path(config), options(config)))
     with torch.no_grad():
         for name, std in MODELS[config][2].items():
             model.get_submodule(name).weight.normal_(std=std)
@@ -58,11 +67,20 @@ def detector(config=CONFIG):
 
 @pytest.fixture(scope='module')
 def dynamic_mmdeploy(tmp_path_factory):
-    model = detector()
-    path = str(tmp_path_factory.mktemp('e2e') / 'retinanet.onnx')
-    names = export_onnx(model, path, EXPORT_SIZE, 'single_stage', dynamic=True, outputs='mmdeploy')
+    """The RetinaNet, its dynamic mmdeploy graph (with the small config's runtime metadata), the config and the
+    checkpoint of the model's weights."""
+    root = tmp_path_factory.mktemp('e2e')
+    config = str(root / 'small_test.py')
+    with open(config, 'w') as f:
+        f.write(SMALL_TEST.format(base=config_path(CONFIG)))
+    model = detector(path=config)
+    checkpoint = str(root / 'weights.pth')
+    torch.save(dict(state_dict=model.state_dict(), meta=dict()), checkpoint)
+    path = str(root / 'retinanet.onnx')
+    names = export_onnx(model, path, EXPORT_SIZE, 'single_stage', dynamic=True, outputs='mmdeploy',
+                        extra_meta=runtime_meta(load_config(config, options())))
     assert names == ['dets', 'labels']
-    return model, path
+    return model, path, config, checkpoint
 
 
 def inputs(batch, size, seed):
@@ -72,7 +90,7 @@ def inputs(batch, size, seed):
 @pytest.mark.parametrize('batch, size', [(1, EXPORT_SIZE), (2, EXPORT_SIZE), (1, OTHER_SIZE), (2, OTHER_SIZE)])
 def test_same_detections_as_mmdet(dynamic_mmdeploy, batch, size):
     """Same count and labels, boxes within 1e-3 x the image size, scores within 1e-4, at two sizes of one graph."""
-    model, path = dynamic_mmdeploy
+    model, path = dynamic_mmdeploy[:2]
     rows = compare_detections(model, path, inputs(batch, size, seed=batch), 'mmdeploy')
     assert len(rows) == batch
     for row in rows:
@@ -82,9 +100,10 @@ def test_same_detections_as_mmdet(dynamic_mmdeploy, batch, size):
 
 def test_padding_and_every_optimisation_level(dynamic_mmdeploy):
     """Rows past the detections are zeros with label -1; every ORT optimisation level gives mmdet's detections."""
-    model, path = dynamic_mmdeploy
+    model, path = dynamic_mmdeploy[:2]
     x = inputs(2, OTHER_SIZE, seed=5)
-    dets, labels = make_session(path).run(None, {'input': x.numpy()})
+    img_shape = torch.tensor([OTHER_SIZE] * 2)
+    dets, labels = make_session(path).run(None, {'input': x.numpy(), 'img_shape': img_shape.numpy()})
     assert dets.shape == (2, TEST_CFG['max_per_img'], 5) and dets.dtype.name == 'float32'
     assert labels.shape == (2, TEST_CFG['max_per_img']) and labels.dtype.name == 'int64'
     for image_dets, image_labels in zip(dets, labels):
@@ -102,44 +121,113 @@ MASKRCNN = 'maskrcnn_biformer_s_coco.py'
 MAX_DETS = MODELS[MASKRCNN][1]['rcnn']['max_per_img']
 
 
-def test_tool_mask_rcnn_efficientnms_dynamic(tmp_path, capsys):
-    """The tool's --outputs efficientnms --dynamic --verify on Mask R-CNN (RPN, RoiAlign, box and mask heads in
-    the graph): names, types, shapes, metadata, onnx's full check; the same detections and masks as mmdet at two
-    sizes and batches."""
+@pytest.fixture(scope='module')
+def mask_rcnn_efficientnms(tmp_path_factory):
+    """The Mask R-CNN, its graph from the tool's --outputs efficientnms --dynamic --verify, and what it printed."""
+    root = tmp_path_factory.mktemp('maskrcnn')
     model = detector(MASKRCNN)
-    weights = tmp_path / 'weights.pth'
+    weights = root / 'weights.pth'
     torch.save(dict(state_dict=model.state_dict(), meta=dict()), weights)
-    out = str(tmp_path / 'maskrcnn_enms.onnx')
+    out = str(root / 'maskrcnn_enms.onnx')
     tool = load_tool('tools/deployment/export_onnx.py')
     args = tool.build_parser().parse_args([config_path(MASKRCNN), '--checkpoint', str(weights), '--out', out,
                                            '--shape', *map(str, EXPORT_SIZE), '--dynamic', '--outputs',
                                            'efficientnms', '--verify'])
     args.cfg_options = options(MASKRCNN)
-    assert tool.run(args) == 0
-    printed = capsys.readouterr().out
-    assert '[  ok] 1x3x64x64 detections[0]' in printed and 'NonMaxSuppression x2' in printed
-    assert 'RoiAlign x8' in printed  # 4 levels for the boxes, 4 for the masks
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = tool.run(args)
+    return model, out, code, printed.getvalue()
+
+
+def test_tool_mask_rcnn_efficientnms_dynamic(mask_rcnn_efficientnms):
+    """The tool's --outputs efficientnms --dynamic --verify on Mask R-CNN (RPN, RoiAlign, box and mask heads in
+    the graph): names, types, shapes, metadata, onnx's full check; the same detections and masks as mmdet at two
+    sizes and batches."""
+    model, out, code, printed = mask_rcnn_efficientnms
+    assert code == 0, printed
+    assert 'NonMaxSuppression x2' in printed and 'RoiAlign x8' in printed  # 4 levels for the boxes, 4 for masks
+    # verify: both sizes, each with the image filling the input and padded (7/8 of each side)
+    checked = [line.split(': ')[0] + ' ' + line.split('img_shape ')[1] for line in printed.splitlines()
+               if 'img_shape' in line]
+    assert checked == ['[  ok] 1x3x64x64 detections[0] (64, 64)', '[  ok] 1x3x64x64 detections[0] (56, 56)',
+                       '[  ok] 1x3x87x55 detections[0] (87, 55)', '[  ok] 1x3x87x55 detections[0] (77, 49)'], printed
     proto = onnx.load(out)
     onnx.checker.check_model(proto, full_check=True)
     types = {o.name: (o.type.tensor_type.elem_type, [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim])
-             for o in proto.graph.output}
+             for o in list(proto.graph.input) + list(proto.graph.output)}
     n = MAX_DETS
-    assert types == {'num_detections': (onnx.TensorProto.INT32, ['batch', 1]),
+    assert types == {'input': (onnx.TensorProto.FLOAT, ['batch', 3, 'height', 'width']),
+                     'img_shape': (onnx.TensorProto.INT64, ['batch', 2]),
+                     'num_detections': (onnx.TensorProto.INT32, ['batch', 1]),
                      'detection_boxes': (onnx.TensorProto.FLOAT, ['batch', n, 4]),
                      'detection_scores': (onnx.TensorProto.FLOAT, ['batch', n]),
                      'detection_classes': (onnx.TensorProto.INT32, ['batch', n]),
                      'masks': (onnx.TensorProto.FLOAT, ['batch', n, 'height', 'width'])}
     meta = graph_meta(out)
     assert (meta['layout'], meta['max_per_img'], meta['score_thr'], meta['masks']) == ('efficientnms', n, 0.05, 'full')
+    assert meta['inputs'] == ['input', 'img_shape']
     assert meta['classes'] and meta['preprocess']['mean']  # the config's runtime metadata
     rows = compare_detections(model, out, inputs(2, OTHER_SIZE, seed=7), 'efficientnms')
     for row in rows:
         assert row['ok'] and 0 < row['count'][0] < n and row['mask_mismatch'] <= 1e-3, row
-    num, boxes, scores, classes, masks = make_session(out).run(None, {'input': inputs(2, OTHER_SIZE, 8).numpy()})
+    x = inputs(2, OTHER_SIZE, 8)
+    feeds = {'input': x.numpy(), 'img_shape': torch.tensor([OTHER_SIZE] * 2).numpy()}
+    num, boxes, scores, classes, masks = make_session(out).run(None, feeds)
     for count, image_boxes, image_scores, image_classes, image_masks in zip(num[:, 0], boxes, scores, classes, masks):
         assert 0 < count < n and (image_scores[count:] == 0).all() and (image_boxes[count:] == 0).all()
         assert (image_classes[count:] == 0).all() and (image_masks[count:] == 0).all()
         assert image_masks.shape == (n, *OTHER_SIZE) and (image_masks[:count] >= 0.5).any()
+
+
+#: a padded batch: the input's size and each image's size within it (the rest is padding, zeros)
+PADDED_SIZE, IMAGE_SIZES = (96, 96), [(87, 71), (60, 90)]
+
+
+def padded_inputs(seed):
+    x = torch.zeros(len(IMAGE_SIZES), 3, *PADDED_SIZE)
+    for i, (h, w) in enumerate(IMAGE_SIZES):
+        x[i, :, :h, :w] = inputs(1, (h, w), seed + i)[0]
+    return x, torch.tensor(IMAGE_SIZES)
+
+
+@pytest.mark.parametrize('which', ['retinanet', 'mask_rcnn'])
+def test_padded_images_clip_to_img_shape(dynamic_mmdeploy, mask_rcnn_efficientnms, which):
+    """Images that do not fill the padded input: the graph clips the boxes to each image's ``img_shape`` (not to
+    the input) and gives mmdet's predict with that ``img_shape`` metainfo: same count and labels, boxes within
+    1e-3 x the size, scores within 1e-4 (masks within 1e-3 of the pixels)."""
+    model, path = (dynamic_mmdeploy if which == 'retinanet' else mask_rcnn_efficientnms)[:2]
+    layout = graph_meta(path)['layout']
+    x, img_shape = padded_inputs(seed=11)
+    rows = compare_detections(model, path, x, layout, img_shape=img_shape)
+    for row in rows:
+        assert row['ok'] and row['count'][0] > 0, row
+    outputs = make_session(path).run(None, {'input': x.numpy(), 'img_shape': img_shape.numpy()})
+    boxes = outputs[0][..., :4] if layout == 'mmdeploy' else outputs[1]
+    clipped = 0
+    for image_boxes, (h, w) in zip(boxes, IMAGE_SIZES):
+        assert (image_boxes[:, [0, 2]] <= w).all() and (image_boxes[:, [1, 3]] <= h).all()
+        clipped += int((image_boxes[:, [0, 2]] == w).sum() + (image_boxes[:, [1, 3]] == h).sum())
+    assert clipped > 0  # boxes reach into the padding unless clipped: the clipping is exercised
+
+
+def test_runtime_matches_pytorch_on_a_padded_image(dynamic_mmdeploy, tmp_path):
+    """tools/infer.py MODEL.onnx IMAGE (numpy, OpenCV, ONNX Runtime) against tools/infer.py CONFIG CHECKPOINT
+    IMAGE (mmdet) on a photograph resized to 141 x 120, padded to 160 x 128: same labels, boxes, scores."""
+    image = photograph()
+    _, path, config, checkpoint = dynamic_mmdeploy
+    tool = load_tool('tools/infer.py')
+    tool.run(argparse.Namespace(config=config, checkpoint=checkpoint, inputs=[image], out_dir=str(tmp_path / 'pt'),
+                                score_thr=0.0, device='cpu', cfg_options=options(), backend='pytorch'))
+    assert tool.main([path, image, '--out-dir', str(tmp_path / 'ort'), '--score-thr', '0']) == 0
+    (ref, ), (got, ) = (json.load(open(osp.join(tmp_path, d, 'results.json')))['results'] for d in ('pt', 'ort'))
+    assert 0 < len(ref['labels']) < TEST_CFG['max_per_img'] and len(got['labels']) == len(ref['labels'])
+    # as sets: tied scores may swap places
+    ref_rows = sorted(zip(ref['labels'], ref['scores'], ref['bboxes']), key=lambda r: (r[0], -r[1], r[2]))
+    got_rows = sorted(zip(got['labels'], got['scores'], got['bboxes']), key=lambda r: (r[0], -r[1], r[2]))
+    for (l_ref, s_ref, b_ref), (l_got, s_got, b_got) in zip(ref_rows, got_rows):
+        assert l_got == l_ref and abs(s_got - s_ref) < 1e-4
+        assert max(abs(a - b) for a, b in zip(b_got, b_ref)) < 1e-3 * 600  # the 600 x 512 photograph
 
 
 def test_roi_masks_paste_into_the_full_masks():
@@ -155,7 +243,7 @@ def test_roi_masks_paste_into_the_full_masks():
 
 
 def test_dynamic_graph_is_checked_and_named(dynamic_mmdeploy):
-    _, path = dynamic_mmdeploy
+    path = dynamic_mmdeploy[1]
     proto = onnx.load(path)
     onnx.checker.check_model(proto, full_check=True)
     dims = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in proto.graph.output}
