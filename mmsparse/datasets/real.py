@@ -56,8 +56,8 @@ def fetch_wheel(package: str, version: str, cache_dir: str, index_url: str | Non
         print(f'{package}=={version}: cached {found}')
         return found
     os.makedirs(cache_dir, exist_ok=True)
-    cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--disable-pip-version-check', '--retries', '1',
-           '--timeout', '15', f'{package}=={version}', '-d', cache_dir]
+    cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary', ':all:',
+           '--disable-pip-version-check', '--retries', '1', '--timeout', '15', f'{package}=={version}', '-d', cache_dir]
     if index_url:
         cmd += ['--index-url', index_url]
     print(f'{package}=={version}: downloading into {cache_dir} (pip download --no-deps)', flush=True)
