@@ -117,7 +117,8 @@ def attach_onnx(model: Any, network: OnnxNetwork | str, checkpoint: str | None =
 
     The graph replaces ``encode_decode`` (segmentors) or ``extract_feat`` (detectors; a single-stage head's
     ``forward`` then passes the graph's outputs on to mmdet's ``predict_by_feat``). ``ValueError`` when the graph
-    kind does not fit ``model``.
+    kind does not fit ``model``, or for an end-to-end graph (its metadata ``layout`` is not ``raw``): that one
+    already holds the detections.
 
     Args:
         checkpoint: the PyTorch checkpoint the graph was exported from, loaded strictly into ``model``, for the
@@ -133,6 +134,11 @@ def attach_onnx(model: Any, network: OnnxNetwork | str, checkpoint: str | None =
                          'detector or segmentor without --backbone-only to run it on images')
     if kind not in GRAPH_MODULES:
         raise ValueError(f'{network.path}: unknown graph kind {kind!r}')
+    layout = network.meta.get('layout', 'raw')
+    if layout != 'raw':
+        raise ValueError(f'{network.path} already holds the detections (layout {layout!r}, NMS in the graph): run '
+                         'it with tools/infer.py MODEL.onnx INPUT, or export with --outputs raw for --backend '
+                         'onnxruntime')
     if kind == 'segmentor':
         if not hasattr(model, 'encode_decode'):
             raise ValueError(f'{network.path} holds a segmentor graph but the config builds {type(model).__name__}')

@@ -150,7 +150,7 @@ def test_onnx_mask_rcnn_runs_the_checkpoints_heads(checkpoints, tmp_path):
     image = os.path.join(REPO, 'data/demo_coco/val2017/000010.jpg')
     assert cv2.imread(image).shape[:2] == (192, 256)
     ok(run_tool('tools/deployment/export_onnx.py', DET_DEMO, '--checkpoint', checkpoints['det'], '--out', onnx_file,
-                '--shape', 192, 256))
+                '--shape', 192, 256, '--outputs', 'raw'))
     proc = run_tool('tools/infer.py', DET_DEMO, onnx_file, image, '--backend', 'onnxruntime', '--out-dir',
                     tmp_path / 'refused')
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -173,6 +173,33 @@ def test_onnx_mask_rcnn_runs_the_checkpoints_heads(checkpoints, tmp_path):
         assert max(abs(a - b) for a, b in zip(b_got, b_ref)) < 1e-3 * 256
     assert got['label_names'] == [load_results(tmp_path / 'ort')['classes'][i] for i in got['labels']]
     assert load_results(tmp_path / 'ort')['classes'] == ['disc', 'square', 'triangle', 'ring']
+
+
+def test_onnx_backend_refuses_end_to_end_graphs(tmp_path):
+    """A graph with the detections in it (the exporter's default for detectors) is run by ``tools/infer.py
+    MODEL.onnx``; ``--backend onnxruntime`` (mmdet's post-processing after the graph) refuses it in one line."""
+    import onnx
+    from onnx import helper
+    # an end-to-end graph's inputs, outputs and metadata; the refusal reads the metadata only
+    graph = helper.make_graph(
+        [helper.make_node('Identity', ['img_shape'], ['labels'])], 'e2e',
+        [helper.make_tensor_value_info('input', onnx.TensorProto.FLOAT, [1, 3, 192, 256]),
+         helper.make_tensor_value_info('img_shape', onnx.TensorProto.INT64, [1, 2])],
+        [helper.make_tensor_value_info('labels', onnx.TensorProto.INT64, [1, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 18)])
+    model.ir_version = 9
+    helper.set_model_props(model, {'mmsparse': json.dumps(dict(
+        kind='two_stage', layout='mmdeploy', inputs=['input', 'img_shape'], outputs=['labels'], dynamic=False,
+        shape=[1, 3, 192, 256]))})
+    onnx_file = tmp_path / 'e2e.onnx'
+    onnx.save(model, str(onnx_file))
+    proc = run_tool('tools/infer.py', DET_DEMO, onnx_file, photograph(), '--backend', 'onnxruntime', '--out-dir',
+                    tmp_path / 'o')
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-4000:]
+    message = proc.stderr.strip().splitlines()[-1]
+    assert "layout 'mmdeploy'" in message and 'run it with tools/infer.py MODEL.onnx INPUT, or export with ' \
+        '--outputs raw for --backend onnxruntime' in message, proc.stderr
+    assert not (tmp_path / 'o' / 'results.json').exists()
 
 
 def test_onnx_segmentor_names_the_configs_classes(checkpoints, tmp_path):
