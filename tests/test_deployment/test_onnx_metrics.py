@@ -1,7 +1,8 @@
 """tools/deployment/evaluate_onnx.py: the torch-free runtime scores a config's test set as PyTorch does.
 
 * The demo UPerNet, trained a few iterations, exported: mIoU from ``mmsparse_ort`` + mmseg's IoUMetric equals
-  ``Runner.test`` of the checkpoint within MIOU_TOL points, on a model that predicts several classes.
+  ``Runner.test`` of the checkpoint within MIOU_TOL points (aAcc too), on a model that predicts several classes
+  (mAcc above MIN_MACC).
 * A reduced RetinaNet (CloFormer) whose head is drawn so that it detects (scores spread over (0, 1)), exported
   end to end (``dets``, ``labels``), at a test scale of half the images' size (so the runtime must rescale
   its boxes by the scale factor): bbox mAP equal within MAP_TOL. The annotation the metric reads holds, per
@@ -26,7 +27,10 @@ SEG_DEMO = 'configs/demo/upernet_demo_synthetic.py'
 DET_CONFIG = 'retinanet_cloformer_s_coco.py'
 NUM_IMAGES = 8
 TRAIN_ITERS = 6
+#: constant, a tenth of the demo's: a few steps that keep the model predicting several classes
+TRAIN_LR = 2e-4
 MIOU_TOL = 0.05  # points (mmseg reports percentages)
+MIN_MACC = 25.
 MAP_TOL = 0.002
 GT_PER_IMAGE = 3
 MIN_MAP = 0.2
@@ -46,7 +50,8 @@ def seg_config(root, work_dir):
         'val_dataloader.dataset.data_root': ade, 'test_dataloader.dataset.indices': NUM_IMAGES,
         'train_dataloader.batch_size': 2, 'train_cfg.max_iters': TRAIN_ITERS,
         'train_cfg.val_interval': 1000, 'default_hooks.checkpoint.interval': TRAIN_ITERS,
-        'default_hooks.logger.interval': 1000, 'param_scheduler': [], 'work_dir': str(work_dir)})
+        'default_hooks.logger.interval': 1000, 'param_scheduler': [], 'optim_wrapper.optimizer.lr': TRAIN_LR,
+        'work_dir': str(work_dir)})
 
 
 @pytest.fixture(scope='module')
@@ -79,9 +84,11 @@ def test_segmentor_miou_equals_pytorch(segmentor, capsys):
     report = evaluate(cfg, path, ckpt, root)
     got, ref = report['onnxruntime'], report['pytorch']
     printed = capsys.readouterr().out
+    print(printed)
     assert 'mIoU' in printed and 'difference' in printed, printed
-    # a trained model that predicts some classes right besides the background (all background: mIoU ~16)
-    assert ref['mIoU'] > 0 and ref['aAcc'] > 50, ref
+    # predictions spread over the classes: one class everywhere gives mAcc = 100 / 5 exactly (one class recalled
+    # in full, the others not at all); above MIN_MACC at least two classes are partly recalled
+    assert ref['mAcc'] > MIN_MACC and got['mAcc'] > MIN_MACC, (got, ref)
     assert abs(got['mIoU'] - ref['mIoU']) <= MIOU_TOL, (got, ref)
     assert abs(got['aAcc'] - ref['aAcc']) <= MIOU_TOL, (got, ref)
 
