@@ -57,7 +57,8 @@ def read_meta(session: Any, path: str) -> dict[str, Any]:
         raise MetadataError(f'{path}: its metadata has no preprocessing (written by an older exporter); {REEXPORT}')
     if meta.get('unsupported'):
         raise MetadataError(f'{path}: the config\'s test-time steps {meta["unsupported"]} are not reproduced '
-                            'without PyTorch; run tools/infer.py CONFIG MODEL.onnx INPUT --backend onnxruntime')
+                            'without PyTorch; run tools/infer.py CONFIG MODEL.onnx INPUT --backend onnxruntime'
+                            + (' on a graph exported with --outputs raw' if meta.get('layout') in DET_LAYOUTS else ''))
     if kind in ('single_stage', 'two_stage') and meta.get('layout') not in DET_LAYOUTS:
         raise MetadataError(
             f'{path}: a {kind.replace("_", "-")} detector graph without detections (layout '

@@ -1,7 +1,7 @@
 """Run a trained detector or segmentor on images and save the drawn predictions and the raw results.
 
     python tools/infer.py CONFIG CHECKPOINT INPUT [INPUT ...] [--out-dir DIR] [--score-thr T] [--device cpu]
-    python tools/infer.py CONFIG FILE.onnx INPUT [INPUT ...] --backend onnxruntime [--weights CKPT]  # exported
+    python tools/infer.py CONFIG FILE.onnx INPUT [INPUT ...] --backend onnxruntime [--weights CKPT]  # --outputs raw
     python tools/infer.py FILE.onnx INPUT [INPUT ...] [--out-dir DIR] [--score-thr T] [--threads N]  # no PyTorch
 
 INPUT is an image, a folder (its images, recursively) or a glob pattern (quote it). The config's
@@ -39,8 +39,9 @@ def build_parser():
                         help='detection: lowest score drawn (the JSON keeps every score). Default 0.3')
     parser.add_argument('--device', default=None, help='e.g. cpu, cuda:0 (default: cuda when available)')
     parser.add_argument('--backend', choices=('pytorch', 'onnxruntime'), default='pytorch',
-                        help='onnxruntime: CHECKPOINT is an ONNX file from tools/deployment/export_onnx.py, run on '
-                        'the CPU; pre- and post-processing stay the config\'s (docs/deployment.md)')
+                        help='onnxruntime: CHECKPOINT is an ONNX file from tools/deployment/export_onnx.py '
+                        '--outputs raw (or a segmentor), run on the CPU; pre- and post-processing stay the config\'s '
+                        '(docs/deployment.md). A graph with the detections in it runs as infer.py MODEL.onnx INPUT')
     parser.add_argument('--weights', metavar='CKPT',
                         help='onnxruntime: the PyTorch checkpoint the ONNX file was exported from. Required for '
                         'two-stage detectors (Mask R-CNN), whose RPN and RoI heads run outside the graph with its '
