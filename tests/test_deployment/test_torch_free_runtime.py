@@ -240,6 +240,32 @@ def test_roi_masks_and_efficientnms_layout(tmp_path):
     assert entry['masks'] == [dict(size=[100, 200], counts=e['counts'].decode()) for e in expected]
 
 
+def test_end_to_end_graph_gets_the_resized_size(tmp_path):
+    """A graph with an ``img_shape`` input is fed the resized image's (H, W) within the padded input: the 200 x 100
+    image of DET_META scales to 100 x 50 and pads to 128 x 64, so ``img_shape`` is [[50, 100]] (here echoed as
+    the labels), not the padded [[64, 128]]."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from mmsparse_ort import OrtModel
+    dets = np.array([[[0, 0, 4, 4, .9], [0, 0, 8, 8, .8]]], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node('Constant', [], ['dets'], value=numpy_helper.from_array(dets, 'dets')),
+         helper.make_node('Identity', ['img_shape'], ['labels'])], 'echo',
+        [helper.make_tensor_value_info('input', onnx.TensorProto.FLOAT, [1, 3, 'height', 'width']),
+         helper.make_tensor_value_info('img_shape', onnx.TensorProto.INT64, [1, 2])],
+        [helper.make_tensor_value_info('dets', onnx.TensorProto.FLOAT, [1, 2, 5]),
+         helper.make_tensor_value_info('labels', onnx.TensorProto.INT64, [1, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 18)])
+    model.ir_version = 9
+    helper.set_model_props(model, {'mmsparse': json.dumps(dict(DET_META, inputs=['input', 'img_shape']))})
+    onnx.save(model, str(tmp_path / 'echo.onnx'))
+    ort_model = OrtModel(str(tmp_path / 'echo.onnx'))
+    result = ort_model.predict(np.full((100, 200, 3), 90, np.uint8))
+    assert result.labels.tolist() == [50, 100]
+    assert ort_model.run(np.zeros((1, 3, 64, 128), np.float32))['labels'].tolist() == [[64, 128]]  # no padding
+
+
 def test_paste_masks_equals_mmdet():
     from mmdet.models.roi_heads.mask_heads.fcn_mask_head import _do_paste_mask
     rng = np.random.default_rng(0)
