@@ -4,7 +4,8 @@
         [--dynamic] [--verify] [--backbone-only] [--batch B] [--outputs raw|mmdeploy|efficientnms]
         [--masks full|roi] [--cfg-options KEY=VALUE ...]
 
-The graph takes ``input`` [B, 3, H, W] (the image after the data preprocessor) and returns ``feat0``...
+The graph takes ``input`` [B, 3, H, W] (the image after the data preprocessor; end-to-end detectors also take
+``img_shape`` [B, 2], each image's H, W before padding, to which the boxes are clipped) and returns ``feat0``...
 (--backbone-only), ``seg_logits`` (segmentors) or detections (detectors: ``dets``, ``labels`` and, for Mask
 R-CNN, ``masks`` by default; TensorRT EfficientNMS's outputs with --outputs efficientnms; the head's raw outputs or
 the neck's outputs with --outputs raw); docs/deployment.md has the contract. ``--dynamic`` makes batch,
