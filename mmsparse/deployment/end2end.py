@@ -466,10 +466,11 @@ def detections(outputs: list[Any], layout: str, mask_thr: float = 0.5) -> list[A
 
 def compare_detections(model: Any, path: str, inputs: torch.Tensor, layout: str, box_tol: float = 1e-3,
                        score_tol: float = 1e-4, mask_tol: float = 1e-3, opt_level: str = 'all',
-                       img_shape: torch.Tensor | None = None) -> list[dict[str, Any]]:
+                       img_shape: torch.Tensor | None = None, session: Any = None) -> list[dict[str, Any]]:
     """An end-to-end graph (ONNX Runtime) against mmdet's ``predict`` (``rescale=False``) on the same ``inputs``,
     each image ``img_shape`` ``[B, 2]`` (H, W) within its padded tensor (default: all of it), given to mmdet as
-    the ``img_shape`` metainfo.
+    the ``img_shape`` metainfo. ``session``: an ONNX Runtime session on ``path`` to reuse (default: a new one at
+    ``opt_level``).
 
     One row per image, as :func:`.runtime.compare`'s detection rows (matched as sets): ``count``, ``compared``,
     ``labels_equal``, ``box_err``, ``score_err``, ``mask_mismatch`` (graphs with full masks) and ``ok`` (every
@@ -480,7 +481,8 @@ def compare_detections(model: Any, path: str, inputs: torch.Tensor, layout: str,
     from .runtime import graph_meta as file_meta
     if img_shape is None:
         img_shape = full_shape(inputs)
-    outputs = make_session(path, opt_level=opt_level).run(None, feeds(path, inputs, img_shape))
+    session = session or make_session(path, opt_level=opt_level)
+    outputs = session.run(None, feeds(path, inputs, img_shape))
     if file_meta(path).get('masks') == 'roi':
         outputs = outputs[:-1]  # RoI masks: not compared (mmdet returns them pasted)
     with torch.no_grad():
@@ -518,13 +520,15 @@ def verify(model: Any, path: str, sizes: Sequence[Sequence[int]], layout: str, b
 
     Raises AssertionError naming the first image whose detections differ.
     """
+    from .runtime import make_session
     gen = torch.Generator().manual_seed(seed)
     rows: list[dict[str, Any]] = []
+    session = make_session(path)
     for h, w in sizes:
         x = torch.randn(batch, 3, h, w, generator=gen)
         for img_hw in ((h, w), padded_shape((h, w))):
             img_shape = torch.tensor(img_hw, dtype=torch.int64).expand(batch, 2)
-            for row in compare_detections(model, path, x, layout, img_shape=img_shape):
+            for row in compare_detections(model, path, x, layout, img_shape=img_shape, session=session):
                 row['size'], row['img_shape'] = (batch, h, w), img_hw
                 row['status'] = 'ok' if row['ok'] and row['count'][0] else 'none' if row['ok'] else 'FAIL'
                 rows.append(row)
