@@ -24,13 +24,21 @@ from mmsparse.apis import task_of
 
 @dataclass
 class OnnxEvaluation:
-    """``metrics`` of the config's evaluator; ``images`` evaluated, ``detections`` kept over all of them
-    (detectors; 0 for segmentors)."""
+    """``metrics`` of the config's evaluator; ``images`` evaluated, ``detections`` kept over all of them and
+    ``per_image`` (detectors; 0 and empty for segmentors); ``notes``: what may make the metrics differ from
+    PyTorch's."""
 
     metrics: dict[str, float]
     images: int
     detections: int = 0
     per_image: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+#: why a graph's masks pasted into the input (``--masks full``) score lower than mmdet's
+FULL_MASKS_NOTE = ('the graph pastes its masks into the input (--masks full): where the test resize shrinks the '
+                   'image, they are upsampled from the input\'s resolution and segm metrics can be lower than '
+                   'PyTorch\'s; export with --masks roi for masks pasted at the image\'s size, as mmdet does')
 
 
 def load_test_dataset(cfg: Any) -> Any:
@@ -115,7 +123,9 @@ def onnx_metrics(cfg: Any, model_path: str, threads: int | None = None) -> OnnxE
                 sample = _detection_sample(result, info, img.shape[:2])
             evaluator.process(data_samples=[sample], data_batch=None)
         metrics = evaluator.evaluate(len(dataset))
-    return OnnxEvaluation(metrics=_plain(metrics), images=len(dataset), detections=sum(per_image), per_image=per_image)
+    notes = [FULL_MASKS_NOTE] if model.meta.get('masks') == 'full' else []
+    return OnnxEvaluation(metrics=_plain(metrics), images=len(dataset), detections=sum(per_image), per_image=per_image,
+                          notes=notes)
 
 
 def _plain(metrics: dict) -> dict[str, Any]:

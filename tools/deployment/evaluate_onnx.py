@@ -58,11 +58,15 @@ def run(args):
     if got.per_image:
         report['detections'] = got.detections
         report['detections_per_image'] = got.per_image
+    if got.notes:
+        report['notes'] = got.notes
     with open(osp.join(out_dir, 'metrics.json'), 'w') as f:
         json.dump(report, f, indent=1)
     counted = f', {got.detections} detections' if got.per_image else ''
     print(f'{got.images} images{counted}; metrics in {osp.join(out_dir, "metrics.json")}')
     print(metric_table(got.metrics, ref))
+    for note in got.notes:
+        print(f'note: {note}')
 
 
 def main(argv=None):
