@@ -182,3 +182,19 @@ def test_detector_bbox_map_equals_pytorch(detector):
     assert ref['coco/bbox_mAP'] > MIN_MAP, ref  # PyTorch's boxes meet the objects: not a 0 = 0 comparison
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75'):
         assert abs(got[key] - ref[key]) <= MAP_TOL, (key, got, ref)
+
+
+def test_bad_arguments_are_named(segmentor, tmp_path, capsys):
+    cfg, ckpt, path, root = segmentor
+    tool = load_tool('tools/deployment/evaluate_onnx.py')
+    config = str(config_path(DET_CONFIG))
+    cases = [([config, str(tmp_path / 'none.onnx')], 'model: no such ONNX file'),
+             ([config, path, '--checkpoint', str(tmp_path / 'none.pth')], '--checkpoint: no such file'),
+             ([config, path, '--threads', '0'], '--threads must be a positive integer, got 0'),
+             ([str(tmp_path / 'none.py'), path], 'config: no such file'),
+             ([config, path, '--out-dir', str(tmp_path / 'out')], 'is an mmseg graph, the config an mmdet one')]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            tool.main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err.strip().splitlines()[-1], (argv, err)
