@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from .dynamic import check_dynamic_example, explain_export_failure
 from .pooling import size_generic_pooling
 
 #: ONNX opset of the exported graphs
@@ -240,7 +241,10 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, shape: Sequence[int], 
     if outputs != 'raw':  # the images' sizes before padding: here all of the example
         args, input_names = (example, end2end.full_shape(example)), list(end2end.INPUT_NAMES)
     dynamic_shapes: dict[str, Any] | None = None
+    # the network up to its backbone, called on the image alone: where the example's BRA region sizes are read
+    probe = ExportWrapper(model, 'backbone') if isinstance(getattr(model, 'backbone', None), nn.Module) else wrapper
     if dynamic:
+        check_dynamic_example(probe, example)  # one line before the trace: BRA regions of one token
         dim = torch.export.Dim
         batch_dim = dim('batch', min=1, max=1024)
         dynamic_shapes = {'input': {0: batch_dim, 2: dim('height', min=MIN_SIZE, max=MAX_SIZE),
@@ -252,8 +256,14 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, shape: Sequence[int], 
         # deferred runtime asserts: the shape arithmetic of the padding operators yields guards that the
         # symbolic solver cannot prove for every size (true ones); as asserts they do not specialise the graph
         with size_generic_upsampling(model), size_generic_pooling(model) if dynamic else nullcontext():
-            program = torch.export.export(wrapper, args, dynamic_shapes=dynamic_shapes, strict=False,
-                                          prefer_deferred_runtime_asserts_over_guards=True)
+            try:
+                program = torch.export.export(wrapper, args, dynamic_shapes=dynamic_shapes, strict=False,
+                                              prefer_deferred_runtime_asserts_over_guards=True)
+            except Exception as err:  # --dynamic: one line instead of the tracer's report
+                message = explain_export_failure(err, probe, example) if dynamic else None
+                if message is None:
+                    raise
+                raise ValueError(message) from None
         onnx_program: Any = torch.onnx.export(  # dynamo=True: an ONNXProgram
             program, args, input_names=input_names, output_names=names, opset_version=opset, dynamo=True,
             verbose=False, custom_translation_table=end2end.translation_table() if outputs != 'raw' else None)
