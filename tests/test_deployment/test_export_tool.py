@@ -47,8 +47,8 @@ def test_dynamic_example_with_one_token_regions_is_one_line(capsys, tmp_path):
     """Full-size BiFormer-S (n_win=16) at 256 x 256: its stride-16 map is 16 x 16, one token a region, a size the
     tracer would fix; the tool refuses before tracing, in one line naming the size that works, and writes nothing."""
     out = tmp_path / 'm.onnx'
-    code, err = run(capsys, str(REPO / 'configs/biformer/maskrcnn_biformer_s_coco.py'), '--backbone-only', '--out', str(out),
-                    '--shape', '256', '256', '--dynamic')
+    config = str(REPO / 'configs/biformer/maskrcnn_biformer_s_coco.py')
+    code, err = run(capsys, config, '--backbone-only', '--out', str(out), '--shape', '256', '256', '--dynamic')
     message = err.strip().splitlines()[-1]
     assert code == 2 and not out.exists()
     assert 'regions of model.backbone.stages.2.blocks.0.attn are 1x1 tokens' in message
