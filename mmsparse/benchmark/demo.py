@@ -1,6 +1,7 @@
-"""What ``tools/demo.py`` runs (its docstring describes the steps): synthetic data for the demo configs, then for
-each demo model an evaluation untrained, training, an evaluation of the final checkpoint through tools/test.py and
-tools/train.py, and pictures of its predictions; :func:`run_demo` does it all and prints the summary."""
+"""What ``tools/demo.py`` runs (its docstring describes the steps): the data of a set of jobs (synthetic data for
+the demo configs, or the real images of docs/real_images.md), then for each job's model an evaluation untrained,
+training, an evaluation of the final checkpoint through tools/test.py and tools/train.py, and pictures of its
+predictions; :func:`run_demo` does it all and prints the summary."""
 from __future__ import annotations
 
 import glob
@@ -16,12 +17,30 @@ from typing import Any
 
 from . import REPO
 
-# (task, config, metrics shown in the summary)
-JOBS = [
-    ('detection', 'configs/demo/maskrcnn_demo_synthetic.py',
-     ['coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50']),
-    ('segmentation', 'configs/demo/upernet_demo_synthetic.py', ['mIoU', 'mAcc', 'aAcc']),
-]
+# the real-image jobs: the family that did best in docs/real_images.md's runs
+REAL_TREES_CONFIG = 'configs/real/retinanet_cloformer-xxs_1xb2-8min_real-trees.py'
+REAL_NUCLEI_CONFIG = 'configs/real/maskrcnn_cloformer-xxs_1xb2-8min_real-nuclei.py'
+
+# (task, config, metrics shown in the summary, the command that makes the config's data) for each set of jobs
+JOBS: dict[str, list[tuple[str, str, list[str], list[str]]]] = {
+    'synthetic': [
+        ('detection', 'configs/demo/maskrcnn_demo_synthetic.py',
+         ['coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'],
+         ['tools/dataset_converters/make_synthetic.py', '--config', 'configs/demo/maskrcnn_demo_synthetic.py',
+          '--skip-existing']),
+        ('segmentation', 'configs/demo/upernet_demo_synthetic.py', ['mIoU', 'mAcc', 'aAcc'],
+         ['tools/dataset_converters/make_synthetic.py', '--config', 'configs/demo/upernet_demo_synthetic.py',
+          '--skip-existing']),
+    ],
+    'real': [
+        ('trees', REAL_TREES_CONFIG, ['coco/bbox_mAP', 'coco/bbox_mAP_50'],
+         ['tools/dataset_converters/real_images.py', 'trees', '--out', 'data/real/trees']),
+        ('nuclei', REAL_NUCLEI_CONFIG, ['coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'],
+         ['tools/dataset_converters/real_images.py', 'nuclei', '--out', 'data/real/nuclei']),
+    ],
+}
+TITLES = {'synthetic': 'synthetic data, reduced BiFormer backbones trained from scratch (seeded)',
+          'real': 'real images (tree crowns, cell nuclei), the smallest variants trained from scratch (seeded)'}
 # mmengine log lines worth showing while a command runs
 PROGRESS = ('Iter(train)', 'Iter(test)', 'Saving checkpoint')
 
@@ -141,8 +160,7 @@ def draw_predictions(cfg: Any, checkpoint: str, num_images: int, path: str) -> N
     from mmengine.registry import VISUALIZERS
 
     model, dataset = build_model(cfg, checkpoint)
-    if len(dataset) < num_images:
-        raise SystemExit(f'the validation split has {len(dataset)} images, fewer than --num-images={num_images}')
+    num_images = min(num_images, len(dataset))  # the real sets validate on one image
     visualizer = VISUALIZERS.build(dict(type=cfg.visualizer.type, name=f'demo_{osp.basename(path)}'))
     visualizer.dataset_meta = dataset.metainfo
     with torch.no_grad():
@@ -160,9 +178,11 @@ def draw_predictions(cfg: Any, checkpoint: str, num_images: int, path: str) -> N
     mmcv.imwrite(np.concatenate(rows), path)
 
 
-def run_demo(train_iters: int | None = None, work_dir: str = 'work_dirs/demo', num_images: int = 4) -> None:
-    """The whole demo (module docstring) for every job: ``train_iters`` training iterations (None: each config's
-    ``max_iters``), outputs under ``work_dir``, ``num_images`` validation images drawn per model."""
+def run_demo(train_iters: int | None = None, work_dir: str = 'work_dirs/demo', num_images: int = 4,
+             data: str = 'synthetic', tasks: list[str] | None = None) -> None:
+    """The whole demo (module docstring) for the jobs of ``data`` (a key of :data:`JOBS`) named in ``tasks``
+    (None: all): ``train_iters`` training iterations (None: each config's ``max_iters``), outputs under
+    ``work_dir``, up to ``num_images`` validation images drawn per model."""
     from mmengine.config import Config
 
     start = time.time()
@@ -171,8 +191,16 @@ def run_demo(train_iters: int | None = None, work_dir: str = 'work_dirs/demo', n
     results: dict[str, dict[str, Any]] = {}
     curves: dict[str, tuple[list[int], list[float]]] = {}
     pictures: dict[str, str] = {}
-    for task, config, keys in JOBS:
-        run(['tools/dataset_converters/make_synthetic.py', '--config', config, '--skip-existing'])
+    if data not in JOBS:
+        raise SystemExit(f'data must be one of {sorted(JOBS)}, got {data!r}')
+    known = [job[0] for job in JOBS[data]]
+    unknown = sorted(set(tasks or []) - set(known))
+    if unknown:
+        raise SystemExit(f'tasks {unknown} are not jobs of the {data} demo; it has {known}')
+    for task, config, keys, prepare in JOBS[data]:
+        if tasks and task not in tasks:
+            continue
+        run(prepare)
         cfg = Config.fromfile(osp.join(REPO, config))
         iters, options = schedule_options(cfg, train_iters)
         work = osp.join(work_root, task)
@@ -203,7 +231,7 @@ def run_demo(train_iters: int | None = None, work_dir: str = 'work_dirs/demo', n
 
     loss_png = osp.join(work_root, 'training_loss.png')
     plot_losses(curves, loss_png)
-    print('\n== mmsparse demo: synthetic data, reduced BiFormer backbones trained from scratch (seeded) ==')
+    print(f'\n== mmsparse demo: {TITLES[data]} ==')
     print(f'{"task":<13} {"metric":<17} {"untrained":>10} {"trained":>10}')
     for task, result in results.items():
         for key, before, after in result['metrics']:
@@ -213,4 +241,4 @@ def run_demo(train_iters: int | None = None, work_dir: str = 'work_dirs/demo', n
     print(f'total time {time.time() - start:.0f}s')
     print(f'training loss curves: {loss_png}')
     for task, path in pictures.items():
-        print(f'{task} predictions (ground truth | prediction, {num_images} validation images): {path}')
+        print(f'{task} predictions (ground truth | prediction, validation images): {path}')

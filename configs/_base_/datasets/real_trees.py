@@ -1,8 +1,9 @@
 # Tree crowns from the air (tools/dataset_converters/real_images.py trees; docs/real_images.md): one class, boxes.
-# Train: random 256-px crops of the 400-px tiles of one Yellowstone image, at their native resolution (trees of
-# 8-108 px, median 41), flipped horizontally, vertically or both (aerial views have no up). Val: the other
-# Yellowstone image, whole (1249x1035, 279 trees). Test: the two images of other sites (OSBS_029, SOAP_061;
-# 98 trees). Up to 279 trees in one image: COCO's mAP counts up to 1000 detections (CocoMetric's proposal_nums).
+# Train: random 256-px crops of the 400-px tiles of one Yellowstone image, rescaled by 0.75-1.33 around their
+# native resolution (trees of 8-108 px, median 41), flipped horizontally, vertically or both (aerial views have no
+# up), with random brightness, contrast, saturation and hue (the validation image is lit and coloured otherwise).
+# Val: the other Yellowstone image, whole (1249x1035, 279 trees). Test: the two images of other sites (OSBS_029,
+# SOAP_061; 98 trees). Up to 279 trees in one image: COCO's mAP counts up to 1000 detections (proposal_nums).
 # Also here: the parts of RetinaNet sized for trees, as variables the configs in configs/real/ use (tree_neck,
 # tree_head, tree_test_cfg).
 _base_ = 'mmdet::_base_/datasets/coco_detection.py'
@@ -12,9 +13,11 @@ crop_size = (256, 256)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='RandomResize', scale=(400, 400), ratio_range=(0.75, 1.33), keep_ratio=True),  # the tiles: 400 px
     dict(type='RandomCrop', crop_size=crop_size, allow_negative_crop=False),
     dict(type='FilterAnnotations', min_gt_bbox_wh=(6, 6)),  # slivers a crop leaves at its border
     dict(type='RandomFlip', prob=0.75, direction=['horizontal', 'vertical', 'diagonal']),
+    dict(type='PhotoMetricDistortion'),
     dict(type='PackDetInputs')
 ]
 test_pipeline = [

@@ -1,4 +1,4 @@
-# The runtime and schedule of configs/real/: one CPU run of at most 30 minutes on two cores, training from scratch.
+# The runtime and schedule of configs/real/: one CPU run of 8 minutes on one core, training from scratch.
 # AdamW with a 50-iteration warm-up and a cosine decay over max_iters, which each config sets from its measured
 # speed (restating train_cfg, the cosine's T_max / end and the checkpoint interval); validation and a checkpoint
 # at the end only. Seeded.
