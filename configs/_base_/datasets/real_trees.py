@@ -2,8 +2,9 @@
 # Train: random 256-px crops of the 400-px tiles of one Yellowstone image, rescaled by 0.75-1.33 around their
 # native resolution (trees of 8-108 px, median 41), flipped horizontally, vertically or both (aerial views have no
 # up), with random brightness, contrast, saturation and hue (the validation image is lit and coloured otherwise).
-# Val: the other Yellowstone image, whole (1249x1035, 279 trees). Test: the two images of other sites (OSBS_029,
-# SOAP_061; 98 trees). Up to 279 trees in one image: COCO's mAP counts up to 1000 detections (proposal_nums).
+# Val and test: the other Yellowstone image, whole (1249x1035, 279 trees). The two images of other sites (OSBS_029,
+# SOAP_061; 98 trees) are val_other_sites.json (docs/real_images.md: evaluating them). Up to 279 trees in one
+# image: COCO's mAP counts up to 1000 detections (CocoMetric's proposal_nums).
 # Also here: the parts of RetinaNet sized for trees, as variables the configs in configs/real/ use (tree_neck,
 # tree_head, tree_test_cfg).
 _base_ = 'mmdet::_base_/datasets/coco_detection.py'
@@ -37,9 +38,9 @@ train_dataloader = dict(
                  pipeline=train_pipeline))
 val_dataloader = dict(
     num_workers=0, persistent_workers=False, dataset=dict(real_dataset, ann_file='val.json', pipeline=test_pipeline))
-test_dataloader = dict(val_dataloader, dataset=dict(val_dataloader['dataset'], ann_file='val_other_sites.json'))
+test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'val.json')
-test_evaluator = dict(ann_file=data_root + 'val_other_sites.json')
+test_evaluator = val_evaluator
 
 # RetinaNet for 8-108 px trees at their native resolution: a 64-channel FPN on strides 8-32 (the configs set
 # in_channels for their backbone's stride 8, 16 and 32 outputs) and square anchors of 16-25 px at stride 8,

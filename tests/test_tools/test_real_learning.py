@@ -1,0 +1,60 @@
+"""A family learns on real images: ``tools/demo.py --data real --tasks trees`` (what ``make demo-real`` runs for the
+tree crowns) converts the aerial images (downloading the deepforest wheel on first use), evaluates the initialised
+RetinaNet with CloFormer-XXS, trains it from scratch for its config's schedule and evaluates it on the Yellowstone
+validation image; the trained checkpoint is also evaluated on the training tiles.
+
+The floors are about two thirds of what the runs of docs/real_images.md reached (the validation image is another
+forest than the training image: the model learns the training tiles far better than it transfers), and far above
+the untrained model's 0.000. About 7 minutes on two CPU cores.
+"""
+import os.path as osp
+
+import pytest
+
+from tests.conftest import REPO
+
+from .test_demo import load_demo, run_tool
+
+CONFIG = 'configs/real/retinanet_cloformer-xxs_1xb2-8min_real-trees.py'
+# mAP@0.5 the trained model must reach (docs/real_images.md, "Runs": seeds 0-2 of this config)
+FLOOR_VAL = 0.03  # the Yellowstone validation image
+FLOOR_TRAIN = 0.25  # the 72 training tiles
+UNTRAINED_MAX = 0.005
+
+
+@pytest.mark.slow
+def test_real_demo_learns_the_trees(tmp_path):
+    demo = load_demo()
+    assert demo.REAL_TREES_CONFIG == CONFIG  # the config the figures below were measured with
+    out = run_tool('tools/demo.py', '--data', 'real', '--tasks', 'trees', '--work-dir', str(tmp_path), timeout=900)
+    assert 'real images (tree crowns, cell nuclei)' in out, out[-2000:]
+    assert 'nuclei' not in out.split('== mmsparse demo')[-1], out[-2000:]  # --tasks trees ran the trees only
+
+    work = tmp_path / 'trees'
+    before = demo.test_metrics(str(work / 'test_untrained'))
+    after = demo.test_metrics(str(work / 'test_trained'))
+    assert before['coco/bbox_mAP_50'] <= UNTRAINED_MAX, before
+    assert after['coco/bbox_mAP_50'] >= FLOOR_VAL, after
+    assert osp.isfile(tmp_path / 'trees_predictions.png')
+    assert osp.isfile(tmp_path / 'training_loss.png')
+
+    # the same checkpoint on the images it was trained on
+    checkpoint = sorted((work / 'train').glob('iter_*.pth'))[-1]
+    tiles = tmp_path / 'test_tiles'
+    run_tool('tools/test.py', CONFIG, str(checkpoint), '--work-dir', str(tiles), '--cfg-options',
+             'test_dataloader.dataset.ann_file=train.json',
+             f'test_evaluator.ann_file={osp.join(REPO, "data/real/trees/train.json")}')
+    on_tiles = demo.test_metrics(str(tiles))
+    assert on_tiles['coco/bbox_mAP_50'] >= FLOOR_TRAIN, on_tiles
+
+
+@pytest.mark.parametrize('data, tasks, message', [
+    ('real', ['tree'], "tasks ['tree'] are not jobs of the real demo; it has ['trees', 'nuclei']"),
+    ('synthetic', ['trees'],
+     "tasks ['trees'] are not jobs of the synthetic demo; it has ['detection', 'segmentation']"),
+    ('coco', None, "data must be one of ['real', 'synthetic'], got 'coco'"),
+])
+def test_demo_names_its_jobs(tmp_path, data, tasks, message):
+    with pytest.raises(SystemExit, match=message.replace('[', r'\[').replace(']', r'\]')):
+        load_demo().run_demo(1, str(tmp_path), 1, data, tasks)
+    assert not any(tmp_path.iterdir())  # refused before anything ran
