@@ -1,9 +1,12 @@
 """End-to-end detector graphs (anchors, decoding, NMS, top-k, RoIAlign, masks inside ONNX) against mmdet's
-``predict``.
+``predict``, for the RetinaNet and the Mask R-CNN of every family.
 
-The reduced CloFormer RetinaNet gets a head whose scores spread over (0, 1) (classification and regression
-weights drawn wider than the initialisation), so that there are real detections, many overlapping boxes for the
-NMS to suppress, and fewer detections than ``max_per_img`` (padded rows). Each model is exported once per module.
+The reduced detectors get heads whose scores spread over (0, 1) (classification and regression weights drawn wider
+than the initialisation), so that there are real detections, many overlapping boxes for the NMS to suppress, and
+(RetinaNet) fewer detections than ``max_per_img`` (padded rows). Each model is exported once per module, with
+``--dynamic``; every family's graphs are compared at two sizes and two batches. The tool, padding, optimisation
+level and RoI-mask tests run on the CloFormer graphs (the post-processing in the graph does not depend on the
+backbone).
 """
 import argparse
 import contextlib
@@ -23,37 +26,45 @@ from mmsparse.deployment.end2end import (End2EndWrapper, check_layout, compare_d
                                          nms_settings, paste_masks)
 from mmsparse.deployment.metadata import runtime_meta
 from mmsparse.deployment.runtime import OPT_LEVELS, make_session
+from mmsparse.families import list_families
 
 from tests.conftest import load_tool
 
-from .reduced import config_path, reduced_options
+from .reduced import check_families, config_path, reduced_options
 # the RetinaNet config at a small test scale: the 600 x 512 photograph becomes 141 x 120, padded to 160 x 128
 from .test_infer_onnx import SMALL_TEST, photograph
 
 CONFIG = 'retinanet_cloformer_s_coco.py'
+MASKRCNN = 'maskrcnn_cloformer_s_coco.py'
 TEST_CFG = dict(nms_pre=100, score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5), min_bbox_size=0,
                 max_per_img=100)
 EXPORT_SIZE = (64, 64)
 OTHER_SIZE = (87, 71)
 
-
-#: config -> (family, test_cfg, the classifier / regressor weights drawn wider: module -> std)
-MODELS = {
-    'retinanet_cloformer_s_coco.py': ('cloformer', TEST_CFG, {'bbox_head.retina_cls': 0.3,
-                                                              'bbox_head.retina_reg': 0.1}),
-    # CloFormer: its dynamic export takes half BiFormer's (whose padding is symbolic); the post-processing in the
-    # graph does not depend on the backbone, and test_export_parity.py exports BiFormer's Mask R-CNN
-    'maskrcnn_cloformer_s_coco.py': ('cloformer', dict(rpn=dict(nms_pre=100, max_per_img=50),
-                                                       rcnn=dict(score_thr=0.05, max_per_img=60)),
-                                     {'rpn_head.rpn_cls': 0.3, 'rpn_head.rpn_reg': 0.1,
-                                      'roi_head.bbox_head.fc_cls': 0.3, 'roi_head.bbox_head.fc_reg': 0.05,
-                                      'roi_head.mask_head.conv_logits': 0.3}),
+#: detector -> (test_cfg, the classifier / regressor weights drawn wider: module -> std)
+HEADS = {
+    'retinanet': (TEST_CFG, {'bbox_head.retina_cls': 0.3, 'bbox_head.retina_reg': 0.1}),
+    'maskrcnn': (dict(rpn=dict(nms_pre=100, max_per_img=50), rcnn=dict(score_thr=0.05, max_per_img=60)),
+                 {'rpn_head.rpn_cls': 0.3, 'rpn_head.rpn_reg': 0.1, 'roi_head.bbox_head.fc_cls': 0.3,
+                  'roi_head.bbox_head.fc_reg': 0.05, 'roi_head.mask_head.conv_logits': 0.3}),
 }
+#: (detector, family) -> the graph's output layout: every family exports both layouts, each detector both
+LAYOUTS = {('retinanet', 'biformer'): 'efficientnms', ('maskrcnn', 'biformer'): 'mmdeploy',
+           ('retinanet', 'cloformer'): 'mmdeploy', ('maskrcnn', 'cloformer'): 'efficientnms',
+           ('retinanet', 'stvit'): 'mmdeploy', ('maskrcnn', 'stvit'): 'efficientnms'}
+#: every family's RetinaNet and Mask R-CNN (the S configs, reduced)
+DETECTORS = [f'{detector}_{family}_s_coco.py' for family in list_families() for detector in HEADS]
+
+
+def test_every_family_has_its_detectors():
+    check_families()
+    assert set(LAYOUTS) == {(config.split('_')[0], config.split('_')[1]) for config in DETECTORS}
+    assert all(osp.isfile(config_path(config)) for config in DETECTORS)
 
 
 def options(config=CONFIG):
-    family, test_cfg, _ = MODELS[config]
-    return {**reduced_options(config, family), 'model.test_cfg': test_cfg}
+    detector, family = config.split('_')[:2]
+    return {**reduced_options(config, family), 'model.test_cfg': HEADS[detector][0]}
 
 
 def detector(config=CONFIG, path=None):
@@ -61,7 +72,7 @@ def detector(config=CONFIG, path=None):
     torch.manual_seed(0)
     model = build_model(load_config(path or config_path(config), options(config)))
     with torch.no_grad():
-        for name, std in MODELS[config][2].items():
+        for name, std in HEADS[config.split('_')[0]][1].items():
             model.get_submodule(name).weight.normal_(std=std)
         if hasattr(model, 'bbox_head'):
             model.bbox_head.retina_cls.bias.fill_(-2.5)  # more scores above score_thr
@@ -96,15 +107,50 @@ def inputs(batch, size, seed):
     return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    """config -> (model, its ``--dynamic`` end-to-end graph in the layout of :data:`LAYOUTS`), each exported on
+    first use."""
+    graphs = {}
+
+    def get(config):
+        if config not in graphs:
+            detector_name, family = config.split('_')[:2]
+            model = detector(config)
+            path = str(tmp_path_factory.mktemp('e2e') / config.replace('.py', '.onnx'))
+            kind = 'single_stage' if detector_name == 'retinanet' else 'two_stage'
+            export_onnx(model, path, EXPORT_SIZE, kind, dynamic=True, outputs=LAYOUTS[detector_name, family])
+            graphs[config] = model, path
+        return graphs[config]
+    return get
+
+
+def graph_of(request, config):
+    """The model and graph of ``config``: CloFormer's from the fixtures of the other tests, any other exported."""
+    if config == CONFIG:
+        return request.getfixturevalue('dynamic_mmdeploy')[:2]
+    if config == MASKRCNN:
+        return request.getfixturevalue('mask_rcnn_efficientnms')[:2]
+    return request.getfixturevalue('exported')(config)
+
+
 @pytest.mark.parametrize('batch, size', [(1, EXPORT_SIZE), (2, EXPORT_SIZE), (1, OTHER_SIZE), (2, OTHER_SIZE)])
-def test_same_detections_as_mmdet(dynamic_mmdeploy, batch, size):
-    """Same count and labels, boxes within 1e-3 x the image size, scores within 1e-4, at two sizes of one graph."""
-    model, path = dynamic_mmdeploy[:2]
-    rows = compare_detections(model, path, inputs(batch, size, seed=batch), 'mmdeploy', session=session(path))
+@pytest.mark.parametrize('config', DETECTORS)
+def test_same_detections_as_mmdet(request, config, batch, size):
+    """Every family's RetinaNet and Mask R-CNN: same count and labels, boxes within 1e-3 x the image size, scores
+    within 1e-4, at most 0.1 % of mask pixels differing, at two sizes and two batches of one graph."""
+    model, path = graph_of(request, config)
+    meta = graph_meta(path)
+    assert meta['layout'] == LAYOUTS[tuple(config.split('_')[:2])] and meta['dynamic']
+    rows = compare_detections(model, path, inputs(batch, size, seed=batch), meta['layout'], session=session(path))
     assert len(rows) == batch
     for row in rows:
         assert row['count'][0] > 0 and row['ok'], row
-        assert row['count'][0] < TEST_CFG['max_per_img']  # padded rows follow the detections
+        assert row['count'][0] <= meta['max_per_img']
+        if meta['masks']:
+            assert row['mask_mismatch'] <= 1e-3
+    if config.startswith('retinanet'):
+        assert all(row['count'][0] < meta['max_per_img'] for row in rows)  # padded rows follow the detections
 
 
 def test_padding_and_every_optimisation_level(dynamic_mmdeploy):
@@ -126,8 +172,7 @@ def test_padding_and_every_optimisation_level(dynamic_mmdeploy):
         assert all(row['ok'] for row in compare_detections(model, path, x, 'mmdeploy', opt_level=level)), level
 
 
-MASKRCNN = 'maskrcnn_cloformer_s_coco.py'
-MAX_DETS = MODELS[MASKRCNN][1]['rcnn']['max_per_img']
+MAX_DETS = HEADS['maskrcnn'][0]['rcnn']['max_per_img']
 
 
 @pytest.fixture(scope='module')
