@@ -11,12 +11,17 @@ Examples::
     # a detector training step (loss + backward + optimizer step) on synthetic boxes and masks
     python tools/analysis_tools/benchmark.py --config configs/biformer/maskrcnn_biformer_s_coco.py \\
         --input-size 800 1216 --batch 2 --mode train
+    # a detector end to end, image file in, detections out: mmdet eager vs the exported graph in ONNX Runtime
+    python tools/analysis_tools/benchmark.py --end2end configs/biformer/retinanet_biformer_s_coco.py \
+        --checkpoint retinanet_biformer_s.pth --input-size 800 1216 --image demo.jpg --threads 2 --repeats 5 \
+        --profile --out work_dirs/end2end/retinanet_biformer_s.json
     # everything docs/benchmarks.md reports (JSON + the PNG plots under docs/figures/)
     python tools/analysis_tools/benchmark.py --suite cpu_reference_vs_fast --threads 1 \\
         --out docs/benchmarks.json
 
 The pieces live in ``mmsparse/benchmark/`` (``cases``: what is built; ``measure``: time, memory, FLOPs;
-``report``: table and plots; ``runs``: a whole run); suites are YAML files in ``tools/analysis_tools/suites/``
+``report``: table and plots; ``runs``: a whole run; ``end2end``: ``--end2end``, whose method is in that
+module's docstring); suites are YAML files in ``tools/analysis_tools/suites/``
 (``--suite`` takes a file path or the name of one of those).
 
 Method.
@@ -60,6 +65,7 @@ import json
 import os.path as osp
 
 import torch
+from mmengine.config import DictAction
 
 from mmsparse.benchmark import REPO
 from mmsparse.benchmark.cases import ALL_IMPLS, BACKBONES, IMPLS, LAYERS, MODES, load_suite
@@ -96,6 +102,10 @@ def parse_args(argv):
     what.add_argument('--config', help='an mmdet/mmseg config file (whole model, synthetic ground truth)')
     what.add_argument('--suite', metavar='PATH_OR_NAME',
                       help='a suite file (YAML/JSON), or the name of one in tools/analysis_tools/suites/')
+    what.add_argument('--end2end', metavar='CONFIG',
+                      help='an mmdet detector config: image file in, detections out, mmdet eager against the '
+                      'end-to-end ONNX graph in ONNX Runtime (needs --image; --input-size is the size every image '
+                      'is resized to, the graph\'s fixed input)')
     what.add_argument('--plot', metavar='JSON', help='draw the size-sweep plots of a suite result file')
     what.add_argument('--_memory-worker', dest='memory_worker', help=argparse.SUPPRESS)
     p.add_argument('--shape', help='layer input N,C,H,W (e.g. 2,64,200,304)')
@@ -118,6 +128,13 @@ def parse_args(argv):
                    '(torch.compile) and onnxruntime (torch.onnx export, CPU session), interleaved in one process')
     p.add_argument('--ort-opt-level', choices=('disable', 'basic', 'extended', 'all'), default='all',
                    help='--backend onnxruntime: ONNX Runtime graph optimisation level (default all)')
+    p.add_argument('--checkpoint', help='--end2end: the weights (default: the initialised model)')
+    p.add_argument('--image', help='--end2end: the image file both paths read')
+    p.add_argument('--profile', action='store_true',
+                   help='--end2end: write ONNX Runtime\'s profile and print the top node types and nodes')
+    p.add_argument('--work-dir', default='work_dirs/end2end', help='--end2end: where the ONNX file and profile go')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+                   help='--end2end: override config entries')
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--repeats', type=int, default=10)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -134,6 +151,8 @@ def parse_args(argv):
         p.error('--compile applies to --layer and --backbone (a suite case sets compile: true itself)')
     if args.compile and args.warmup < 1:
         p.error('--compile needs --warmup >= 1: the first run compiles and must not be timed')
+    if args.end2end and not args.image:
+        p.error('--end2end needs --image IMG')
     if args.layer:
         if not args.shape:
             p.error('--layer needs --shape N,C,H,W')
@@ -172,7 +191,11 @@ def cases_of(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args):
+    """What ``main`` does with the parsed ``args``."""
     if args.memory_worker:
         memory_worker(args.memory_worker)
         return None
@@ -182,6 +205,11 @@ def main(argv=None):
         return None
     if args.backend:
         return run_backends(args)
+    if args.end2end:
+        from mmsparse.benchmark.end2end import run_end2end
+        return run_end2end(args.end2end, args.input_size, args.image, checkpoint=args.checkpoint,
+                           threads=args.threads, warmup=args.warmup, repeats=args.repeats, work_dir=args.work_dir,
+                           profile=args.profile, out=args.out, cfg_options=args.cfg_options)
     return run_cases(args, cases_of(args))
 
 
