@@ -6,9 +6,11 @@ do besides parsing arguments:
 * :mod:`.measure`: how: interleaved timing, peak memory in a fresh subprocess, FLOPs, the GEMM roofline.
 * :mod:`.report`: the Markdown table, the ratios and the size-sweep plots.
 * :mod:`.runs`: a benchmark run (cases or inference backends) as ``benchmark.py`` prints and records it.
+* :mod:`.end2end`: ``benchmark.py --end2end``: a detector, image file in, detections out, mmdet eager against its
+  end-to-end graph in ONNX Runtime.
 * :mod:`.flops`: the module and input ``get_flops.py`` counts, and its summary.
 * :mod:`.device_check`: the prepared GPU check of ``gpu_check.py``.
-* :mod:`.demo`: the synthetic-data demo of ``tools/demo.py``.
+* :mod:`.demo`: the demo of ``tools/demo.py`` (synthetic data or real images).
 
 Not imported by ``import mmsparse``: import the submodule you need (they import torch, mmengine and more).
 """
