@@ -105,14 +105,27 @@ def save_untrained(cfg: Any, path: str) -> None:
                      'meta': {'dataset_meta': dataset.metainfo, 'iter': 0}}, path)
 
 
-def test_metrics(work_dir: str) -> dict[str, Any]:
-    """The metrics tools/test.py wrote: mmengine's LoggerHook dumps them to ``<work_dir>/<stamp>/<stamp>.json``."""
+# what mmdet's CocoMetric logs instead of metrics when a model detected nothing in the whole test set
+NO_DETECTIONS = 'The testing results of the whole dataset is empty'
+
+
+def test_metrics(work_dir: str, keys: list[str] | None = None) -> dict[str, Any]:
+    """The metrics tools/test.py wrote: mmengine's LoggerHook dumps them to ``<work_dir>/<stamp>/<stamp>.json``.
+
+    mmdet's CocoMetric reports no metric when the model detected nothing at all (an untrained RetinaNet scores
+    below the threshold everywhere); when its log says so, the COCO ``keys`` are 0.0, the mAP of no detections.
+    """
     found = sorted(path for path in glob.glob(osp.join(work_dir, '*', '*.json'))
                    if osp.basename(path) == osp.basename(osp.dirname(path)) + '.json')
     if not found:
         raise SystemExit(f'tools/test.py wrote no metrics JSON under {work_dir}')
     with open(found[-1]) as f:
         metrics = json.load(f)
+    log = found[-1][:-len('.json')] + '.log'
+    if keys and not any(key in metrics for key in keys) and osp.isfile(log):
+        with open(log) as f:
+            if NO_DETECTIONS in f.read():
+                metrics.update({key: 0.0 for key in keys if key.startswith('coco/')})
     if not metrics:
         raise SystemExit(f'{found[-1]} holds no metrics')
     return metrics
@@ -210,7 +223,7 @@ def run_demo(train_iters: int | None = None, work_dir: str = 'work_dirs/demo', n
         untrained = osp.join(work, 'untrained.pth')
         save_untrained(cfg, untrained)
         run(['tools/test.py', config, untrained, '--work-dir', osp.join(work, 'test_untrained')])
-        before = test_metrics(osp.join(work, 'test_untrained'))
+        before = test_metrics(osp.join(work, 'test_untrained'), keys)
         test_time = time.time() - timer
 
         timer = time.time()
@@ -219,7 +232,7 @@ def run_demo(train_iters: int | None = None, work_dir: str = 'work_dirs/demo', n
 
         checkpoint = osp.join(work, 'train', f'iter_{iters}.pth')
         run(['tools/test.py', config, checkpoint, '--work-dir', osp.join(work, 'test_trained')])
-        after = test_metrics(osp.join(work, 'test_trained'))
+        after = test_metrics(osp.join(work, 'test_trained'), keys)
         missing = [k for k in keys if k not in after or k not in before]
         if missing:
             raise SystemExit(f'{task}: tools/test.py reported no {missing}')
