@@ -4,6 +4,7 @@
     bash tools/dist_test.sh CONFIG CHECKPOINT NUM_PROCS [args]
 """
 import argparse
+import os
 import os.path as osp
 
 from mmengine.config import ConfigDict, DictAction
@@ -74,6 +75,8 @@ def main():
             evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]
             cfg.test_evaluator = list(evaluators) + [dict(type='DumpDetResults', out_file_path=args.out)]
         else:
+            # mmseg's IoUMetric creates the folder on rank 0 only; under DDP another rank may write first
+            os.makedirs(args.out, exist_ok=True)
             cfg.test_evaluator['output_dir'] = args.out
             cfg.test_evaluator['keep_results'] = True
 
