@@ -9,6 +9,9 @@
   image, the GT_PER_IMAGE best-scoring boxes of PyTorch's own ``predict`` (an mmdet computation, not the
   runtime's), so PyTorch's mAP is far from 0 and a runtime whose boxes are misplaced scores visibly lower; the
   test requires detections on every image and an mAP above MIN_MAP before it compares.
+* A reduced Mask R-CNN (CloFormer) likewise, its RPN, box and mask heads drawn so that it detects, exported end
+  to end with 28 x 28 RoI masks (``--masks roi``, pasted at the image's size by the runtime as mmdet does): bbox
+  and segm mAP equal within MAP_TOL, against pseudo ground truth of PyTorch's best boxes and their masks.
 """
 import glob
 import json
@@ -28,6 +31,7 @@ from .reduced import config_path, reduced_options
 
 SEG_DEMO = 'configs/demo/upernet_demo_synthetic.py'
 DET_CONFIG = 'retinanet_cloformer_s_coco.py'
+MASK_CONFIG = 'maskrcnn_cloformer_s_coco.py'
 NUM_IMAGES = 8
 TRAIN_ITERS = 6
 #: constant, a tenth of the demo's: a few steps that keep the model predicting several classes
@@ -106,18 +110,24 @@ def test_segmentor_miou_equals_pytorch(segmentor, capsys):
     assert abs(got['aAcc'] - ref['aAcc']) <= MIOU_TOL, (got, ref)
 
 
-def det_options(root, ann_file):
+def det_options(root, ann_file, config=DET_CONFIG):
     coco = f'{root}/synthetic_coco/'
+    masks = config.startswith('maskrcnn')
     pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=DET_SCALE, keep_ratio=True),
-                dict(type='LoadAnnotations', with_bbox=True),
+                dict(type='LoadAnnotations', with_bbox=True, with_mask=masks),
                 dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))]
-    return {**reduced_options(DET_CONFIG, 'cloformer'),
-            'model.test_cfg': dict(nms_pre=100, score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5),
-                                   min_bbox_size=0, max_per_img=50),
+    test_cfg = dict(nms_pre=100, score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5), min_bbox_size=0,
+                    max_per_img=50)
+    if masks:
+        test_cfg = dict(rpn=dict(nms_pre=100, max_per_img=50),
+                        rcnn=dict(score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5), max_per_img=50,
+                                  mask_thr_binary=0.5))
+    return {**reduced_options(config, 'cloformer'), 'model.test_cfg': test_cfg,
             'test_dataloader.dataset': dict(data_root=coco, ann_file='annotations/instances_val2017.json',
                                             data_prefix=dict(img='val2017/'), pipeline=pipeline, indices=NUM_IMAGES,
                                             metainfo=dict(classes=('disc', 'square', 'triangle', 'ring'))),
-            'test_evaluator': dict(type='CocoMetric', metric='bbox', ann_file=str(ann_file))}
+            'test_evaluator': dict(type='CocoMetric', metric=['bbox', 'segm'] if masks else 'bbox',
+                                   ann_file=str(ann_file))}
 
 
 def pytorch_detections(cfg, model):
@@ -137,16 +147,23 @@ def pytorch_detections(cfg, model):
 
 
 def pseudo_annotation(path, source_ann, detections):
-    """A COCO annotation of the tested images whose objects are their GT_PER_IMAGE best-scoring detections."""
+    """A COCO annotation of the tested images whose objects are their GT_PER_IMAGE best-scoring detections (with
+    their masks, RLE-encoded by pycocotools, where the model predicts masks)."""
+    from pycocotools import mask as coco_mask
     source = json.loads(open(source_ann).read())
     ids = {info['img_id'] for info, _ in detections}
     anns = []
     for info, pred in detections:
         best = pred.scores.argsort(descending=True)[:GT_PER_IMAGE]
-        for box, label in zip(pred.bboxes[best].tolist(), pred.labels[best].tolist()):
+        for i, box, label in zip(best.tolist(), pred.bboxes[best].tolist(), pred.labels[best].tolist()):
             x1, y1, x2, y2 = box
-            anns.append(dict(id=len(anns) + 1, image_id=info['img_id'], category_id=source['categories'][label]['id'],
-                             bbox=[x1, y1, x2 - x1, y2 - y1], area=(x2 - x1) * (y2 - y1), iscrowd=0))
+            ann = dict(id=len(anns) + 1, image_id=info['img_id'], category_id=source['categories'][label]['id'],
+                       bbox=[x1, y1, x2 - x1, y2 - y1], area=(x2 - x1) * (y2 - y1), iscrowd=0)
+            if 'masks' in pred:
+                rle = coco_mask.encode(np.asfortranarray(pred.masks[i].numpy().astype(np.uint8)))
+                assert rle['counts'] and coco_mask.area(rle) > 0  # a mask that covers pixels
+                ann['segmentation'] = dict(size=rle['size'], counts=rle['counts'].decode())
+            anns.append(ann)
     path.write_text(json.dumps(dict(images=[i for i in source['images'] if i['id'] in ids], annotations=anns,
                                     categories=source['categories'])))
     return len(anns)
@@ -182,6 +199,42 @@ def test_detector_bbox_map_equals_pytorch(detector):
     assert ref['coco/bbox_mAP'] > MIN_MAP, ref  # PyTorch's boxes meet the objects: not a 0 = 0 comparison
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75'):
         assert abs(got[key] - ref[key]) <= MAP_TOL, (key, got, ref)
+
+
+@pytest.fixture(scope='module')
+def mask_detector(data_root, tmp_path_factory):
+    """The reduced Mask R-CNN, heads drawn wider (test_end2end's HEADS), pseudo ground truth from its own
+    predictions, exported with RoI masks."""
+    from .test_end2end import HEADS
+    root = tmp_path_factory.mktemp('mask')
+    ann = root / 'pseudo_gt.json'
+    cfg = load_config(config_path(MASK_CONFIG), det_options(data_root, ann, MASK_CONFIG))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():
+        for name, std in HEADS['maskrcnn'][1].items():
+            model.get_submodule(name).weight.normal_(std=std)
+    meta = runtime_meta(cfg)
+    ckpt = str(root / 'maskrcnn.pth')
+    torch.save(dict(state_dict=model.state_dict(), meta=dict(dataset_meta=dict(classes=meta['classes']))), ckpt)
+    objects = pseudo_annotation(ann, f'{data_root}/synthetic_coco/annotations/instances_val2017.json',
+                                pytorch_detections(cfg, model))
+    assert objects == GT_PER_IMAGE * NUM_IMAGES, objects
+    path = str(root / 'maskrcnn.onnx')
+    export_onnx(model, path, DET_SCALE[::-1], 'two_stage', outputs='mmdeploy', masks='roi', extra_meta=meta)
+    return cfg, ckpt, path, root
+
+
+def test_mask_rcnn_bbox_and_segm_map_equal_pytorch(mask_detector):
+    cfg, ckpt, path, root = mask_detector
+    report = evaluate(cfg, path, ckpt, root)
+    got, ref = report['onnxruntime'], report['pytorch']
+    assert min(report['detections_per_image']) > 0, report
+    assert 'notes' not in report, report  # RoI masks: nothing expected to differ
+    for kind in ('bbox', 'segm'):
+        assert ref[f'coco/{kind}_mAP'] > MIN_MAP, ref
+        for key in (f'coco/{kind}_mAP', f'coco/{kind}_mAP_50', f'coco/{kind}_mAP_75'):
+            assert abs(got[key] - ref[key]) <= MAP_TOL, (key, got, ref)
 
 
 def test_bad_arguments_are_named(segmentor, tmp_path, capsys):
