@@ -169,26 +169,33 @@ def pseudo_annotation(path, source_ann, detections):
     return len(anns)
 
 
-@pytest.fixture(scope='module')
-def detector(data_root, tmp_path_factory):
-    root = tmp_path_factory.mktemp('det')
+def detector_graph(data_root, root, config, draw_heads, **export_args):
+    """The reduced ``config`` built (seeded), its heads drawn by ``draw_heads(model)``, saved as a checkpoint,
+    pseudo ground truth written from its own predictions, exported end to end: (cfg, ckpt, onnx path, root)."""
     ann = root / 'pseudo_gt.json'
-    cfg = load_config(config_path(DET_CONFIG), det_options(data_root, ann))
+    cfg = load_config(config_path(config), det_options(data_root, ann, config))
     torch.manual_seed(0)
     model = build_model(cfg)
-    with torch.no_grad():  # scores spread over (0, 1): detections above score_thr, boxes away from the anchors
-        model.bbox_head.retina_cls.weight.normal_(std=0.3)
-        model.bbox_head.retina_reg.weight.normal_(std=0.1)
-        model.bbox_head.retina_cls.bias.fill_(-2.5)
+    with torch.no_grad():
+        draw_heads(model)
     meta = runtime_meta(cfg)
-    ckpt = str(root / 'det.pth')
+    ckpt = str(root / 'weights.pth')
     torch.save(dict(state_dict=model.state_dict(), meta=dict(dataset_meta=dict(classes=meta['classes']))), ckpt)
     objects = pseudo_annotation(ann, f'{data_root}/synthetic_coco/annotations/instances_val2017.json',
                                 pytorch_detections(cfg, model))
     assert objects == GT_PER_IMAGE * NUM_IMAGES, objects
-    path = str(root / 'retinanet.onnx')
-    export_onnx(model, path, DET_SCALE[::-1], 'single_stage', outputs='mmdeploy', extra_meta=meta)
+    path = str(root / 'model.onnx')
+    export_onnx(model, path, DET_SCALE[::-1], outputs='mmdeploy', extra_meta=meta, **export_args)
     return cfg, ckpt, path, root
+
+
+@pytest.fixture(scope='module')
+def detector(data_root, tmp_path_factory):
+    def draw(model):  # scores spread over (0, 1): detections above score_thr, boxes away from the anchors
+        model.bbox_head.retina_cls.weight.normal_(std=0.3)
+        model.bbox_head.retina_reg.weight.normal_(std=0.1)
+        model.bbox_head.retina_cls.bias.fill_(-2.5)
+    return detector_graph(data_root, tmp_path_factory.mktemp('det'), DET_CONFIG, draw, kind='single_stage')
 
 
 def test_detector_bbox_map_equals_pytorch(detector):
@@ -203,26 +210,14 @@ def test_detector_bbox_map_equals_pytorch(detector):
 
 @pytest.fixture(scope='module')
 def mask_detector(data_root, tmp_path_factory):
-    """The reduced Mask R-CNN, heads drawn wider (test_end2end's HEADS), pseudo ground truth from its own
-    predictions, exported with RoI masks."""
+    """The reduced Mask R-CNN, its RPN, box and mask heads drawn wider (test_end2end's HEADS), with RoI masks."""
     from .test_end2end import HEADS
-    root = tmp_path_factory.mktemp('mask')
-    ann = root / 'pseudo_gt.json'
-    cfg = load_config(config_path(MASK_CONFIG), det_options(data_root, ann, MASK_CONFIG))
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    with torch.no_grad():
+
+    def draw(model):
         for name, std in HEADS['maskrcnn'][1].items():
             model.get_submodule(name).weight.normal_(std=std)
-    meta = runtime_meta(cfg)
-    ckpt = str(root / 'maskrcnn.pth')
-    torch.save(dict(state_dict=model.state_dict(), meta=dict(dataset_meta=dict(classes=meta['classes']))), ckpt)
-    objects = pseudo_annotation(ann, f'{data_root}/synthetic_coco/annotations/instances_val2017.json',
-                                pytorch_detections(cfg, model))
-    assert objects == GT_PER_IMAGE * NUM_IMAGES, objects
-    path = str(root / 'maskrcnn.onnx')
-    export_onnx(model, path, DET_SCALE[::-1], 'two_stage', outputs='mmdeploy', masks='roi', extra_meta=meta)
-    return cfg, ckpt, path, root
+    return detector_graph(data_root, tmp_path_factory.mktemp('mask'), MASK_CONFIG, draw, kind='two_stage',
+                          masks='roi')
 
 
 def test_mask_rcnn_bbox_and_segm_map_equal_pytorch(mask_detector):
