@@ -14,7 +14,8 @@ PINS = {
     'mmdet': '3.3.0',
     'mmseg': '1.2.2',
 }
-PLAIN = ['pkg_resources', 'torch', 'einops', 'pycocotools', 'ftfy', 'regex', 'pytest', 'flake8', 'mmsparse']
+PLAIN = ['pkg_resources', 'torch', 'einops', 'pycocotools', 'ftfy', 'regex', 'pytest', 'flake8', 'mmsparse',
+         'mmsparse_ort']
 #: the torch releases mmsparse supports, (major, minor) inclusive: mmcv 2.1.0's prebuilt CUDA wheels are for
 #: torch 2.1, and 2.13 is the newest the project is tested on
 TORCH_RANGE = ((2, 1), (2, 13))
@@ -41,7 +42,8 @@ def check(only=None):
                 warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
                 mod = importlib.import_module(name)
         except Exception as exc:  # ImportError, or an ABI error from a compiled module
-            problems.append(f'{name}: cannot import ({exc.__class__.__name__}: {exc})')
+            hint = ' - link the checkout again: pip install --no-deps -e .' if name.startswith('mmsparse') else ''
+            problems.append(f'{name}: cannot import ({exc.__class__.__name__}: {exc}){hint}')
             continue
         want = PINS.get(name)
         if want and getattr(mod, '__version__', None) != want:
