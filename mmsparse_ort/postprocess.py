@@ -3,13 +3,14 @@
 Segmentation follows mmseg's ``EncoderDecoder.postprocess_result``: logits cropped to the un-padded region,
 resized bilinearly to the original size (PyTorch's ``interpolate`` arithmetic), then ``argmax`` (or a sigmoid
 threshold for a one-channel head). Detections follow mmdet's rescaling: boxes divided by the resize's scale
-factors and clipped to the image; full-size masks cropped and resized like the logits, 28 x 28 RoI masks pasted
+factors and clipped to the image; full-size masks cropped and resized bilinearly (OpenCV), 28 x 28 RoI masks pasted
 into their boxes as mmdet's ``_do_paste_mask`` does; both thresholded with ``>=``.
 """
 from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 
 from .preprocess import ImageInfo
@@ -65,9 +66,13 @@ def rescale_boxes(boxes: np.ndarray, info: ImageInfo) -> np.ndarray:
 def full_masks(masks: np.ndarray, info: ImageInfo, threshold: float) -> np.ndarray:
     """``[N, H', W']`` masks on the graph input to ``[N, H, W]`` bool masks on the original image."""
     h, w = info.img_shape
-    if len(masks) == 0:
-        return np.zeros((0, *info.ori_shape), dtype=bool)
-    return resize_bilinear(masks[:, :h, :w].astype(np.float32), info.ori_shape) >= threshold
+    out = np.zeros((len(masks), *info.ori_shape), dtype=bool)
+    # OpenCV's INTER_LINEAR maps pixel centres as interpolate(align_corners=False) does (values within ~3e-5 of
+    # resize_bilinear's) and is over ten times faster on a hundred full-size masks
+    size = (int(info.ori_shape[1]), int(info.ori_shape[0]))
+    for i, mask in enumerate(np.asarray(masks[:, :h, :w], dtype=np.float32)):
+        out[i] = cv2.resize(mask, size, interpolation=cv2.INTER_LINEAR) >= threshold
+    return out
 
 
 def _sample_axis(coords: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

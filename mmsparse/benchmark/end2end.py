@@ -6,8 +6,8 @@
    so that every image becomes exactly the ``--input-size`` ``H x W`` (a multiple of the data preprocessor's
    ``pad_size_divisor``: no padding); both paths use that config.
 2. The model (the checkpoint's weights, else the initialised ones) is exported end to end at that fixed shape,
-   ``--outputs mmdeploy`` (NMS, RoIAlign and masks in the graph), with the runtime metadata of
-   ``tools/deployment/export_onnx.py``.
+   ``--outputs mmdeploy`` (NMS, RoIAlign and masks in the graph; ``--masks`` as in the export tool), with the
+   runtime metadata of ``tools/deployment/export_onnx.py``.
 3. PyTorch eager: ``mmdet.apis.inference_detector(model, IMAGE)`` (reading the file, the test pipeline, the data
    preprocessor, the network, mmdet's post-processing and the rescaling to the original image; the pipeline is
    built once). ONNX Runtime: ``mmsparse_ort.OrtModel.predict(OrtModel.read(IMAGE))`` (OpenCV decoding and
@@ -61,14 +61,15 @@ def fixed_size_config(config: str, input_size: Sequence[int], cfg_options: dict 
     return cfg
 
 
-def export_fixed(cfg: Any, model: torch.nn.Module, out: str, input_size: Sequence[int]) -> str:
-    """``model`` exported end to end (``mmdeploy`` layout) at ``[1, 3, H, W]`` with ``cfg``'s runtime metadata."""
+def export_fixed(cfg: Any, model: torch.nn.Module, out: str, input_size: Sequence[int], masks: str = 'full') -> str:
+    """``model`` exported end to end (``mmdeploy`` layout, a Mask R-CNN's ``masks`` as given) at ``[1, 3, H, W]``
+    with ``cfg``'s runtime metadata."""
     from mmsparse.deployment import export_onnx, model_kind
     from mmsparse.deployment.metadata import runtime_meta
     kind = model_kind(model)
     if kind not in ('single_stage', 'two_stage'):
         raise ValueError(f'--end2end takes a detector, got a {kind} model')
-    export_onnx(model, out, tuple(int(s) for s in input_size), kind, outputs='mmdeploy',
+    export_onnx(model, out, tuple(int(s) for s in input_size), kind, outputs='mmdeploy', masks=masks,
                 extra_meta=dict(config=cfg.filename, **runtime_meta(cfg)))
     return out
 
@@ -134,7 +135,7 @@ def summary(times: Sequence[float]) -> dict[str, Any]:
 def run_end2end(config: str, input_size: Sequence[int], image: str, checkpoint: str | None = None,
                 threads: int | None = None, warmup: int = 2, repeats: int = 5, work_dir: str = 'work_dirs/end2end',
                 profile: bool = False, out: str | None = None, cfg_options: dict | None = None,
-                printer: Callable[[str], Any] | None = print) -> dict[str, Any]:
+                printer: Callable[[str], Any] | None = print, masks: str = 'full') -> dict[str, Any]:
     """The whole benchmark (see the module docstring); returns (and writes to ``out``) its JSON record."""
     if not osp.isfile(image):
         raise FileNotFoundError(f'--image: no such file: {image}')
@@ -153,7 +154,7 @@ def run_end2end(config: str, input_size: Sequence[int], image: str, checkpoint: 
     stem = osp.splitext(osp.basename(config))[0]
     path = osp.join(work_dir, f'{stem}_{input_size[0]}x{input_size[1]}.onnx')
     t0 = time.perf_counter()
-    export_fixed(cfg, model, path, input_size)
+    export_fixed(cfg, model, path, input_size, masks)
     say(f'exported {path} ({time.perf_counter() - t0:.0f} s)')
     ort_model = OrtModel(path, threads=threads)
     load = os.getloadavg()
@@ -167,7 +168,8 @@ def run_end2end(config: str, input_size: Sequence[int], image: str, checkpoint: 
         input_size=[int(s) for s in input_size], onnx=path, threads=dict(torch=torch.get_num_threads(),
                                                                          onnxruntime=threads),
         warmup=warmup, repeats=repeats, load_average=[load[0], load_after[0]], torch=torch.__version__,
-        onnxruntime=onnxruntime.__version__, detections=counts, results={name: summary(times[name]) for name in PATHS})
+        onnxruntime=onnxruntime.__version__, masks=masks, detections=counts,
+        results={name: summary(times[name]) for name in PATHS})
     record['ratio_eager_over_ort'] = record['results']['pytorch']['median_s'] / record['results']['onnxruntime'][
         'median_s']
     say(f'== {stem}, image {record["image_size"][0]}x{record["image_size"][1]} -> {input_size[0]}x{input_size[1]}, '

@@ -316,16 +316,20 @@ def check_two_stage(model: Any) -> dict[str, Any]:
 def _roi_features(extractor: Any, feats: Sequence[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
     """mmdet ``SingleRoIExtractor``: each RoI pooled from the level its scale maps to.
 
-    Every level pools every RoI and the RoI's own level is kept (static shapes).
+    As in mmdet, each level pools only its own RoIs (``nonzero``: data-dependent sizes in the graph), which are
+    scattered into the output: pooling every RoI at every level would cost several times more, most of all at
+    the finest level, where a large RoI's adaptive sampling (``sampling_ratio=0``) reads many points per bin.
     """
     num_levels = len(extractor.featmap_strides)
     scale = ((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])).sqrt()
     target = torch.floor(torch.log2(scale / extractor.finest_scale + 1e-6)).clamp(min=0, max=num_levels - 1)
-    out: Any = 0.
+    first = extractor.roi_layers[0]
+    out = feats[0].new_zeros((rois.shape[0], feats[0].shape[1], int(first.output_size[0]), int(first.output_size[1])))
     for level, layer in enumerate(extractor.roi_layers):
-        pooled = roi_align_op()(feats[level], rois, int(layer.output_size[0]), int(layer.output_size[1]),
+        index = torch.nonzero(target == level)[:, 0]
+        pooled = roi_align_op()(feats[level], rois[index], int(layer.output_size[0]), int(layer.output_size[1]),
                                 float(layer.spatial_scale), int(layer.sampling_ratio))
-        out = out + pooled * (target == level).to(pooled.dtype)[:, None, None, None]
+        out = out.index_put((index, ), pooled)
     return out
 
 
@@ -383,13 +387,17 @@ def detect_two_stage(model: Any, feats: Sequence[torch.Tensor], img_shape: torch
         return outputs
     _, det_labels, det_boxes, valid = dets
     k = det_boxes.shape[1]
-    logits = roi_head.mask_head(_roi_features(roi_head.mask_roi_extractor, feats, _with_image_index(det_boxes)))
+    # the mask head and the pasting run on the real detections only (mmdet's too), not on the padding rows
+    rows = torch.nonzero(valid.reshape(-1))[:, 0]
+    rois = _with_image_index(det_boxes)[rows]
+    logits = roi_head.mask_head(_roi_features(roi_head.mask_roi_extractor, feats, rois))
     size = logits.shape[-1]
-    index = det_labels.clamp(min=0).reshape(-1, 1, 1, 1).expand(-1, 1, size, size)
-    probs = logits.gather(1, index)[:, 0].sigmoid() * valid.reshape(-1, 1, 1).to(logits.dtype)  # [B * K, M, M]
+    index = det_labels.reshape(-1)[rows].reshape(-1, 1, 1, 1).expand(-1, 1, size, size)
+    probs = logits.gather(1, index)[:, 0].sigmoid()  # [R, M, M]
     if masks == 'full':
-        probs = paste_masks(probs, det_boxes.reshape(-1, 4), img_hw)
-    return outputs + (probs.reshape(b, k, *probs.shape[1:]), )
+        probs = paste_masks(probs, rois[:, 1:], img_hw)
+    out = probs.new_zeros((b * k, *probs.shape[1:])).index_put((rows, ), probs)
+    return outputs + (out.reshape(b, k, *out.shape[1:]), )
 
 
 class End2EndWrapper(nn.Module):

@@ -15,6 +15,7 @@ import io
 import json
 import os.path as osp
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -293,6 +294,21 @@ def test_roi_masks_paste_into_the_full_masks(mask_rcnn_efficientnms):
     assert roi.shape == (2, MAX_DETS, 28, 28)
     pasted = paste_masks(roi.flatten(0, 1), dets[..., :4].flatten(0, 1), OTHER_SIZE).reshape(full.shape)
     assert torch.allclose(pasted, full) and (labels >= 0).any()
+
+
+def test_mask_rcnn_without_detections(tmp_path):
+    """No box above score_thr: the graph's per-level RoIAlign, mask head and pasting run on empty sets and give
+    zero rows and masks, as mmdet gives no detection."""
+    model = detector(MASKRCNN)
+    model.roi_head.test_cfg.score_thr = 0.999  # a drawn head's softmax over 5 classes stays far below
+    path = str(tmp_path / 'none.onnx')
+    export_onnx(model, path, EXPORT_SIZE, 'two_stage', outputs='mmdeploy')
+    x = inputs(1, EXPORT_SIZE, seed=3)
+    dets, labels, masks = make_session(path).run(None, {'input': x.numpy(), 'img_shape': np.array([EXPORT_SIZE])})
+    assert (labels == -1).all() and not dets.any() and not masks.any()
+    assert masks.shape == (1, MAX_DETS, *EXPORT_SIZE)
+    (row, ) = compare_detections(model, path, x, 'mmdeploy')
+    assert row['count'] == (0, 0) and row['ok'], row
 
 
 def test_dynamic_graph_is_checked_and_named(dynamic_mmdeploy):

@@ -132,6 +132,9 @@ def parse_args(argv):
     p.add_argument('--image', help='--end2end: the image file both paths read')
     p.add_argument('--profile', action='store_true',
                    help='--end2end: write ONNX Runtime\'s profile and print the top node types and nodes')
+    p.add_argument('--masks', choices=('full', 'roi'), default='full',
+                   help='--end2end: a Mask R-CNN graph\'s masks (export_onnx.py --masks): pasted into the input, or '
+                   'the 28 x 28 RoI masks that the runtime pastes into the image')
     p.add_argument('--work-dir', default='work_dirs/end2end', help='--end2end: where the ONNX file and profile go')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                    help='--end2end: override config entries')
@@ -209,7 +212,7 @@ def run(args):
         from mmsparse.benchmark.end2end import run_end2end
         return run_end2end(args.end2end, args.input_size, args.image, checkpoint=args.checkpoint,
                            threads=args.threads, warmup=args.warmup, repeats=args.repeats, work_dir=args.work_dir,
-                           profile=args.profile, out=args.out, cfg_options=args.cfg_options)
+                           profile=args.profile, out=args.out, cfg_options=args.cfg_options, masks=args.masks)
     return run_cases(args, cases_of(args))
 
 
