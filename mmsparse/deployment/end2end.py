@@ -342,17 +342,26 @@ def _with_image_index(boxes: torch.Tensor) -> torch.Tensor:
 
 def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, img_hw: tuple[Any, ...]) -> torch.Tensor:
     """mmdet's ``_do_paste_mask`` (``skip_empty=False``): RoI masks ``[N, M, M]`` into boxes ``[N, 4]`` of an
-    image ``img_hw``, each pixel centre sampled bilinearly (``grid_sample``, zeros outside); ``[N, H, W]``."""
-    import torch.nn.functional as F
-    n = masks.shape[0]
+    image ``img_hw``, each pixel centre sampled bilinearly (``grid_sample``, ``align_corners=False``, zeros
+    outside); ``[N, H, W]``.
+
+    The sampling grid is separable (a row's source depends on y only, a column's on x only), so the bilinear
+    interpolation is two matrix products with hat-function weights ``max(0, 1 - |source - i|)`` (taps outside
+    the mask are absent: zero padding): the same values as ``grid_sample`` up to float rounding, several times
+    faster in ONNX Runtime than a ``GridSample`` over every pixel of every mask.
+    """
+    mh, mw = masks.shape[-2:]
     h, w = img_hw
     x1, y1, x2, y2 = boxes.split(1, dim=1)  # [N, 1] each
-    ys = (torch.arange(h, device=boxes.device).to(boxes.dtype) + 0.5)[None]
-    xs = (torch.arange(w, device=boxes.device).to(boxes.dtype) + 0.5)[None]
-    gy = (ys - y1) / (y2 - y1).clamp(min=1e-6) * 2 - 1  # [N, H]; a degenerate box (padding) samples nothing
-    gx = (xs - x1) / (x2 - x1).clamp(min=1e-6) * 2 - 1  # [N, W]
-    grid = torch.stack([gx[:, None, :].expand(n, h, w), gy[:, :, None].expand(n, h, w)], dim=3)
-    return F.grid_sample(masks[:, None], grid, align_corners=False)[:, 0]
+
+    def weights(start: torch.Tensor, end: torch.Tensor, size: Any, taps: int) -> torch.Tensor:
+        centres = (torch.arange(size, device=boxes.device).to(boxes.dtype) + 0.5)[None]
+        # grid_sample's source coordinate of each pixel centre; a degenerate box (padding) samples nothing
+        source = (centres - start) / (end - start).clamp(min=1e-6) * taps - 0.5  # [N, size]
+        grid = torch.arange(taps, device=boxes.device).to(boxes.dtype)
+        return (1 - (source[:, :, None] - grid).abs()).clamp(min=0)  # [N, size, taps]
+
+    return weights(y1, y2, h, mh) @ masks @ weights(x1, x2, w, mw).transpose(1, 2)
 
 
 def detect_two_stage(model: Any, feats: Sequence[torch.Tensor], img_shape: torch.Tensor, img_hw: tuple[Any, ...],

@@ -296,6 +296,26 @@ def test_roi_masks_paste_into_the_full_masks(mask_rcnn_efficientnms):
     assert torch.allclose(pasted, full) and (labels >= 0).any()
 
 
+def test_paste_masks_equals_grid_sample():
+    """The graph's separable pasting equals mmdet's way, ``grid_sample`` over every pixel (align_corners=False,
+    zero padding), on boxes inside, across and outside the image and on degenerate (padding) boxes."""
+    import torch.nn.functional as F
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(40, 28, 28, generator=g)
+    corner, size = torch.rand(40, 2, generator=g) * 140 - 30, torch.rand(40, 2, generator=g) * 90 + 0.5
+    boxes = torch.cat([corner, corner + size], 1)
+    boxes[-4:] = 0
+    h, w = 97, 113
+    x1, y1, x2, y2 = boxes.split(1, dim=1)
+    gy = ((torch.arange(h) + 0.5)[None] - y1) / (y2 - y1).clamp(min=1e-6) * 2 - 1
+    gx = ((torch.arange(w) + 0.5)[None] - x1) / (x2 - x1).clamp(min=1e-6) * 2 - 1
+    grid = torch.stack([gx[:, None, :].expand(-1, h, w), gy[:, :, None].expand(-1, h, w)], dim=3)
+    expected = F.grid_sample(masks[:, None], grid, align_corners=False)[:, 0]
+    got = paste_masks(masks, boxes, (h, w))
+    assert got.shape == (40, h, w) and int((expected[:-4].amax(dim=(1, 2)) > 0).sum()) >= 25  # most boxes on it
+    assert torch.allclose(got, expected, atol=1e-5) and not got[-4:].any()
+
+
 def test_mask_rcnn_without_detections(tmp_path):
     """No box above score_thr: the graph's per-level RoIAlign, mask head and pasting run on empty sets and give
     zero rows and masks, as mmdet gives no detection."""
