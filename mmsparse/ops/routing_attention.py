@@ -103,6 +103,16 @@ def _routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, flat: t
     n, p, t, c_qk = q.shape
     c_v = v.shape[-1]
     d_qk, d_v = c_qk // num_heads, c_v // num_heads
+    if exporting():
+        # in a graph every strided view is a copy: gather from head-major K/V, (m, N*P, T, d), so that the
+        # topk-fold gathered copies are already laid out for the matmuls (only the un-gathered maps transpose)
+        k_m = k.reshape(n * p, t, num_heads, d_qk).permute(2, 0, 1, 3)
+        v_m = v.reshape(n * p, t, num_heads, d_v).permute(2, 0, 1, 3)
+        k_h = k_m.index_select(1, flat).reshape(num_heads, n * p, topk * t, d_qk)
+        v_h = v_m.index_select(1, flat).reshape(num_heads, n * p, topk * t, d_v)
+        q_h = q.reshape(n * p, t, num_heads, d_qk).permute(2, 0, 1, 3)
+        out = F.scaled_dot_product_attention(q_h, k_h, v_h, scale=scale)  # (m, N*P, T, d_v)
+        return out.permute(1, 2, 0, 3).reshape(n, p, t, c_v)
     # (N*P*topk, T, m, d) gathered rows viewed as (N*P, topk*T, m, d): contiguous, then heads as a strided view
     k_sel = k.reshape(n * p, t, num_heads, d_qk).index_select(0, flat)
     v_sel = v.reshape(n * p, t, num_heads, d_v).index_select(0, flat)
