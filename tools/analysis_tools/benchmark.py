@@ -72,6 +72,7 @@ from mmsparse.benchmark.cases import ALL_IMPLS, BACKBONES, IMPLS, LAYERS, MODES,
 from mmsparse.benchmark.measure import BACKENDS, DTYPES, memory_worker
 from mmsparse.benchmark.report import case_label, plot_sweeps
 from mmsparse.benchmark.runs import run_backends, run_cases
+from mmsparse.deployment.end2end import MASKS
 
 
 def parse_value(text):
@@ -132,7 +133,7 @@ def parse_args(argv):
     p.add_argument('--image', help='--end2end: the image file both paths read')
     p.add_argument('--profile', action='store_true',
                    help='--end2end: write ONNX Runtime\'s profile and print the top node types and nodes')
-    p.add_argument('--masks', choices=('full', 'roi'), default='full',
+    p.add_argument('--masks', choices=MASKS, default='full',
                    help='--end2end: a Mask R-CNN graph\'s masks (export_onnx.py --masks): pasted into the input, or '
                    'the 28 x 28 RoI masks that the runtime pastes into the image')
     p.add_argument('--work-dir', default='work_dirs/end2end', help='--end2end: where the ONNX file and profile go')
