@@ -21,8 +21,8 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from contextlib import nullcontext
-from typing import Any, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -199,6 +199,31 @@ def name_dynamic_axes(onnx_program: torch.onnx.ONNXProgram) -> None:
     onnx_program.rename_axes(mapping)
 
 
+#: onnxscript rewrite rules left out of torch.onnx's final graph optimisation. ``SlicesSplit`` (two Slices that
+#: halve a tensor's last axis -> one Split) tries every pair of Slice nodes in the graph: on STViT-S's 834 Slices
+#: that took 75 s, most of a several-minute export (the rest of the optimiser: 3 s), and found no such pair.
+SKIPPED_REWRITE_RULES = ('SlicesSplit', )
+
+
+@contextmanager
+def without_slow_rewrites() -> Iterator[None]:
+    """Within the block, torch.onnx's optimiser (onnxscript's ``optimize_ir``, which reads the rule list when it
+    runs) applies every default rewrite rule except :data:`SKIPPED_REWRITE_RULES`; constant folding, dead-node
+    removal, initializer lifting and deduplication and CSE are unchanged. A no-op for an onnxscript without that
+    list."""
+    try:
+        from onnxscript import rewriter
+        rules = rewriter._DEFAULT_REWRITE_RULES
+    except (ImportError, AttributeError):
+        yield
+        return
+    rewriter._DEFAULT_REWRITE_RULES = tuple(r for r in rules if getattr(r, 'name', None) not in SKIPPED_REWRITE_RULES)
+    try:
+        yield
+    finally:
+        rewriter._DEFAULT_REWRITE_RULES = rules
+
+
 def export_onnx(model: nn.Module, out: str | os.PathLike, shape: Sequence[int], kind: str, dynamic: bool = False,
                 batch: int = 1, opset: int = OPSET, extra_meta: dict[str, Any] | None = None,
                 outputs: str = 'raw', masks: str = 'full') -> list[str]:
@@ -264,9 +289,10 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, shape: Sequence[int], 
                 if message is None:
                     raise
                 raise ValueError(message) from None
-        onnx_program: Any = torch.onnx.export(  # dynamo=True: an ONNXProgram
-            program, args, input_names=input_names, output_names=names, opset_version=opset, dynamo=True,
-            verbose=False, custom_translation_table=end2end.translation_table() if outputs != 'raw' else None)
+        with without_slow_rewrites():
+            onnx_program: Any = torch.onnx.export(  # dynamo=True: an ONNXProgram
+                program, args, input_names=input_names, output_names=names, opset_version=opset, dynamo=True,
+                verbose=False, custom_translation_table=end2end.translation_table() if outputs != 'raw' else None)
         if dynamic:
             name_dynamic_axes(onnx_program)
     meta = dict(kind=kind, outputs=names, dynamic=bool(dynamic), shape=[batch, 3, *example_hw], opset=opset, **grouping,

@@ -5,8 +5,6 @@ One export per family (its smallest registered variant), shared by the compariso
 at the export size and at 87 x 71, which none of the window or super-token grids divides (BiFormer-T's stride-16
 map is then 6 x 5 in n_win=16 regions: regions of one token, which the export example does not have).
 """
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -20,7 +18,7 @@ ort = pytest.importorskip('onnxruntime')
 tool = load_tool('tools/deployment/export_onnx.py')
 
 #: family variant -> (config, --cfg-options, export size); BiFormer-T: n_win=16 needs 288 for 2-token regions.
-#: STViT-S's export takes over 3 CPU minutes (torch.onnx's translation of its graph): set MMSPARSE_ALL_EXPORTS=1
+#: STViT-S's export is the longest (about 90 s on two cores: tracing its symbolic shapes)
 FULL_SIZE = {
     'biformer-t': ('configs/biformer/retinanet_biformer_s_coco.py', ['model.backbone.arch=tiny'], 288),
     'cloformer-xxs': ('configs/cloformer/retinanet_cloformer_xxs_coco.py', [], 160),
@@ -30,12 +28,7 @@ ODD_SIZE = (87, 71)
 RTOL = 1e-4
 
 
-SLOW = () if os.environ.get('MMSPARSE_ALL_EXPORTS') else ('stvit-s', )
-
-
-@pytest.fixture(scope='module', params=[
-    pytest.param(name, marks=pytest.mark.skip(reason='set MMSPARSE_ALL_EXPORTS=1') if name in SLOW else ())
-    for name in FULL_SIZE])
+@pytest.fixture(scope='module', params=list(FULL_SIZE))
 def exported(request, tmp_path_factory):
     """(backbone in PyTorch, ONNX Runtime session, export size) of one full-size variant, exported once."""
     config, options, size = FULL_SIZE[request.param]
