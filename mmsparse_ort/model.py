@@ -147,7 +147,8 @@ class OrtModel:
                             labels=labels.astype(np.int64))
         masks = outputs.get('masks')
         if masks is not None:
-            masks = masks[keep]
+            # the real detections are the first rows: a view, not a copy of up to N full-size masks
+            masks = masks[:len(keep)] if np.array_equal(keep, np.arange(len(keep))) else masks[keep]
             if self.meta.get('masks') == 'roi':
                 result.masks = paste_masks(masks, result.bboxes, info.ori_shape, mask_thr)
             else:

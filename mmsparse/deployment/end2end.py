@@ -316,21 +316,24 @@ def check_two_stage(model: Any) -> dict[str, Any]:
 def _roi_features(extractor: Any, feats: Sequence[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
     """mmdet ``SingleRoIExtractor``: each RoI pooled from the level its scale maps to.
 
-    As in mmdet, each level pools only its own RoIs (``nonzero``: data-dependent sizes in the graph), which are
-    scattered into the output: pooling every RoI at every level would cost several times more, most of all at
-    the finest level, where a large RoI's adaptive sampling (``sampling_ratio=0``) reads many points per bin.
+    As in mmdet, each level pools only its own RoIs (``nonzero``: data-dependent sizes in the graph): pooling every
+    RoI at every level would cost several times more, most of all at the finest level, where a large RoI's
+    adaptive sampling (``sampling_ratio=0``) reads many points per bin. The levels' results are concatenated and
+    put back in the RoIs' order by one row gather (scattering each level into a zero tensor instead copies the
+    whole output once per level, element by element in ONNX Runtime).
     """
     num_levels = len(extractor.featmap_strides)
     scale = ((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])).sqrt()
     target = torch.floor(torch.log2(scale / extractor.finest_scale + 1e-6)).clamp(min=0, max=num_levels - 1)
-    first = extractor.roi_layers[0]
-    out = feats[0].new_zeros((rois.shape[0], feats[0].shape[1], int(first.output_size[0]), int(first.output_size[1])))
+    indices, pooled = [], []
     for level, layer in enumerate(extractor.roi_layers):
         index = torch.nonzero(target == level)[:, 0]
-        pooled = roi_align_op()(feats[level], rois[index], int(layer.output_size[0]), int(layer.output_size[1]),
-                                float(layer.spatial_scale), int(layer.sampling_ratio))
-        out = out.index_put((index, ), pooled)
-    return out
+        indices.append(index)
+        pooled.append(roi_align_op()(feats[level], rois[index], int(layer.output_size[0]),
+                                     int(layer.output_size[1]), float(layer.spatial_scale), int(layer.sampling_ratio)))
+    order = torch.cat(indices)  # a permutation of the RoIs: every RoI has exactly one level
+    position = order.new_zeros(rois.shape[0]).index_put((order, ), torch.arange(order.shape[0], device=order.device))
+    return torch.cat(pooled)[position]
 
 
 def _with_image_index(boxes: torch.Tensor) -> torch.Tensor:
@@ -341,9 +344,9 @@ def _with_image_index(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, img_hw: tuple[Any, ...]) -> torch.Tensor:
-    """mmdet's ``_do_paste_mask`` (``skip_empty=False``): RoI masks ``[N, M, M]`` into boxes ``[N, 4]`` of an
+    """mmdet's ``_do_paste_mask`` (``skip_empty=False``): RoI masks ``[..., M, M]`` into boxes ``[..., 4]`` of an
     image ``img_hw``, each pixel centre sampled bilinearly (``grid_sample``, ``align_corners=False``, zeros
-    outside); ``[N, H, W]``.
+    outside); ``[..., H, W]`` (the leading dimensions are the boxes', e.g. ``[N]`` or ``[B, K]``).
 
     The sampling grid is separable (a row's source depends on y only, a column's on x only), so the bilinear
     interpolation is two matrix products with hat-function weights ``max(0, 1 - |source - i|)`` (taps outside
@@ -352,16 +355,16 @@ def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, img_hw: tuple[Any, ...
     """
     mh, mw = masks.shape[-2:]
     h, w = img_hw
-    x1, y1, x2, y2 = boxes.split(1, dim=1)  # [N, 1] each
+    x1, y1, x2, y2 = boxes.split(1, dim=-1)  # [..., 1] each
 
     def weights(start: torch.Tensor, end: torch.Tensor, size: Any, taps: int) -> torch.Tensor:
         centres = (torch.arange(size, device=boxes.device).to(boxes.dtype) + 0.5)[None]
         # grid_sample's source coordinate of each pixel centre; a degenerate box (padding) samples nothing
-        source = (centres - start) / (end - start).clamp(min=1e-6) * taps - 0.5  # [N, size]
+        source = (centres - start) / (end - start).clamp(min=1e-6) * taps - 0.5  # [..., size]
         grid = torch.arange(taps, device=boxes.device).to(boxes.dtype)
-        return (1 - (source[:, :, None] - grid).abs()).clamp(min=0)  # [N, size, taps]
+        return (1 - (source[..., None] - grid).abs()).clamp(min=0)  # [..., size, taps]
 
-    return weights(y1, y2, h, mh) @ masks @ weights(x1, x2, w, mw).transpose(1, 2)
+    return weights(y1, y2, h, mh) @ masks @ weights(x1, x2, w, mw).transpose(-1, -2)
 
 
 def detect_two_stage(model: Any, feats: Sequence[torch.Tensor], img_shape: torch.Tensor, img_hw: tuple[Any, ...],
@@ -403,10 +406,13 @@ def detect_two_stage(model: Any, feats: Sequence[torch.Tensor], img_shape: torch
     size = logits.shape[-1]
     index = det_labels.reshape(-1)[rows].reshape(-1, 1, 1, 1).expand(-1, 1, size, size)
     probs = logits.gather(1, index)[:, 0].sigmoid()  # [R, M, M]
+    out = probs.new_zeros((b * k, size, size)).index_put((rows, ), probs).reshape(b, k, size, size)
     if masks == 'full':
-        probs = paste_masks(probs, rois[:, 1:], img_hw)
-    out = probs.new_zeros((b * k, *probs.shape[1:])).index_put((rows, ), probs)
-    return outputs + (out.reshape(b, k, *out.shape[1:]), )
+        # every row pasted, the padding's zero masks into its zero boxes (zeros), in the output's own [B, K, H, W]
+        # shape: the output is written once, where scattering R pasted masks into a zero tensor copies it element
+        # by element and a reshape may copy it again (most of the graph's time for a hundred 800 x 1216 masks)
+        out = paste_masks(out, det_boxes, img_hw)
+    return outputs + (out, )
 
 
 class End2EndWrapper(nn.Module):

@@ -314,6 +314,9 @@ def test_paste_masks_equals_grid_sample():
     got = paste_masks(masks, boxes, (h, w))
     assert got.shape == (40, h, w) and int((expected[:-4].amax(dim=(1, 2)) > 0).sum()) >= 25  # most boxes on it
     assert torch.allclose(got, expected, atol=1e-5) and not got[-4:].any()
+    # the graph pastes [B, K] detections at once: the same per mask
+    batched = paste_masks(masks.reshape(2, 20, 28, 28), boxes.reshape(2, 20, 4), (h, w))
+    assert batched.shape == (2, 20, h, w) and torch.allclose(batched.flatten(0, 1), got, atol=1e-6)
 
 
 def test_mask_rcnn_without_detections(tmp_path):
