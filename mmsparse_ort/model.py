@@ -130,25 +130,26 @@ class OrtModel:
         return self._detections(outputs, info, float(post.get('mask_thr', 0.5)))
 
     def _detections(self, outputs: dict[str, np.ndarray], info: ImageInfo, mask_thr: float) -> Detections:
-        keep: np.ndarray
+        # the real detections' rows; a slice where they come first, so that masks[keep] is a view, not a copy of
+        # up to N full-size masks
+        keep: np.ndarray | slice
         boxes: np.ndarray
         scores: np.ndarray
         labels: np.ndarray
         if self.meta['layout'] == 'mmdeploy':
             dets, labels = outputs['dets'].reshape(-1, 5), outputs['labels'].reshape(-1)
-            keep = np.flatnonzero((dets[:, 4] > 0) & (labels >= 0))  # padded rows: score 0
+            real = np.flatnonzero((dets[:, 4] > 0) & (labels >= 0))  # padded rows: score 0
+            keep = slice(len(real)) if np.array_equal(real, np.arange(len(real))) else real
             boxes, scores, labels = dets[keep, :4], dets[keep, 4], labels[keep]
         else:
-            count = int(np.asarray(outputs['num_detections']).reshape(-1)[0])
-            keep = np.arange(count)
-            boxes = outputs['detection_boxes'].reshape(-1, 4)[:count]
-            scores, labels = outputs['detection_scores'][:count], outputs['detection_classes'][:count]
+            keep = slice(int(np.asarray(outputs['num_detections']).reshape(-1)[0]))
+            boxes = outputs['detection_boxes'].reshape(-1, 4)[keep]
+            scores, labels = outputs['detection_scores'][keep], outputs['detection_classes'][keep]
         result = Detections(bboxes=rescale_boxes(boxes, info), scores=scores.astype(np.float32),
                             labels=labels.astype(np.int64))
         masks = outputs.get('masks')
         if masks is not None:
-            # the real detections are the first rows: a view, not a copy of up to N full-size masks
-            masks = masks[:len(keep)] if np.array_equal(keep, np.arange(len(keep))) else masks[keep]
+            masks = masks[keep]
             if self.meta.get('masks') == 'roi':
                 result.masks = paste_masks(masks, result.bboxes, info.ori_shape, mask_thr)
             else:
